@@ -1,0 +1,8 @@
+"""Kubernetes operator that keeps Prefect work pools on AWS ECS healthy."""
+
+__version__ = "0.1.0"
+
+GROUP = "prefectops.dev"
+VERSION = "v1alpha1"
+PLURAL = "prefectworkpoolpolicies"
+KIND = "PrefectWorkPoolPolicy"

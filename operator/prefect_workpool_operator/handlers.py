@@ -1,0 +1,92 @@
+"""kopf glue: the only module that imports kopf.
+
+It decides when a policy's cycle runs (one timer per policy), keeps clients in
+memo, applies the cycle's status patch and posts its Events. Everything else is
+in ``reconcile`` and below.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+import kopf
+
+from . import GROUP, PLURAL, VERSION
+from .config import load_config
+from .core import health
+from .core.conditions import Condition, format_time, merge_conditions
+from .kube_api import KubernetesSecrets
+from .reconcile import PolicyRuntime, next_due, run_cycle
+
+CONFIG = load_config()
+log = logging.getLogger(__name__)
+# An invalid spec has no interval of its own; a spec edit retries at once anyway.
+FALLBACK_INTERVAL = timedelta(seconds=30)
+_connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Keep kopf's bookkeeping in annotations of our own prefix; status is ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Only our explicit Events (on change) and kopf's own warnings become Events.
+    settings.posting.level = logging.WARNING
+    # Re-list periodically so a silently dropped watch cannot stall the operator.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    memo.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+    memo.secrets = None
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        _connection[:] = [info]
+    return info
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("secrets") is not None:
+        await memo.secrets.aclose()
+    if memo.get("http") is not None:
+        await memo.http.aclose()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
+async def reconcile(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime(extra={"jitter": random.random()}))
+    now = datetime.now(timezone.utc)
+    generation = meta.get("generation")
+    if not runtime.is_due(generation, now):
+        return
+    if memo.get("secrets") is None and _connection:
+        memo.secrets = KubernetesSecrets.from_connection(_connection[0])
+    try:
+        outcome = await run_cycle(body, http=memo.http, secrets=memo.secrets, runtime=runtime, now=now)
+    except Exception as exc:  # never let one policy's surprise become a kopf retry storm
+        logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
+        failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
+        patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
+        patch.status["lastReconcileTime"] = format_time(now)
+        runtime.next_due = next_due(now, FALLBACK_INTERVAL, runtime.extra["jitter"])
+        runtime.last_generation = generation
+        return
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    interval = outcome.spec.interval_delta if outcome.spec else FALLBACK_INTERVAL
+    runtime.last_generation, runtime.last_cycle_at = generation, now
+    runtime.next_due = next_due(now, interval, runtime.extra["jitter"])
+

@@ -1,0 +1,102 @@
+"""Reads Secrets from the Kubernetes API with the credentials kopf logged in with.
+
+kopf brings no general-purpose client, and the operator needs exactly one read
+(a Secret key), so a small httpx client over kopf's ``ConnectionInfo`` does it
+rather than a second Kubernetes library. Secret values never leave this module
+except as the return value of ``read_secret_key``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .core import health
+
+
+class SecretError(Exception):
+    """A Secret could not be read; ``reason`` is a stable condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class KubernetesSecrets:
+    """Reads one key of a Secret in a namespace."""
+
+    def __init__(self, http: httpx.AsyncClient, server: str) -> None:
+        self._http = http
+        self._server = server.rstrip("/")
+
+    @classmethod
+    def from_connection(cls, info: Any) -> KubernetesSecrets:
+        """Build from a kopf ``ConnectionInfo`` (token, basic, or client-certificate auth)."""
+        context = ssl.create_default_context()
+        if info.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif info.ca_path:
+            context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+        elif info.ca_data:
+            context.load_verify_locations(cadata=_pem(info.ca_data))
+        if info.certificate_path or info.certificate_data:
+            _load_client_cert(context, info)
+        headers = {}
+        if info.token:
+            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
+        http = httpx.AsyncClient(verify=context, headers=headers, auth=auth, timeout=10.0)
+        return cls(http, info.server)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        url = f"{self._server}/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
+        where = f"Secret {namespace}/{name}"
+        try:
+            response = await self._http.get(url)
+        except httpx.HTTPError as exc:
+            raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            raise SecretError(health.SECRET_NOT_FOUND, f"{where} does not exist")
+        if response.status_code == 403:
+            raise SecretError(health.SECRET_UNREADABLE, f"{where} is not readable by the operator (RBAC: 403)")
+        if response.status_code != 200:
+            raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: HTTP {response.status_code}")
+        data = (response.json().get("data") or {})
+        if key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} has no key {key!r} (keys: {keys})")
+        value = base64.b64decode(data[key]).decode("utf-8").strip()
+        if not value:
+            raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} key {key!r} is empty")
+        return value
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _pem(data: str | bytes) -> str:
+    """kubeconfig's *-data fields are base64 of PEM; ConnectionInfo may carry either."""
+    raw = data.encode() if isinstance(data, str) else data
+    return raw.decode() if raw.lstrip().startswith(b"-----") else base64.b64decode(raw).decode()
+
+
+def _load_client_cert(context: ssl.SSLContext, info: Any) -> None:
+    # ssl wants files; write in-memory data to private temp files, load, delete.
+    if info.certificate_path:
+        context.load_cert_chain(os.fsdecode(info.certificate_path), os.fsdecode(info.private_key_path))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+        for path, data in ((cert, info.certificate_data), (key, info.private_key_data)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_pem(data))
+        context.load_cert_chain(cert, key)

@@ -1,0 +1,238 @@
+"""Async adapter for the Prefect 3 REST API.
+
+One shared ``httpx.AsyncClient`` (one connection pool) serves every policy; a
+``PrefectClient`` adds a policy's base URL, credentials and timeout. Errors become
+``PrefectError`` with a stable reason from ``core.health`` and a message that never
+contains credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from .core import health
+from .core.health import Failure, PoolObservation
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
+MAX_RETRY_AFTER = 30.0
+
+
+class PrefectError(Exception):
+    """A failure with a stable reason; ``str()`` is safe to show users."""
+
+    def __init__(
+        self, reason: str, message: str, *, retry_after: float | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after  # the server's Retry-After hint, for the next attempt
+        self.status_code = status_code
+
+    def as_failure(self) -> Failure:
+        return Failure(self.reason, self.message)
+
+
+class PrefectClient:
+    """The calls this operator makes to one Prefect API, with retries on 5xx/429."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_url: str,
+        *,
+        auth_header: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        self._http = http
+        self.api_url = api_url.rstrip("/")
+        self._headers = {"Authorization": auth_header} if auth_header else {}
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._version: str | None = None
+        self._version_checked = False
+
+    # -- transport ------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+        url = f"{self.api_url}{path}"
+        last: PrefectError | None = None
+        for attempt in range(self._attempts):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt, last))
+            try:
+                response = await self._http.request(method, url, json=json, headers=self._headers, timeout=self._timeout)
+            except httpx.InvalidURL as exc:
+                raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} is not a valid URL: {exc}") from None
+            except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} failed: {type(exc).__name__}")
+                continue
+            except httpx.UnsupportedProtocol:
+                raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} must start with http:// or https://") from None
+            if response.status_code in TRANSIENT_STATUS or response.status_code == 429:
+                reason = health.RATE_LIMITED if response.status_code == 429 else health.SERVER_ERROR
+                last = PrefectError(
+                    reason, f"{method} {self._safe(path)} answered HTTP {response.status_code}",
+                    retry_after=_retry_after(response),
+                )
+                continue
+            self._raise_for_status(method, path, response)
+            return response
+        assert last is not None
+        raise last
+
+    def _delay(self, attempt: int, last: PrefectError | None) -> float:
+        if last is not None and last.retry_after is not None:
+            return last.retry_after
+        return self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
+
+    def _raise_for_status(self, method: str, path: str, response: httpx.Response) -> None:
+        code = response.status_code
+        if code < 400:
+            return
+        where = f"{method} {self._safe(path)}"
+        if code == 401:
+            raise PrefectError(health.UNAUTHORIZED, f"{where} answered 401: the credentials were refused")
+        if code == 403:
+            raise PrefectError(health.FORBIDDEN, f"{where} answered 403: the credentials lack permission")
+        raise PrefectError(health.BAD_RESPONSE, f"{where} answered HTTP {code}", status_code=code)
+
+    def _safe(self, path: str) -> str:
+        """Host and path only: no query string, no userinfo."""
+        parts = urlsplit(self.api_url + path)
+        return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
+    async def _json(self, method: str, path: str, json: Any = None) -> Any:
+        response = await self._request(method, path, json)
+        try:
+            return response.json()
+        except ValueError:
+            raise PrefectError(
+                health.INVALID_API_URL, f"{method} {self._safe(path)} did not answer JSON: is apiUrl a Prefect API?"
+            ) from None
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def server_version(self) -> str | None:
+        """The server's version (cached per client); None where it is not exposed (Prefect Cloud)."""
+        if not self._version_checked:
+            await self._check_is_prefect()
+            try:
+                version = await self._json("GET", "/admin/version")
+            except PrefectError as exc:
+                if exc.status_code != 404:
+                    raise
+                version = None  # not exposed by Prefect Cloud: not a reason to stop
+            if version is not None and not isinstance(version, str):
+                raise PrefectError(health.INVALID_API_URL, "GET /admin/version did not answer a version: is apiUrl a Prefect API?")
+            if health.server_too_old(version):
+                raise PrefectError(
+                    health.SERVER_TOO_OLD,
+                    f"Prefect server {version} is too old: version {health.MIN_SERVER_MAJOR}.x or newer is required",
+                )
+            self._version, self._version_checked = version, True
+        return self._version
+
+    async def _check_is_prefect(self) -> None:
+        """/health is open even with auth on: it tells "wrong URL" apart from "wrong pool"."""
+        try:
+            healthy = await self._json("GET", "/health")
+        except PrefectError as exc:
+            if exc.status_code is None:
+                raise
+            healthy = None
+        if healthy is not True:
+            raise PrefectError(
+                health.INVALID_API_URL,
+                f"{self._safe('/health')} did not answer like a Prefect API: apiUrl should end in /api "
+                "(self-hosted) or /api/accounts/<id>/workspaces/<id> (Prefect Cloud)",
+            )
+
+    async def read_work_pool(self, name: str) -> dict[str, Any]:
+        try:
+            pool = await self._json("GET", f"/work_pools/{_quote(name)}")
+        except PrefectError as exc:
+            if exc.status_code == 404:
+                raise PrefectError(health.WORK_POOL_NOT_FOUND, f"Work pool {name!r} does not exist in Prefect") from None
+            raise
+        if not isinstance(pool, dict) or "name" not in pool:
+            raise PrefectError(health.BAD_RESPONSE, f"GET /work_pools/{name} answered an unexpected body")
+        return pool
+
+    async def read_queue_names(self, pool: str) -> set[str]:
+        queues = await self._json("POST", f"/work_pools/{_quote(pool)}/queues/filter", {"limit": 200})
+        return {q["name"] for q in queues}
+
+    async def read_workers(self, pool: str) -> list[dict[str, Any]]:
+        workers = await self._json("POST", f"/work_pools/{_quote(pool)}/workers/filter", {"limit": 200})
+        if not isinstance(workers, list):
+            raise PrefectError(health.BAD_RESPONSE, "workers/filter answered an unexpected body")
+        return workers
+
+    async def count_runs(self, body: dict[str, Any]) -> int:
+        count = await self._json("POST", "/flow_runs/count", body)
+        if not isinstance(count, int):
+            raise PrefectError(health.BAD_RESPONSE, "flow_runs/count answered an unexpected body")
+        return count
+
+    async def observe_pool(self, pool: str, queues: list[str], now: datetime) -> PoolObservation:
+        """Pool status, workers and run counts in five small reads (six on a client's first cycle)."""
+        version = await self.server_version()
+        work_pool = await self.read_work_pool(pool)
+        scope = pool_scope(pool, queues)
+        workers, late, pending, running = await asyncio.gather(
+            self.read_workers(pool),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}},
+                                                    "expected_start_time": {"before_": now.isoformat()}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
+        )
+        online = sum(1 for w in workers if w.get("status") == "ONLINE")
+        return PoolObservation(
+            pool_status=str(work_pool.get("status") or "UNKNOWN"),
+            workers_online=online,
+            workers_offline=len(workers) - online,
+            late=late,
+            pending=pending,
+            running=running,
+            server_version=version,
+        )
+
+    async def check_queues(self, pool: str, queues: list[str]) -> None:
+        if not queues:
+            return
+        missing = sorted(set(queues) - await self.read_queue_names(pool))
+        if missing:
+            raise PrefectError(health.WORK_QUEUE_NOT_FOUND, f"Work pool {pool!r} has no queue(s) {', '.join(map(repr, missing))}")
+
+
+def pool_scope(pool: str, queues: list[str]) -> dict[str, Any]:
+    """The part of a flow-run filter body that restricts it to the pool (and queues)."""
+    scope: dict[str, Any] = {"work_pools": {"name": {"any_": [pool]}}}
+    if queues:
+        scope["work_pool_queues"] = {"name": {"any_": list(queues)}}
+    return scope
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return min(float(value), MAX_RETRY_AFTER) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _quote(segment: str) -> str:
+    return quote(segment, safe="")
