@@ -94,12 +94,13 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
         if up_to_date():
             return prefect
         started = time.monotonic()
-        # Rebuild from scratch when the pins changed: stale extra packages could
-        # otherwise hide a missing pin.
-        if venv_dir.exists():
-            shutil.rmtree(venv_dir)
-        log(f"creating Prefect server venv at {venv_dir} (takes a minute or two)")
-        subprocess.run([_base_python(), "-m", "venv", str(venv_dir)], check=True)
+        # Never delete: the dir may be a venv someone made by hand (PWO_PREFECT_VENV);
+        # installing the full pin list on top brings it to the pinned set anyway.
+        if not (venv_dir / "bin" / "python").exists():
+            log(f"creating Prefect server venv at {venv_dir} (takes a minute or two)")
+            subprocess.run([_base_python(), "-m", "venv", str(venv_dir)], check=True)
+        else:
+            log(f"syncing Prefect server venv at {venv_dir} with {REQUIREMENTS.name}")
         pip_log = venv_dir / "pip-install.log"
         with open(pip_log, "w") as out:
             proc = subprocess.run(

@@ -1,0 +1,50 @@
+"""Fixtures that start real components: a Prefect server and a Kubernetes control plane.
+
+Servers are session-scoped (starting them is the slow part) and every test works in
+its own work pool / namespace, so tests don't see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.prefect_seed import PrefectSeeder
+from sandbox.prefect_server import PrefectServer
+
+BASIC_AUTH = "operator:s3cr3t-pass"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with PrefectServer(tmp_path_factory.mktemp("prefect")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    with PrefectServer(tmp_path_factory.mktemp("prefect-auth"), auth_string=BASIC_AUTH) as server:
+        yield server
+
+
+@pytest.fixture
+def seeder(prefect_server: PrefectServer) -> Iterator[PrefectSeeder]:
+    with PrefectSeeder(prefect_server.api_url) as s:
+        yield s
+
+
+@pytest.fixture
+def pool_name() -> str:
+    return f"ecs-{uuid.uuid4().hex[:8]}"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("PWO_REPO_ROOT", str(REPO_ROOT))

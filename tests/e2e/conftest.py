@@ -1,0 +1,73 @@
+"""End-to-end fixtures: a real kube-apiserver, the CRD, the operator as a process.
+
+By default a local control plane (etcd + kube-apiserver built from Go modules) is
+started for the session. With ``E2E_USE_KUBECONFIG=1`` the tests use the cluster
+``KUBECONFIG`` names instead (kind on a laptop, say); the Prefect server still runs
+on this machine's loopback, so that cluster must be local too.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.kube import LocalControlPlane
+from tests.kubectl import Kubectl
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    if os.environ.get("E2E_USE_KUBECONFIG") == "1":
+        yield pathlib.Path(os.environ["KUBECONFIG"])
+        return
+    with LocalControlPlane(tmp_path_factory.mktemp("kube")) as plane:
+        yield plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubeconfig: pathlib.Path) -> Kubectl:
+    k = Kubectl(kubeconfig)
+    k("apply", "--server-side", "-f", str(CRD))
+    k("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
+    return k
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    # Without a controller-manager namespaces never finish deleting: strip our
+    # finalizers so policies go, then ask for the namespace to go too.
+    ns = kubectl.in_namespace(name)
+    for policy in ns("get", "pwpp", "-o", "name").split():
+        ns.run("patch", policy, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def operator_process(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """The operator as users run it (``python -m prefect_workpool_operator``); yields its log file."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {**os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_TICK_SECONDS": "1", "PWO_VERBOSE": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

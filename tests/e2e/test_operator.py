@@ -1,0 +1,107 @@
+"""The operator process reconciles policies on a real API server against a real Prefect server."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import yaml
+
+from sandbox.prefect_seed import PrefectSeeder, late_state
+from tests.conftest import BASIC_AUTH, unique
+from tests.kubectl import Kubectl, condition, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def policy(name: str, api_url: str, pool: str, **extra: object) -> str:
+    prefect: dict = {"apiUrl": api_url, "workPool": pool, **extra.pop("prefect", {})}  # type: ignore[dict-item]
+    return yaml.safe_dump({
+        "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy",
+        "metadata": {"name": name}, "spec": {"prefect": prefect, "interval": "10s", **extra},
+    })
+
+
+def secret(name: str, key: str, value: str) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "data": {key: base64.b64encode(value.encode()).decode()},
+    })
+
+
+def ready(ns: Kubectl, name: str, status: str, reason: str | None = None):
+    def check():
+        obj = ns.get_json("pwpp", name)
+        cond = condition(obj, "Ready")
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason):
+            return obj
+        return None
+    return check
+
+
+def test_policy_reports_pool_figures(kubectl: Kubectl, namespace: str, operator_process, prefect_server) -> None:
+    ns = kubectl.in_namespace(namespace)
+    pool = unique("pool")
+    with PrefectSeeder(prefect_server.api_url) as seeder:
+        seeder.create_ecs_pool(pool)
+        deployment = seeder.create_deployment(pool)
+        seeder.create_runs(deployment, 3, {"type": "PENDING"})
+        seeder.create_runs(deployment, 2, late_state(120))
+        seeder.heartbeat_worker(pool, "worker-1")
+    ns.apply(policy("etl", prefect_server.api_url, pool))
+
+    obj = wait_for(ready(ns, "etl", "True", "Reconciled"), what="Ready=True")
+    status = obj["status"]
+    assert status["runs"] == {"late": 2, "pending": 3, "running": 0}
+    assert status["workers"] == {"online": 1, "offline": 0}
+    assert status["poolStatus"] == "READY" and status["prefectVersion"] == "3.8.8"
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True", "PrefectConnected": "True", "WorkPoolReady": "True",
+    }
+
+    table = ns("get", "pwpp", "etl")
+    assert table.split("\n")[0].split() == ["NAME", "POOL", "LATE", "PENDING", "WORKERS", "READY", "AGE"]
+    assert table.split("\n")[1].split()[:6] == ["etl", pool, "2", "3", "1", "True"]
+    described = ns("describe", "pwpp", "etl")
+    for text in ("Reconciled", "PrefectConnected", "PoolReady", "Observed Generation"):
+        assert text in described
+
+    # Editing the spec is reconciled at once and bumps observedGeneration.
+    ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"45s"}}')
+    wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="observedGeneration 2")
+
+
+def test_missing_secret_then_recovery(kubectl: Kubectl, namespace: str, operator_process, prefect_auth_server) -> None:
+    ns = kubectl.in_namespace(namespace)
+    with PrefectSeeder(prefect_auth_server.api_url, auth=prefect_auth_server.auth) as seeder:
+        seeder.create_ecs_pool("guarded-e2e")
+    auth = {"basicAuthSecretRef": {"name": "prefect-auth", "key": "auth-string"}}
+    ns.apply(policy("guarded", prefect_auth_server.api_url, "guarded-e2e", prefect={"auth": auth}))
+
+    obj = wait_for(ready(ns, "guarded", "False", "SecretNotFound"), what="Ready=False SecretNotFound")
+    assert f"Secret {namespace}/prefect-auth does not exist" in condition(obj, "Ready")["message"]
+    assert condition(obj, "PrefectConnected")["status"] == "Unknown"
+    wait_for(lambda: "SecretNotFound" in ns("get", "events", "--field-selector", "type=Warning"), what="Warning Event")
+
+    ns.apply(secret("prefect-auth", "wrong-key", BASIC_AUTH))
+    wait_for(ready(ns, "guarded", "False", "SecretKeyNotFound"), what="SecretKeyNotFound")
+
+    ns.apply(secret("prefect-auth", "auth-string", "operator:wrong-password"))
+    wait_for(ready(ns, "guarded", "False", "Unauthorized"), what="Unauthorized")
+
+    ns.apply(secret("prefect-auth", "auth-string", BASIC_AUTH))
+    obj = wait_for(ready(ns, "guarded", "True", "Reconciled"), timeout=90, what="recovery")
+    assert condition(obj, "PrefectConnected")["reason"] == "Connected"
+
+    # The secret never shows up in what users can read.
+    dumped = ns("get", "pwpp", "guarded", "-o", "yaml") + ns("get", "events", "-o", "yaml")
+    assert "s3cr3t-pass" not in dumped and "wrong-password" not in dumped
+
+
+def test_unknown_pool_is_reported(kubectl: Kubectl, namespace: str, operator_process, prefect_server) -> None:
+    ns = kubectl.in_namespace(namespace)
+    ns.apply(policy("ghost", prefect_server.api_url, "no-such-pool"))
+    obj = wait_for(ready(ns, "ghost", "False", "WorkPoolNotFound"), what="WorkPoolNotFound")
+    assert condition(obj, "PrefectConnected")["status"] == "True"
+    assert condition(obj, "WorkPoolReady")["reason"] == "WorkPoolNotFound"
