@@ -14,7 +14,7 @@ build() { # name module-dir package [ldflags]
   key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags"; } | sha256sum | cut -c1-12)
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
-    echo ">> building $name from $pkg (first run only; kube-apiserver takes ~15 min on 2 cores)" >&2
+    echo ">> building $name from $pkg (first run only; kube-apiserver takes ~7 min on 2 cores)" >&2
     local start=$SECONDS
     # Progress for the long build: a dot a minute on stderr.
     ( while sleep 60; do printf '.' >&2; done ) & local ticker=$!
