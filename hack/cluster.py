@@ -45,13 +45,9 @@ def up(workdir: pathlib.Path, bin_dir: pathlib.Path | None, timeout: float) -> i
         _log(f"already running at {state['server']}")
     else:
         cp = LocalControlPlane(workdir, bin_dir, _log, detach=True)
-        try:
-            cp.start(timeout)
-        finally:
-            # Written even when start() failed half-way, so `down` can clean up a leftover.
-            if cp.procs:
-                write_pid_file(pid_file, {"pids": cp.pids, "server": cp.server,
-                                          "kubeconfig": str(cp.kubeconfig)})
+        cp.start(timeout)  # on failure it prints the log tails and stops what it started
+        write_pid_file(pid_file, {"pids": cp.pids, "server": cp.server,
+                                  "kubeconfig": str(cp.kubeconfig)})
     print(f"export KUBECONFIG={workdir / 'kubeconfig'}")
     return 0
 

@@ -223,6 +223,9 @@ class LocalControlPlane:
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses a loopback address, and nothing in-cluster needs
+            # the 'kubernetes' Service endpoints here.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={port}",
             f"--cert-dir={self._ca_file.parent}",  # self-signed serving cert, kept across restarts
             "--authorization-mode=RBAC",

@@ -17,7 +17,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -33,17 +33,16 @@ class PrefectAPIError(RuntimeError):
         self.response = response
         self.status_code = response.status_code
         super().__init__(
-            f"{response.request.method} {response.request.url} -> "
-            f"{response.status_code}: {response.text[:1000]}"
+            f"{response.request.method} {response.request.url} -> {response.status_code}: {response.text[:1000]}"
         )
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def iso(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).isoformat()
+    return when.astimezone(dt.UTC).isoformat()
 
 
 def scheduled_state(at: dt.datetime, name: str | None = None) -> dict[str, Any]:
@@ -217,7 +216,7 @@ class PrefectSeeder:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> PrefectSeeder:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -372,6 +371,11 @@ class PrefectSeeder:
             "related": related,
             "payload": {},
         }
+
+    def read_events(self, event_filter: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
+        """``POST /events/filter``; events show up a few seconds after they occur."""
+        body = {"filter": event_filter, "limit": limit}
+        return list(self._json("POST", "/events/filter", json=body)["events"])
 
     def emit_events(self, events: list[dict[str, Any]]) -> None:
         # Events carry their own ids, so a retried POST doesn't double them.

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Self
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "hack" / "prefect-server-requirements.txt"
@@ -115,6 +116,7 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                check=False,  # reported below with the log's tail
             )
         if proc.returncode != 0 or not prefect.exists():
             tail = pip_log.read_text(errors="replace")[-3000:]
@@ -218,9 +220,7 @@ class PrefectServer:
             if not first or attempt == 2:
                 break
             self.port = None
-        raise RuntimeError(
-            f"Prefect server did not become healthy; last log lines:\n{self._log_tail()}"
-        )
+        raise RuntimeError(f"Prefect server did not become healthy; last log lines:\n{self._log_tail()}")
 
     def _spawn(self, prefect: pathlib.Path, timeout: float) -> bool:
         started = time.monotonic()
@@ -284,7 +284,7 @@ class PrefectServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> PrefectServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

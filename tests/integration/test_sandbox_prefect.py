@@ -1,34 +1,32 @@
 """Smoke test of the Prefect sandbox (hack/sandbox): a real prefect 3.8.8 server.
 
-The first run builds <repo>/.venv-prefect (or $PWO_PREFECT_VENV), ~40 s.
+Uses the session servers from tests/conftest.py. The first run builds
+<repo>/.venv-prefect (or $PWO_PREFECT_VENV), ~35 s.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from sandbox.prefect_seed import PrefectSeeder, late_state
+from sandbox.prefect_server import PrefectServer
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "hack" / "sandbox"))
+pytestmark = pytest.mark.integration
 
-from prefect_seed import PrefectSeeder, late_state  # noqa: E402
-from prefect_server import PrefectServer  # noqa: E402
+# The session server is shared with other tests: keep to a pool of our own.
+POOL = f"ecs-smoke-{uuid.uuid4().hex[:6]}"
 
-POOL = "ecs-smoke"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with PrefectServer(tmp_path_factory.mktemp("prefect")) as srv:
-        yield srv
+Seeded = tuple[PrefectSeeder, dict[str, list[str]]]
 
 
 @pytest.fixture(scope="module")
-def seeded(server: PrefectServer) -> Iterator[tuple[PrefectSeeder, dict[str, list[str]]]]:
-    seeder = PrefectSeeder(server.api_url)
+def seeded(prefect_server: PrefectServer) -> Iterator[Seeded]:
+    seeder = PrefectSeeder(prefect_server.api_url)
     pool = seeder.create_ecs_pool(POOL)
     assert pool["type"] == "ecs"
     variables = pool["base_job_template"]["variables"]["properties"]
@@ -53,7 +51,7 @@ def pending_count(seeder: PrefectSeeder) -> int:
     )
 
 
-def test_runs_and_worker(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> None:
+def test_runs_and_worker(seeded: Seeded) -> None:
     seeder, runs = seeded
     assert pending_count(seeder) == 3
 
@@ -68,7 +66,7 @@ def test_runs_and_worker(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> 
     assert seeder.read_pool(POOL)["status"] == "READY"
 
 
-def test_late_runs(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> None:
+def test_late_runs(seeded: Seeded) -> None:
     seeder, runs = seeded
     # The LATE_RUNS service loops every 5 s.
     seeder.wait_for(
@@ -82,20 +80,18 @@ def test_late_runs(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> None:
     assert late == 2
 
 
-def test_submitted_event(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> None:
+def test_submitted_event(seeded: Seeded) -> None:
     seeder, runs = seeded
     run_id = runs["pending"][0]
     seeder.emit_submitted_event("Smoke Worker", "ecs", run_id, POOL)
 
-    def find() -> list[dict[str, object]]:
-        body = {
-            "filter": {
+    def find() -> list[dict[str, Any]]:
+        return seeder.read_events(
+            {
                 "event": {"name": ["prefect.worker.submitted-flow-run"]},
                 "related": {"id": [f"prefect.flow-run.{run_id}"]},
-            },
-            "limit": 10,
-        }
-        return list(seeder._json("POST", "/events/filter", json=body)["events"])
+            }
+        )
 
     # Events are persisted in batches a few seconds after they arrive.
     events = seeder.wait_for(find, timeout=30, interval=0.5)
@@ -103,23 +99,28 @@ def test_submitted_event(seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> 
     assert events[0]["resource"]["prefect.resource.name"] == "Smoke Worker"
 
 
-def test_restart_keeps_data(server: PrefectServer, seeded: tuple[PrefectSeeder, dict[str, list[str]]]) -> None:
-    seeder, _ = seeded
-    url = server.api_url
-    server.stop()
-    server.stop()  # idempotent
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{url}/health", timeout=2)
-    server.start()
-    assert server.api_url == url
-    assert pending_count(seeder) == 3
+def test_restart_keeps_data(tmp_path: pathlib.Path) -> None:
+    # Its own server: restarting the shared one would disturb other tests.
+    with PrefectServer(tmp_path) as srv, PrefectSeeder(srv.api_url) as seeder:
+        seeder.create_ecs_pool("kept")
+        url = srv.api_url
+        srv.stop()
+        srv.stop()  # idempotent
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health", timeout=2)
+        srv.start()
+        assert srv.api_url == url
+        assert seeder.read_pool("kept")["type"] == "ecs"
 
 
-def test_basic_auth(tmp_path: pathlib.Path) -> None:
-    with PrefectServer(tmp_path, auth_string="admin:s3cret") as srv:
-        assert httpx.get(f"{srv.api_url}/health").json() is True
-        assert httpx.post(f"{srv.api_url}/flow_runs/count", json={}).status_code == 401
-        assert httpx.post(f"{srv.api_url}/flow_runs/count", json={}, auth=("admin", "wrong")).status_code == 401
-        with PrefectSeeder(srv.api_url, auth=srv.auth) as seeder:
-            seeder.create_ecs_pool("authed")
-            assert seeder.read_pool("authed")["type"] == "ecs"
+def test_basic_auth(prefect_auth_server: PrefectServer) -> None:
+    url = prefect_auth_server.api_url
+    assert prefect_auth_server.auth is not None
+    user, _ = prefect_auth_server.auth
+    assert httpx.get(f"{url}/health").json() is True  # stays open for probes
+    assert httpx.post(f"{url}/flow_runs/count", json={}).status_code == 401
+    assert httpx.post(f"{url}/flow_runs/count", json={}, auth=(user, "wrong")).status_code == 401
+    with PrefectSeeder(url, auth=prefect_auth_server.auth) as seeder:
+        name = f"authed-{uuid.uuid4().hex[:6]}"
+        seeder.create_ecs_pool(name)
+        assert seeder.read_pool(name)["type"] == "ecs"
