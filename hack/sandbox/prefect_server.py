@@ -31,17 +31,20 @@ STAMP_NAME = ".requirements.sha256"
 
 Log = Callable[[str], object]
 
-# Defaults for tests, checked against the prefect 3.8.8 source:
+# Defaults for tests, checked against the prefect 3.8.8 source and a live server:
 # - LATE_RUNS on: tests rely on SCHEDULED runs turning "Late" (15 s after their time).
-# - FOREMAN on: a worker's `status` *column* is set ONLINE by each heartbeat and only
-#   the foreman flips it back to OFFLINE (every 15 s, after 3 missed intervals). The
-#   `status` in responses is recomputed from last_heartbeat_time, but the
-#   `workers.status.any_` filter and the pool's READY/NOT_READY status use the column,
-#   so without the foreman a dead worker would still match `status=ONLINE`.
+# - FOREMAN on: a worker's status is a DB column that each heartbeat sets ONLINE and
+#   only the foreman sets OFFLINE (loop 15 s; after 3 x heartbeat_interval_seconds,
+#   fallback 30 s). workers/filter returns that column and filters on it, and the
+#   foreman also sets pools NOT_READY. Without it a dead worker stays ONLINE forever
+#   (seen live). (WorkerResponse.model_validate recomputes status from the heartbeat
+#   time, but FastAPI doesn't call it when serializing.)
 # - EVENT_PERSISTER on: `POST /events/filter` (who claimed a run) reads what it stores.
-# - The rest only add background writes, i.e. SQLite "database is locked" (503s),
-#   for features tests don't use: schedules, automations, task runs, pauses,
-#   concurrency leases, cancellation of child runs, worker-channel cleanup.
+# - The rest serve features tests don't use (schedules, automations, task runs,
+#   pauses, concurrency leases, child-run cancellation, worker-channel cleanup); off
+#   so they add no background writes. Measured: the SQLite 503s come mostly from
+#   LATE_RUNS and the event persister (200 creates: ~5 % 503 with these defaults,
+#   0 with those two and FOREMAN off too), so clients must still retry.
 DEFAULT_SERVICES: dict[str, bool] = {
     "LATE_RUNS": True,
     "FOREMAN": True,
