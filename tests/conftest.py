@@ -21,7 +21,9 @@ BASIC_AUTH = "operator:s3cr3t-pass"
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    with PrefectServer(tmp_path_factory.mktemp("prefect")) as server:
+    # A fast foreman: workers that stop heartbeating turn OFFLINE within seconds.
+    env = {"PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "2"}
+    with PrefectServer(tmp_path_factory.mktemp("prefect"), env=env) as server:
         yield server
 
 

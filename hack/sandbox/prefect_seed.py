@@ -279,6 +279,21 @@ class PrefectSeeder:
             ids.append(str(self._json("POST", f"/deployments/{deployment_id}/create_flow_run", json=body)["id"]))
         return ids
 
+    def create_runs_bulk(self, deployment_id: str, n: int, state: dict[str, Any], **fields: Any) -> list[str]:
+        """Like ``create_runs`` but 100 per call (``create_flow_run/bulk``): for thousands of runs."""
+        ids: list[str] = []
+        for start in range(0, n, 100):
+            body = [
+                {"state": state, "idempotency_key": f"seed-{uuid.uuid4()}", **fields}
+                for _ in range(min(100, n - start))
+            ]
+            answer = self._json("POST", f"/deployments/{deployment_id}/create_flow_run/bulk", json=body)
+            failed = [r for r in answer["results"] if r["status"] != "CREATED"]
+            if failed:
+                raise RuntimeError(f"bulk create failed for {len(failed)} runs: {failed[0].get('error')}")
+            ids += [str(r["flow_run_id"]) for r in answer["results"]]
+        return ids
+
     def set_state(self, run_id: str, state: dict[str, Any], force: bool = True) -> dict[str, Any]:
         # force=True by default: seeding sets up a scenario, it doesn't simulate a
         # well-behaved client (the operator must never force; see FACTS.md).

@@ -17,6 +17,9 @@ from pydantic.alias_generators import to_camel
 from .core.durations import DURATION_PATTERN, parse_duration
 
 MIN_INTERVAL = "10s"
+# Events about a run (who claimed it) become visible a few seconds after they happen;
+# a stale threshold must leave them time to arrive.
+MIN_PENDING_TIMEOUT = "30s"
 
 
 def _cel(rule: str, message: str) -> dict[str, object]:
@@ -33,6 +36,10 @@ Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length
 QueueName = Annotated[
     str, StringConstraints(min_length=1, max_length=255), Field(description="Name of a work queue of the pool.")
 ]
+
+
+RunId = Annotated[str, StringConstraints(max_length=64), Field(description="A flow-run id.")]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=255), Field(description="A flow-run tag.")]
 
 
 class SecretKeyRef(_Model):
@@ -113,6 +120,96 @@ class PrefectConnection(_Model):
     )
 
 
+class StaleRunsSpec(_Model):
+    """Recover flow runs stuck in PENDING: claimed by a worker that died before their infrastructure started.
+
+    A stale run is touched only when no one can act on it any more: its claiming worker is
+    offline or unknown and no infrastructure for it is known to be alive.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "duration(self.hardTimeout) > duration(self.pendingTimeout)",
+                    "hardTimeout must be longer than pendingTimeout",
+                )
+            ]
+        }
+    )
+
+    pending_timeout: Duration = Field(
+        default="10m",
+        description=(
+            f"A run PENDING at least this long is stale (Go duration, at least {MIN_PENDING_TIMEOUT}). "
+            "Keep it longer than the ECS task start timeout of the pool."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"duration(self) >= duration('{MIN_PENDING_TIMEOUT}')",
+                    f"pendingTimeout must be at least {MIN_PENDING_TIMEOUT}",
+                )
+            ]
+        },
+    )
+    hard_timeout: Duration = Field(
+        default="1h",
+        description=(
+            "A stale run whose claiming worker is still online, or whose infrastructure could not be "
+            "verified, is left alone until it has been PENDING this long."
+        ),
+    )
+    action: Literal["Reschedule", "MarkCrashed", "Cancel", "ReportOnly"] = Field(
+        default="Reschedule",
+        description=(
+            "What to do with a recoverable run: Reschedule (back to SCHEDULED, state name 'Requeued'), "
+            "MarkCrashed, Cancel, or ReportOnly (count it, change nothing)."
+        ),
+    )
+    max_requeues_per_run: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="How many times one run may be rescheduled by the operator; then onExhausted applies.",
+    )
+    on_exhausted: Literal["MarkCrashed", "Cancel", "ReportOnly"] = Field(
+        default="MarkCrashed", description="What to do with a run that reached maxRequeuesPerRun."
+    )
+    max_runs_per_cycle: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="At most this many runs are changed per cycle (oldest first); the rest wait for the next cycle.",
+    )
+    tags: list[Tag] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Only runs carrying all of these tags are considered. Empty means any run.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    work_queues: list[QueueName] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Only runs of these queues are considered. Empty means spec.prefect.workQueues (or the whole pool).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @property
+    def pending_timeout_delta(self) -> timedelta:
+        return parse_duration(self.pending_timeout)
+
+    @property
+    def hard_timeout_delta(self) -> timedelta:
+        return parse_duration(self.hard_timeout)
+
+    @model_validator(mode="after")
+    def _hard_after_pending(self) -> StaleRunsSpec:
+        if self.hard_timeout_delta <= self.pending_timeout_delta:
+            raise ValueError("hardTimeout must be longer than pendingTimeout")
+        return self
+
+
 class PolicySpec(_Model):
     """Desired behaviour for one Prefect work pool."""
 
@@ -131,6 +228,9 @@ class PolicySpec(_Model):
     )
     dry_run: bool = Field(
         default=False, description="Observe and decide, report what would be done, but change nothing."
+    )
+    stale_runs: StaleRunsSpec | None = Field(
+        default=None, description="Recovery of flow runs stuck in PENDING. Omit to leave PENDING runs alone."
     )
 
     @property
@@ -175,6 +275,42 @@ class RunFigures(_Model):
     running: int = Field(default=0, ge=0, description="Runs in RUNNING.")
 
 
+class SkippedFigures(_Model):
+    """Stale runs left alone this cycle, by reason."""
+
+    claimer_online: int = Field(default=0, ge=0, description="Its claiming worker is still online (until hardTimeout).")
+    infrastructure_alive: int = Field(default=0, ge=0, description="Its infrastructure (ECS task) is alive.")
+    infrastructure_unknown: int = Field(default=0, ge=0, description="Its infrastructure could not be checked.")
+    infrastructure_unverified: int = Field(
+        default=0, ge=0, description="It has infrastructure that no check is configured for (until hardTimeout)."
+    )
+    batch_limit: int = Field(default=0, ge=0, description="Over maxRunsPerCycle: waits for the next cycle.")
+    moved_on: int = Field(default=0, ge=0, description="It left PENDING before the operator's write.")
+
+
+class StaleRunFigures(_Model):
+    """Stale-run recovery in the last cycle."""
+
+    stale: int = Field(default=0, ge=0, description="Runs PENDING longer than pendingTimeout.")
+    recovered: int = Field(default=0, ge=0, description="Runs changed this cycle.")
+    would_recover: int = Field(default=0, ge=0, description="Recoverable runs left unchanged (dryRun or ReportOnly).")
+    exhausted: int = Field(default=0, ge=0, description="Runs that reached maxRequeuesPerRun this cycle.")
+    skipped: SkippedFigures | None = Field(default=None, description="Stale runs left alone, by reason.")
+    total_recovered: int = Field(default=0, ge=0, description="Runs changed since the policy was created.")
+
+
+class LastRecovery(_Model):
+    """The last cycle that changed runs."""
+
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it happened.")
+    rescheduled: int = Field(default=0, ge=0, description="Runs moved back to SCHEDULED (Requeued).")
+    crashed: int = Field(default=0, ge=0, description="Runs marked Crashed.")
+    cancelled: int = Field(default=0, ge=0, description="Runs cancelled.")
+    run_ids: list[RunId] = Field(
+        default_factory=list, max_length=10, description="Up to 10 of the changed runs' ids."
+    )
+
+
 class PolicyStatus(_Model):
     """What the operator observed and did; written by the operator only."""
 
@@ -183,7 +319,7 @@ class PolicyStatus(_Model):
     )
     conditions: list[ConditionStatus] = Field(
         default_factory=list,
-        description="Standard conditions: Ready, PrefectConnected, WorkPoolReady.",
+        description="Standard conditions: Ready, PrefectConnected, WorkPoolReady, StaleRunsRecovered.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     pool_status: str | None = Field(
@@ -191,6 +327,8 @@ class PolicyStatus(_Model):
     )
     workers: WorkerFigures | None = Field(default=None, description="Workers of the pool.")
     runs: RunFigures | None = Field(default=None, description="Run counts of the pool.")
+    stale_runs: StaleRunFigures | None = Field(default=None, description="Stale-run recovery figures.")
+    last_recovery: LastRecovery | None = Field(default=None, description="The last cycle that changed runs.")
     prefect_version: str | None = Field(
         default=None, max_length=64, description="Prefect server version, when the server reports it."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,6 +25,18 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
 MAX_RETRY_AFTER = 30.0
+BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
+EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
+FLOW_RUN_PREFIX = "prefect.flow-run."
+SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
+EXECUTED_EVENT = "prefect.worker.executed-flow-run"
+REQUEUED_STATE_NAME = "Requeued"  # the server emits prefect.flow-run.Requeued for each requeue
+
+
+@dataclass(frozen=True)
+class Claim:
+    worker: str | None
+    executed: bool = False
 
 
 class PrefectError(Exception):
@@ -63,6 +76,7 @@ class PrefectClient:
         self._backoff = backoff
         self._version: str | None = None
         self._version_checked = False
+        self.bulk_unsupported = False  # learnt from a 404/405 on bulk_set_state
 
     # -- transport ------------------------------------------------------------------
 
@@ -199,16 +213,118 @@ class PrefectClient:
             self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
             self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
         )
-        online = sum(1 for w in workers if w.get("status") == "ONLINE")
+        online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
         return PoolObservation(
             pool_status=str(work_pool.get("status") or "UNKNOWN"),
-            workers_online=online,
-            workers_offline=len(workers) - online,
+            workers_online=len(online),
+            workers_offline=len(workers) - len(online),
+            online_workers=online,
             late=late,
             pending=pending,
             running=running,
             server_version=version,
         )
+
+    # -- stale-run recovery ----------------------------------------------------------
+
+    async def pending_candidates(
+        self, scope: dict[str, Any], expected_before: datetime, tags: list[str], *, page_size: int = 200,
+        max_pages: int = 100,
+    ) -> list[dict[str, Any]]:
+        """PENDING runs expected to start before ``expected_before``, oldest first, every page."""
+        flow_runs: dict[str, Any] = {
+            "state": {"type": {"any_": ["PENDING"]}},
+            "expected_start_time": {"before_": expected_before.isoformat()},
+        }
+        if tags:
+            flow_runs["tags"] = {"all_": list(tags)}
+        runs: list[dict[str, Any]] = []
+        for page in range(max_pages):
+            body = {**scope, "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC",
+                    "limit": page_size, "offset": page * page_size}
+            batch = await self._json("POST", "/flow_runs/filter", body)
+            if not isinstance(batch, list):
+                raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
+            runs.extend(batch)
+            if len(batch) < page_size:
+                break
+        return runs
+
+    async def claims(self, run_ids: list[str], since: datetime) -> dict[str, Claim]:
+        """Who claimed each run (its latest prefect.worker.submitted-flow-run event) and whether
+        the worker reported the infrastructure (prefect.worker.executed-flow-run)."""
+        claims: dict[str, Claim] = {}
+        for chunk in _chunks(run_ids, EVENT_IDS_PER_CALL):
+            body = {
+                "filter": {
+                    "event": {"name": [SUBMITTED_EVENT, EXECUTED_EVENT]},
+                    "related": {"id": [f"{FLOW_RUN_PREFIX}{i}" for i in chunk], "role": ["flow-run"]},
+                    "occurred": {"since": since.isoformat()},
+                    "order": "ASC",
+                },
+                "limit": 50,
+            }
+            page = await self._json("POST", "/events/filter", body)
+            while True:
+                for event in page.get("events") or []:
+                    _record_claim(claims, event)
+                next_page = page.get("next_page")
+                if not next_page:
+                    break
+                # The server builds the link from its own base URL; keep ours (proxies, Cloud paths).
+                page = await self._json("GET", "/events/filter/next?" + urlsplit(next_page).query)
+        return claims
+
+    async def requeue_counts(self, run_ids: list[str], since: datetime) -> dict[str, int]:
+        """How often each run was requeued before: its ``prefect.flow-run.Requeued`` events."""
+        counts: dict[str, int] = {}
+        for chunk in _chunks(run_ids, EVENT_IDS_PER_CALL):
+            body = {
+                "filter": {
+                    "event": {"name": [f"prefect.flow-run.{REQUEUED_STATE_NAME}"]},
+                    "resource": {"id": [f"{FLOW_RUN_PREFIX}{i}" for i in chunk]},
+                    "occurred": {"since": since.isoformat()},
+                },
+                "time_unit": "day",
+                "time_interval": 1.0,
+            }
+            for row in await self._json("POST", "/events/count-by/resource", body):
+                counts[str(row["value"]).removeprefix(FLOW_RUN_PREFIX)] = int(row["count"])
+        return counts
+
+    async def bulk_set_pending_runs(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, str] | None:
+        """Set ``state`` on those of ``run_ids`` still PENDING; None when the server lacks the endpoint.
+
+        Returns run id -> orchestration status (ACCEPT, REJECT, ...); runs missing from
+        the answer had left PENDING when the server selected them.
+        """
+        if len(run_ids) > BULK_LIMIT:
+            raise ValueError(f"at most {BULK_LIMIT} runs per bulk call")
+        body = {
+            "flow_runs": {"id": {"any_": list(run_ids)}, "state": {"type": {"any_": ["PENDING"]}}},
+            "state": state,
+            "force": False,
+            "limit": len(run_ids),
+        }
+        try:
+            answer = await self._json("POST", "/flow_runs/bulk_set_state", body)
+        except PrefectError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        # Match on each result's own flow_run_id: state.state_details.flow_run_id is unreliable there.
+        return {str(r["flow_run_id"]): str(r["status"]) for r in answer.get("results") or []}
+
+    async def set_pending_run(self, run_id: str, state: dict[str, Any]) -> str | None:
+        """Fallback for servers without bulk_set_state: re-read, then set the state if still PENDING.
+
+        Returns the orchestration status, or None when the run had left PENDING.
+        """
+        run = await self._json("GET", f"/flow_runs/{_quote(run_id)}")
+        if ((run.get("state") or {}).get("type")) != "PENDING":
+            return None
+        answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False})
+        return str(answer.get("status"))
 
     async def check_queues(self, pool: str, queues: list[str]) -> None:
         if not queues:
@@ -224,6 +340,22 @@ def pool_scope(pool: str, queues: list[str]) -> dict[str, Any]:
     if queues:
         scope["work_pool_queues"] = {"name": {"any_": list(queues)}}
     return scope
+
+
+def _record_claim(claims: dict[str, Claim], event: dict[str, Any]) -> None:
+    runs = [r["prefect.resource.id"].removeprefix(FLOW_RUN_PREFIX) for r in event.get("related") or []
+            if r.get("prefect.resource.role") == "flow-run"]
+    worker = (event.get("resource") or {}).get("prefect.resource.name")
+    for run_id in runs:
+        if event.get("event") == SUBMITTED_EVENT:  # ascending order: the latest claim wins
+            claims[run_id] = Claim(worker=worker, executed=False)
+        elif event.get("event") == EXECUTED_EVENT:
+            previous = claims.get(run_id)
+            claims[run_id] = Claim(worker=previous.worker if previous else worker, executed=True)
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _retry_after(response: httpx.Response) -> float | None:

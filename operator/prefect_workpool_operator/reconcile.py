@@ -22,7 +22,9 @@ from .core.conditions import Condition, changed_conditions, format_time, merge_c
 from .core.health import Failure, PoolObservation
 from .kube_api import SecretError
 from .models import PolicySpec
+from .core import stale
 from .prefect_api import PrefectClient, PrefectError
+from .recovery import InfrastructureCheck, RequeueMemory, recover_stale_runs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class PolicyRuntime:
     last_cycle_at: datetime | None = None
     last_generation: int | None = None
     next_due: datetime | None = None
+    requeues: RequeueMemory = field(default_factory=RequeueMemory)
+    infrastructure_check: InfrastructureCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def is_due(self, generation: int | None, now: datetime) -> bool:
@@ -73,43 +77,52 @@ async def run_cycle(
     now: datetime,
 ) -> CycleOutcome:
     meta = body.get("metadata", {})
-    namespace, generation = meta.get("namespace", ""), meta.get("generation")
+    generation = meta.get("generation")
     previous = (body.get("status") or {}).get("conditions")
     figures: dict[str, Any] = {}
 
     spec: PolicySpec | None = None
+    acted: list[Event] = []
     try:
         spec = PolicySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         conditions = health.health_conditions(None, Failure(health.INVALID_SPEC, _describe(exc)), pool="", api_url="")
     else:
-        conditions, figures = await _observe(spec, namespace, generation, http, secrets, runtime, now)
+        conditions, figures, acted = await _observe(
+            spec, meta, body.get("status") or {}, http, secrets, runtime, now
+        )
 
+    # Conditions of features the spec no longer enables go away.
+    retired = {stale.STALE_RUNS_RECOVERED} if spec is not None and spec.stale_runs is None else set()
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": merge_conditions(previous, conditions, now, generation),
+        "conditions": merge_conditions(previous, conditions, now, generation, drop=retired),
         "lastReconcileTime": format_time(now),
         **figures,
     }
+    if retired:
+        status["staleRuns"] = None
     events = [
         Event("Normal" if c.status == "True" else "Warning", c.reason, c.message)
         for c in changed_conditions(previous, conditions)
+        if not (acted and c.type == stale.STALE_RUNS_RECOVERED)  # the acted Event already tells it
     ]
-    return CycleOutcome(status=status, events=events, spec=spec)
+    return CycleOutcome(status=status, events=events + acted, spec=spec)
 
 
 async def _observe(
     spec: PolicySpec,
-    namespace: str,
-    generation: int | None,
+    meta: Mapping[str, Any],
+    previous_status: Mapping[str, Any],
     http: httpx.AsyncClient,
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
-) -> tuple[list[Condition], dict[str, Any]]:
+) -> tuple[list[Condition], dict[str, Any], list[Event]]:
     conn = spec.prefect
+    namespace, generation = meta.get("namespace", ""), meta.get("generation")
     if spec.suspend:
-        return health.suspended_conditions(), {}
+        return health.suspended_conditions(), {}, []
     try:
         auth_header = await _auth_header(spec, namespace, secrets)
         client = _client_for(spec, auth_header, http, runtime)
@@ -119,13 +132,40 @@ async def _observe(
         observation = await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
     except (SecretError, PrefectError) as exc:
         failure = Failure(exc.reason, exc.message)
-        log.warning("policy %s: %s: %s", namespace, failure.reason, failure.message)
+        log.warning("policy %s/%s: %s: %s", namespace, meta.get("name"), failure.reason, failure.message)
         # Fail static: keep the last figures rather than report zeros we did not see.
-        return health.health_conditions(None, failure, pool=conn.work_pool, api_url=conn.api_url), {}
-    return (
-        health.health_conditions(observation, None, pool=conn.work_pool, api_url=conn.api_url),
-        status_figures(observation),
-    )
+        return health.health_conditions(None, failure, pool=conn.work_pool, api_url=conn.api_url), {}, []
+    conditions = health.health_conditions(observation, None, pool=conn.work_pool, api_url=conn.api_url)
+    figures = status_figures(observation)
+    events: list[Event] = []
+    if spec.stale_runs is not None:
+        try:
+            outcome = await recover_stale_runs(
+                client,
+                spec.stale_runs,
+                pool=conn.work_pool,
+                queues=list(conn.work_queues),
+                policy=f"{namespace}/{meta.get('name')}",
+                online_workers=observation.online_workers,
+                dry_run=spec.dry_run,
+                memory=runtime.requeues,
+                now=now,
+                total_before=int(((previous_status.get("staleRuns") or {}).get("totalRecovered")) or 0),
+                infrastructure_check=runtime.infrastructure_check,
+            )
+        except PrefectError as exc:
+            log.warning("policy %s/%s: recovery: %s: %s", namespace, meta.get("name"), exc.reason, exc.message)
+            message = f"Stale-run recovery stopped: {exc.message}"
+            conditions[0] = Condition(health.READY, "False", exc.reason, message)
+            conditions.append(Condition(stale.STALE_RUNS_RECOVERED, "False", exc.reason, message))
+        else:
+            conditions.append(outcome.condition)
+            figures["staleRuns"] = outcome.figures
+            if outcome.last_recovery:
+                figures["lastRecovery"] = outcome.last_recovery
+            if outcome.event_message:
+                events.append(Event("Normal", "RunsRecovered", outcome.event_message))
+    return conditions, figures, events
 
 
 def status_figures(o: PoolObservation) -> dict[str, Any]:

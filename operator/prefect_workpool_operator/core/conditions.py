@@ -27,9 +27,10 @@ def merge_conditions(
     current: list[Condition],
     now: datetime,
     generation: int | None,
+    drop: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """The new conditions list; types not in ``current`` are kept as they were."""
-    by_type = {c.get("type"): c for c in (previous or []) if isinstance(c, dict)}
+    """The new conditions list; types not in ``current`` are kept as they were, except ``drop``."""
+    by_type = {c.get("type"): c for c in (previous or []) if isinstance(c, dict) and c.get("type") not in drop}
     merged: list[dict[str, Any]] = []
     for cond in current:
         old = by_type.pop(cond.type, None)

@@ -59,6 +59,7 @@ class PoolObservation:
     pending: int
     running: int
     server_version: str | None = None
+    online_workers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""Stale-run recovery for one policy and cycle: read, decide (core.stale), write in batches.
+
+Reads: the stale candidates (paginated), who claimed them (worker labels on the run,
+else the worker's submitted-flow-run event), and how often each was requeued before
+(``prefect.flow-run.Requeued`` events: the count lives in Prefect, so an operator
+restart cannot reset it). Writes: ``bulk_set_state`` with a PENDING guard, ≤50 runs
+per call; servers without it get re-read + ``set_state`` per run. Never ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .core import stale
+from .core.conditions import Condition, format_time
+from .core.durations import format_duration
+from .core.stale import Infrastructure, PendingRun, RecoveryPlan, RecoveryRules
+from .models import StaleRunsSpec
+from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, pool_scope
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME_LABEL = "prefect.worker.name"  # set by 3.x workers right after they claim a run
+REQUEUE_LOOKBACK = timedelta(days=30)  # older Requeued events are past Prefect's default retention anyway
+CLAIM_LOOKBACK_MARGIN = timedelta(minutes=5)
+SAMPLE_SIZE = 10
+
+
+class InfrastructureCheck(Protocol):
+    """Answers "is this run's infrastructure alive?"; the ECS check plugs in here."""
+
+    async def check(self, runs: list[PendingRun]) -> dict[str, Infrastructure]: ...
+
+
+class NoInfrastructureCheck:
+    async def check(self, runs: list[PendingRun]) -> dict[str, Infrastructure]:
+        return {}
+
+
+@dataclass
+class RecoveryOutcome:
+    condition: Condition
+    figures: dict[str, Any]
+    last_recovery: dict[str, Any] | None = None
+    event_message: str | None = None  # set when the cycle changed runs
+    writes: int = 0
+
+
+@dataclass
+class RequeueMemory:
+    """Requeues this process made, for the seconds before their events are visible."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def merged(self, from_events: dict[str, int]) -> dict[str, int]:
+        return {**from_events, **{k: max(v, from_events.get(k, 0)) for k, v in self.counts.items()}}
+
+
+def rules_from(spec: StaleRunsSpec) -> RecoveryRules:
+    return RecoveryRules(
+        pending_timeout=spec.pending_timeout_delta,
+        hard_timeout=spec.hard_timeout_delta,
+        action=spec.action,
+        max_requeues=spec.max_requeues_per_run,
+        on_exhausted=spec.on_exhausted,
+        max_per_cycle=spec.max_runs_per_cycle,
+    )
+
+
+async def recover_stale_runs(
+    client: PrefectClient,
+    spec: StaleRunsSpec,
+    *,
+    pool: str,
+    queues: list[str],
+    policy: str,
+    online_workers: frozenset[str],
+    dry_run: bool,
+    memory: RequeueMemory,
+    now: datetime,
+    total_before: int = 0,
+    infrastructure_check: InfrastructureCheck | None = None,
+) -> RecoveryOutcome:
+    rules = rules_from(spec)
+    scope = pool_scope(pool, list(spec.work_queues) or queues)
+    raw = await client.pending_candidates(scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
+    runs = [_pending_run(r) for r in raw]
+    stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
+
+    if stale_runs:
+        stale_runs = await _with_claims_and_counts(client, stale_runs, memory, now)
+    infra = await (infrastructure_check or NoInfrastructureCheck()).check(stale_runs) if stale_runs else {}
+    plan = stale.plan_recovery(stale_runs, online_workers=set(online_workers), infrastructure=infra, rules=rules, now=now)
+
+    moved_on = 0
+    changed: dict[str, list[str]] = {}
+    failed = 0
+    writes = 0
+    if not dry_run and plan.to_write:
+        message = (
+            f"{{verb}} by prefectops.dev policy {policy}: PENDING for at least {format_duration(rules.pending_timeout)}"
+            " and no live worker or infrastructure owns it"
+        )
+        for action, ids in plan.by_action().items():
+            if not ids:
+                continue
+            result = await _apply(client, ids, _target_state(action, message))
+            changed[action] = result.accepted
+            moved_on += result.moved_on
+            failed += result.failed
+            writes += result.writes
+        for run_id in changed.get(stale.RESCHEDULE, []):
+            memory.counts[run_id] = next((r.requeues for r in stale_runs if r.id == run_id), 0) + 1
+
+    recovered = sum(len(v) for v in changed.values())
+    condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
+    figures = _figures(plan, recovered, moved_on, dry_run, total_before + recovered)
+    if not recovered:
+        return RecoveryOutcome(condition, figures, writes=writes)
+    sample = [i for ids in changed.values() for i in ids][:SAMPLE_SIZE]
+    last = {
+        "time": format_time(now),
+        "rescheduled": len(changed.get(stale.RESCHEDULE, [])),
+        "crashed": len(changed.get(stale.MARK_CRASHED, [])),
+        "cancelled": len(changed.get(stale.CANCEL, [])),
+        "runIds": sample,
+    }
+    verbs = [f"{last['rescheduled']} rescheduled", f"{last['crashed']} marked Crashed", f"{last['cancelled']} cancelled"]
+    summary = ", ".join(v for v in verbs if not v.startswith("0 "))
+    skipped = sum(plan.skipped.values()) + moved_on
+    event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary}" + (
+        f"; {skipped} left alone (see status.staleRuns.skipped)" if skipped else ""
+    )
+    return RecoveryOutcome(condition, figures, last_recovery=last, event_message=event, writes=writes)
+
+
+@dataclass
+class _ApplyResult:
+    accepted: list[str]
+    moved_on: int
+    failed: int
+    writes: int
+
+
+async def _apply(client: PrefectClient, ids: list[str], state: dict[str, Any]) -> _ApplyResult:
+    accepted: list[str] = []
+    moved_on = failed = writes = 0
+    for start in range(0, len(ids), BULK_LIMIT):
+        batch = ids[start : start + BULK_LIMIT]
+        results = None if client.bulk_unsupported else await client.bulk_set_pending_runs(batch, state)
+        if results is not None:
+            writes += 1
+            accepted += [i for i in batch if results.get(i) == "ACCEPT"]
+            moved_on += sum(1 for i in batch if i not in results)
+            failed += sum(1 for i in batch if i in results and results[i] != "ACCEPT")
+            continue
+        client.bulk_unsupported = True  # an older server or a Cloud plan without it: per run from now on
+        for run_id in batch:
+            status = await client.set_pending_run(run_id, state)
+            if status is None:
+                moved_on += 1
+                continue
+            writes += 1
+            if status == "ACCEPT":
+                accepted.append(run_id)
+            else:
+                failed += 1
+    return _ApplyResult(accepted, moved_on, failed, writes)
+
+
+def _target_state(action: str, message: str) -> dict[str, Any]:
+    if action == stale.RESCHEDULE:
+        # No scheduled_time: the server stamps its own "now", so clock skew can't delay the run.
+        return {"type": "SCHEDULED", "name": REQUEUED_STATE_NAME, "message": message.format(verb="Requeued")}
+    if action == stale.MARK_CRASHED:
+        return {"type": "CRASHED", "name": "Crashed", "message": message.format(verb="Marked Crashed")}
+    return {"type": "CANCELLED", "name": "Cancelled", "message": message.format(verb="Cancelled")}
+
+
+async def _with_claims_and_counts(
+    client: PrefectClient, runs: list[PendingRun], memory: RequeueMemory, now: datetime
+) -> list[PendingRun]:
+    ids = [r.id for r in runs]
+    counts = memory.merged(await client.requeue_counts(ids, now - REQUEUE_LOOKBACK))
+    unlabelled = [r.id for r in runs if r.claimer is None]
+    claims = {}
+    if unlabelled:
+        since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
+        claims = await client.claims(unlabelled, since)
+    out = []
+    for r in runs:
+        claim = claims.get(r.id)
+        out.append(PendingRun(
+            id=r.id,
+            pending_since=r.pending_since,
+            infrastructure_pid=r.infrastructure_pid,
+            claimer=r.claimer or (claim.worker if claim else None),
+            submission_reported=bool(claim and claim.executed),
+            requeues=counts.get(r.id, 0),
+        ))
+    return out
+
+
+def _pending_run(raw: dict[str, Any]) -> PendingRun:
+    state = raw.get("state") or {}
+    labels = raw.get("labels") or {}
+    return PendingRun(
+        id=str(raw["id"]),
+        pending_since=datetime.fromisoformat(str(state.get("timestamp") or raw.get("state_timestamp"))),
+        infrastructure_pid=raw.get("infrastructure_pid") or None,
+        claimer=str(labels[WORKER_NAME_LABEL]) if labels.get(WORKER_NAME_LABEL) else None,
+    )
+
+
+def _figures(plan: RecoveryPlan, recovered: int, moved_on: int, dry_run: bool, total: int) -> dict[str, Any]:
+    skipped: Counter[str] = Counter(plan.skipped)
+    keys = {
+        stale.CLAIMER_ONLINE: "claimerOnline",
+        stale.INFRASTRUCTURE_ALIVE: "infrastructureAlive",
+        stale.INFRASTRUCTURE_UNKNOWN: "infrastructureUnknown",
+        stale.INFRASTRUCTURE_UNVERIFIED: "infrastructureUnverified",
+        stale.BATCH_LIMIT: "batchLimit",
+    }
+    return {
+        "stale": plan.stale,
+        "recovered": recovered,
+        "wouldRecover": (plan.to_write if dry_run else 0) + len(plan.report_only),
+        "exhausted": len(plan.exhausted),
+        "skipped": {**{v: skipped.get(k, 0) for k, v in keys.items()}, "movedOn": moved_on},
+        "totalRecovered": total,
+    }

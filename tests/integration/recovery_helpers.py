@@ -1,0 +1,70 @@
+"""Shared pieces of the recovery tests: a request recorder, a clock, state reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from prefect_workpool_operator.models import StaleRunsSpec
+from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.recovery import RequeueMemory, recover_stale_runs
+from sandbox.prefect_seed import PrefectSeeder
+
+WRITE_PATHS = ("/set_state", "/bulk_set_state", "/labels")
+
+
+class Recorder:
+    """httpx event hook: every request the operator's client sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    async def __call__(self, request: httpx.Request) -> None:
+        self.requests.append(request)
+
+    def mark(self) -> int:
+        return len(self.requests)
+
+    def since(self, mark: int) -> list[httpx.Request]:
+        return self.requests[mark:]
+
+    @staticmethod
+    def writes(requests: list[httpx.Request]) -> list[httpx.Request]:
+        return [r for r in requests if r.method in ("PATCH", "DELETE") or r.url.path.endswith(WRITE_PATHS)]
+
+
+def spec(**fields: Any) -> StaleRunsSpec:
+    return StaleRunsSpec.model_validate({"pendingTimeout": "30s", **fields})
+
+
+def pending_since(seeder: PrefectSeeder, run_ids: list[str]) -> list[dt.datetime]:
+    runs = seeder.filter_runs({"flow_runs": {"id": {"any_": run_ids}}, "limit": 200})
+    return [dt.datetime.fromisoformat(r["state"]["timestamp"]) for r in runs]
+
+
+def clock_after(seeder: PrefectSeeder, run_ids: list[str], seconds: float = 31) -> dt.datetime:
+    """A "now" at which every run in ``run_ids`` has been PENDING for ``seconds`` (per the server)."""
+    return max(pending_since(seeder, run_ids)) + dt.timedelta(seconds=seconds)
+
+
+def states(seeder: PrefectSeeder, run_ids: list[str]) -> dict[str, tuple[str, str]]:
+    out: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(run_ids), 200):
+        chunk = run_ids[start : start + 200]
+        for r in seeder.filter_runs({"flow_runs": {"id": {"any_": chunk}}, "limit": 200}):
+            out[r["id"]] = (r["state"]["type"], r["state"]["name"])
+    return out
+
+
+async def recover(
+    client: PrefectClient, pool: str, now: dt.datetime, *, memory: RequeueMemory | None = None,
+    dry_run: bool = False, online: frozenset[str] | None = None, **fields: Any,
+):
+    if online is None:
+        online = frozenset(w["name"] for w in await client.read_workers(pool) if w.get("status") == "ONLINE")
+    return await recover_stale_runs(
+        client, spec(**fields), pool=pool, queues=[], policy="ns/policy", online_workers=online,
+        dry_run=dry_run, memory=memory or RequeueMemory(), now=now,
+    )

@@ -1,0 +1,159 @@
+"""Stale-run recovery against a real Prefect server.
+
+Time: PENDING timestamps are the server's; the recovery is handed a "now" that lies
+``pendingTimeout`` after them (the operator takes its clock as an argument), so
+tests need not sleep through real thresholds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import httpx
+import pytest
+
+from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.recovery import RequeueMemory
+from sandbox.prefect_seed import PrefectSeeder, utcnow
+from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def recorded(seeder: PrefectSeeder):
+    recorder = Recorder()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        yield PrefectClient(http, seeder.api_url), recorder
+
+
+@pytest.fixture
+def deployment(seeder: PrefectSeeder, pool_name: str) -> str:
+    seeder.create_ecs_pool(pool_name)
+    return seeder.create_deployment(pool_name)
+
+
+async def test_stale_runs_are_requeued_and_workers_pick_them_up(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded
+) -> None:
+    client, recorder = recorded
+    old = seeder.create_runs(deployment, 5, {"type": "PENDING"})
+    await asyncio.sleep(2)
+    young = seeder.create_runs(deployment, 3, {"type": "PENDING"})
+    now = clock_after(seeder, old, 30)  # old ones: exactly at the threshold; young ones: under it
+    assert min(pending_since(seeder, young)) > now - dt.timedelta(seconds=30)
+
+    mark = recorder.mark()
+    outcome = await recover(client, pool_name, now)
+
+    got = states(seeder, old + young)
+    assert {got[i] for i in old} == {("SCHEDULED", "Requeued")}
+    assert {got[i] for i in young} == {("PENDING", "Pending")}
+    assert (outcome.condition.status, outcome.condition.reason) == ("True", "Recovered")
+    assert outcome.figures["stale"] == 5 and outcome.figures["recovered"] == 5
+    assert sorted(outcome.last_recovery["runIds"]) == sorted(old)
+    assert len(Recorder.writes(recorder.since(mark))) == 1  # one bulk call for five runs
+    message = seeder.read_run(old[0])["state"]["message"]
+    assert "prefectops.dev policy ns/policy" in message
+
+    # A worker asking for work gets them again.
+    picked = seeder._json("POST", f"/work_pools/{pool_name}/get_scheduled_flow_runs",
+                          json={"scheduled_before": (utcnow() + dt.timedelta(seconds=10)).isoformat()})
+    assert set(old) <= {item["flow_run"]["id"] for item in picked}
+
+
+async def test_requeue_cap_survives_an_operator_restart(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded
+) -> None:
+    client, _ = recorded
+    runs = seeder.create_runs(deployment, 3, {"type": "PENDING"})
+    first = await recover(client, pool_name, clock_after(seeder, runs), maxRequeuesPerRun=1)
+    assert first.figures["recovered"] == 3
+
+    # A worker claims them again and dies again; the operator restarts (fresh memory).
+    for run in runs:
+        seeder.set_state(run, {"type": "PENDING"})
+    for _ in range(60):  # Requeued events become visible a few seconds after the change
+        if await client.requeue_counts(runs, utcnow() - dt.timedelta(days=1)) == {r: 1 for r in runs}:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail("Requeued events never became visible")
+    second = await recover(client, pool_name, clock_after(seeder, runs), memory=RequeueMemory(), maxRequeuesPerRun=1)
+
+    assert {s for s in states(seeder, runs).values()} == {("CRASHED", "Crashed")}
+    assert second.condition.reason == "CapExhausted" and second.figures["exhausted"] == 3
+
+
+@pytest.mark.parametrize("mode", ["dryRun", "ReportOnly"])
+async def test_dry_run_and_report_only_write_nothing(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded, mode: str
+) -> None:
+    client, recorder = recorded
+    runs = seeder.create_runs(deployment, 4, {"type": "PENDING"})
+    mark = recorder.mark()
+    if mode == "dryRun":
+        outcome = await recover(client, pool_name, clock_after(seeder, runs), dry_run=True)
+    else:
+        outcome = await recover(client, pool_name, clock_after(seeder, runs), action="ReportOnly")
+    assert Recorder.writes(recorder.since(mark)) == []
+    assert {s for s in states(seeder, runs).values()} == {("PENDING", "Pending")}
+    assert outcome.condition.reason == ("DryRun" if mode == "dryRun" else "ReportOnly")
+    assert outcome.figures["wouldRecover"] == 4 and outcome.last_recovery is None
+
+
+class NoBulkEndpoint(httpx.AsyncBaseTransport):
+    """The real server, as an older one would look: no bulk_set_state (404)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/flow_runs/bulk_set_state"):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        return await self.inner.handle_async_request(request)
+
+
+async def test_fallback_when_the_bulk_endpoint_is_missing(seeder: PrefectSeeder, pool_name: str, deployment: str) -> None:
+    runs = seeder.create_runs(deployment, 3, {"type": "PENDING"})
+    moved = seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    recorder = Recorder()
+    async with httpx.AsyncClient(transport=NoBulkEndpoint(), event_hooks={"request": [recorder]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+        now = clock_after(seeder, runs + moved)
+        seeder.set_state(moved[0], {"type": "RUNNING"})  # starts before the operator writes
+        outcome = await recover(client, pool_name, now)
+    assert client.bulk_unsupported
+    assert {states(seeder, runs)[r] for r in runs} == {("SCHEDULED", "Requeued")}
+    assert states(seeder, moved)[moved[0]] == ("RUNNING", "Running")
+    set_state_calls = [r for r in recorder.requests if r.url.path.endswith("/set_state")]
+    assert len(set_state_calls) == 3  # one per run still PENDING, none for the one that moved on
+
+
+async def test_ownership_decides(seeder: PrefectSeeder, pool_name: str, deployment: str, recorded) -> None:
+    client, _ = recorded
+    labelled, by_event, orphan, gone = (seeder.create_runs(deployment, 2, {"type": "PENDING"}) for _ in range(4))
+    seeder.heartbeat_worker(pool_name, "alive", interval_seconds=30)
+    seeder.heartbeat_worker(pool_name, "dying", interval_seconds=1)
+    for run in labelled:
+        seeder.label_run_as_worker(run, "alive", "ecs", pool_name)
+    seeder.emit_events([seeder.submitted_event("alive", "ecs", run, pool_name) for run in by_event]
+                       + [seeder.submitted_event("dying", "ecs", run, pool_name) for run in gone])
+    # "dying" stops heartbeating; the foreman marks it OFFLINE.
+    seeder.wait_for(lambda: any(w["name"] == "dying" and w["status"] == "OFFLINE" for w in seeder.read_workers(pool_name)),
+                    timeout=30)
+    seeder.wait_for(lambda: len(seeder.read_events({"event": {"name": ["prefect.worker.submitted-flow-run"]},
+                                                    "related": {"id": [f"prefect.flow-run.{r}" for r in by_event + gone]}})) == 4,
+                    timeout=30)
+    all_runs = labelled + by_event + orphan + gone
+    outcome = await recover(client, pool_name, clock_after(seeder, all_runs))
+
+    got = states(seeder, all_runs)
+    assert {got[r] for r in labelled + by_event} == {("PENDING", "Pending")}  # claimer online: hands off
+    assert {got[r] for r in orphan + gone} == {("SCHEDULED", "Requeued")}  # unknown / offline claimer
+    assert outcome.figures["skipped"]["claimerOnline"] == 4
+
+    # Past the hard timeout even an online claimer's runs are recovered.
+    late = await recover(client, pool_name, clock_after(seeder, labelled, 3601))
+    assert late.figures["recovered"] == 4
