@@ -280,18 +280,27 @@ class PrefectSeeder:
         return ids
 
     def create_runs_bulk(self, deployment_id: str, n: int, state: dict[str, Any], **fields: Any) -> list[str]:
-        """Like ``create_runs`` but 100 per call (``create_flow_run/bulk``): for thousands of runs."""
+        """Like ``create_runs`` but 100 per call (``create_flow_run/bulk``): for thousands of runs.
+
+        SQLite answers a locked database per item (status FAILED) rather than with a 503;
+        the failed items are sent again with the same idempotency keys.
+        """
         ids: list[str] = []
         for start in range(0, n, 100):
-            body = [
+            todo = [
                 {"state": state, "idempotency_key": f"seed-{uuid.uuid4()}", **fields}
                 for _ in range(min(100, n - start))
             ]
-            answer = self._json("POST", f"/deployments/{deployment_id}/create_flow_run/bulk", json=body)
-            failed = [r for r in answer["results"] if r["status"] != "CREATED"]
-            if failed:
-                raise RuntimeError(f"bulk create failed for {len(failed)} runs: {failed[0].get('error')}")
-            ids += [str(r["flow_run_id"]) for r in answer["results"]]
+            for attempt in range(RETRY_ATTEMPTS):
+                answer = self._json("POST", f"/deployments/{deployment_id}/create_flow_run/bulk", json=todo)
+                results = answer["results"]
+                ids += [str(r["flow_run_id"]) for r in results if r["status"] == "CREATED"]
+                todo = [item for item, r in zip(todo, results) if r["status"] != "CREATED"]
+                if not todo:
+                    break
+                time.sleep(RETRY_BASE_DELAY * 2**attempt)
+            if todo:
+                raise RuntimeError(f"bulk create kept failing for {len(todo)} runs")
         return ids
 
     def set_state(self, run_id: str, state: dict[str, Any], force: bool = True) -> dict[str, Any]:
