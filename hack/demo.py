@@ -45,6 +45,7 @@ def example_manifests(api_url: str) -> str:
         else:
             doc["spec"]["prefect"]["apiUrl"] = api_url
             doc["spec"]["interval"] = "10s"
+            doc["spec"]["staleRuns"]["pendingTimeout"] = "30s"  # the demo can't wait 10 minutes
     return yaml.safe_dump_all(docs)
 
 
@@ -63,11 +64,11 @@ def main() -> int:
         prefect.start()
         print(f"Prefect API: {prefect.api_url}")
 
-        banner(f"seeding work pool {POOL!r}: 3 PENDING runs, 4 Late runs, one worker")
+        banner(f"seeding work pool {POOL!r}: 3 runs stuck in PENDING (their worker died), 4 Late runs, one live worker")
         seeder = PrefectSeeder(prefect.api_url, auth=prefect.auth)
         seeder.create_ecs_pool(POOL)
         deployment = seeder.create_deployment(POOL)
-        seeder.create_runs(deployment, 3, {"type": "PENDING"})
+        stuck = seeder.create_runs(deployment, 3, {"type": "PENDING"})
         seeder.create_runs(deployment, 4, late_state(120))
         seeder.heartbeat_worker(POOL, "ecs-worker-1")
 
@@ -93,15 +94,17 @@ def main() -> int:
         banner(f"kubectl describe pwpp etl -n {NAMESPACE}")
         print(ns("describe", "pwpp", "etl"), end="")
 
-        banner("live: figures follow Prefect (a run starts every 10 s); Ctrl-C stops everything")
+        banner("live: the stuck runs are requeued once PENDING for 30 s; Ctrl-C stops everything")
         started = time.monotonic()
-        pending = seeder.filter_runs({"flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}, "limit": 10})
+        shown = False
         while seconds is None or time.monotonic() - started < seconds:
             time.sleep(min(10.0, max(0.1, (seconds or 10) - (time.monotonic() - started))))
             seeder.heartbeat_worker(POOL, "ecs-worker-1")
-            if pending:
-                seeder.set_state(pending.pop()["id"], {"type": "RUNNING"})
             print(ns("get", "pwpp").splitlines()[-1], flush=True)
+            if not shown and all(seeder.read_run(r)["state"]["name"] == "Requeued" for r in stuck):
+                shown = True
+                banner("the stuck runs are back in SCHEDULED (state 'Requeued'); kubectl describe says so:")
+                print(ns("describe", "pwpp", "etl"), end="")
         banner("final state")
         print(ns("describe", "pwpp", "etl"), end="")
         return 0

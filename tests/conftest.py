@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder
 from sandbox.prefect_server import PrefectServer
 
@@ -50,3 +51,16 @@ def unique(prefix: str) -> str:
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("PWO_REPO_ROOT", str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sandbox(moto: MotoServer):
+    from tests.ecs_sandbox import EcsSandbox
+
+    return EcsSandbox(moto)

@@ -9,7 +9,7 @@ committed CRD and the models disagree. Every field carries a description so that
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
@@ -182,6 +182,13 @@ class StaleRunsSpec(_Model):
         le=1000,
         description="At most this many runs are changed per cycle (oldest first); the rest wait for the next cycle.",
     )
+    verify_infrastructure: bool = Field(
+        default=True,
+        description=(
+            "Ask ECS (spec.ecs) whether a run's task is alive before touching it; a live task means hands off. "
+            "When false, or without spec.ecs, runs that show signs of infrastructure wait for hardTimeout."
+        ),
+    )
     tags: list[Tag] = Field(
         default_factory=list,
         max_length=20,
@@ -210,8 +217,121 @@ class StaleRunsSpec(_Model):
         return self
 
 
+class AwsCredentialsRef(_Model):
+    """Static AWS credentials from a Secret; prefer the pod's identity (IRSA, EKS Pod Identity)."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret, in the policy's namespace.")
+    access_key_id_key: str = Field(default="aws-access-key-id", min_length=1, max_length=253,
+                                   description="Key holding the access key id.")
+    secret_access_key_key: str = Field(default="aws-secret-access-key", min_length=1, max_length=253,
+                                       description="Key holding the secret access key.")
+    session_token_key: str | None = Field(default=None, max_length=253,
+                                          description="Key holding a session token, if the credentials are temporary.")
+
+
+class EcsTarget(_Model):
+    """The ECS cluster (and service running the Prefect workers) behind the work pool."""
+
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$", max_length=32,
+                        description="AWS region of the cluster, e.g. us-east-1.")
+    cluster: str = Field(min_length=1, max_length=2048,
+                         description="Cluster name or ARN where flow-run tasks and the worker service run.")
+    service: str | None = Field(default=None, min_length=1, max_length=2048,
+                                description="ECS service running the Prefect workers (needed for DesiredCount scaling).")
+    endpoint_url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s/@]+(/[^\s]*)?$",
+        description="Override the AWS endpoint (VPC endpoints, tests). Omit for the regional default.",
+    )
+    credentials_secret_ref: AwsCredentialsRef | None = Field(
+        default=None,
+        description="Static credentials from a Secret. Omit to use the pod's identity (IRSA, EKS Pod Identity, instance role).",
+    )
+    max_calls_per_cycle: int = Field(
+        default=25, ge=1, le=1000,
+        description="AWS API calls this policy may make per cycle; past it, infrastructure checks answer 'unknown' "
+                    "so the operator never adds to ECS throttling.",
+    )
+
+
+class ScalingSpec(_Model):
+    """Backlog-driven scaling of the ECS service that runs the Prefect workers."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.minWorkers <= self.maxWorkers", "minWorkers must not exceed maxWorkers")
+            ]
+        }
+    )
+
+    mode: Literal["DesiredCount", "CloudWatchMetric", "Off"] = Field(
+        default="DesiredCount",
+        description=(
+            "DesiredCount: set the service's desiredCount. CloudWatchMetric: only publish the backlog as a "
+            "CloudWatch metric (for AWS target tracking). Off: compute and report only."
+        ),
+    )
+    min_workers: int = Field(default=1, ge=0, le=1000, description="Never fewer worker tasks than this.")
+    max_workers: int = Field(default=10, ge=0, le=1000, description="Never more worker tasks than this.")
+    backlog_per_worker: int = Field(default=5, ge=1, le=10000,
+                                    description="Backlog runs one worker is expected to handle: desired = ceil(backlog / this).")
+    include_pending: bool = Field(default=False, description="Count PENDING runs in the backlog too, not only Late/due ones.")
+    max_step_up: int = Field(default=10, ge=1, le=1000, description="At most this many workers added per cycle.")
+    max_step_down: int = Field(default=2, ge=1, le=1000, description="At most this many workers removed per cycle.")
+    scale_down_stabilization: Duration = Field(
+        default="5m", description="Scale down only to the highest count wanted within this window (Go duration)."
+    )
+    scale_up_cooldown: Duration = Field(default="0s", description="Minimum time between two scale-ups.")
+    scale_down_cooldown: Duration = Field(default="1m", description="Minimum time between two scale-downs.")
+    on_conflict: Literal["Hold", "Override"] = Field(
+        default="Hold",
+        description=(
+            "When another owner manages the service (an Application Auto Scaling target, a deployment in "
+            "progress): Hold leaves desiredCount alone and reports Conflict; Override sets it anyway."
+        ),
+    )
+    metric_namespace: str = Field(default="Prefect", min_length=1, max_length=255,
+                                  description="CloudWatch namespace for CloudWatchMetric mode.")
+    metric_name: str = Field(default="BacklogRuns", min_length=1, max_length=255,
+                             description="CloudWatch metric name for CloudWatchMetric mode (dimension WorkPool).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScalingSpec:
+        if self.min_workers > self.max_workers:
+            raise ValueError("minWorkers must not exceed maxWorkers")
+        return self
+
+
+class JobTemplateSpec(_Model):
+    """Keep chosen variable defaults of the pool's base job template at declared values."""
+
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Variable name -> default value, e.g. task_start_timeout_seconds: 600. Only these defaults are "
+            "managed; everything else in the template is left untouched."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
 class PolicySpec(_Model):
     """Desired behaviour for one Prefect work pool."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.scaling) || self.scaling.mode != 'DesiredCount' || (has(self.ecs) && has(self.ecs.service))",
+                    "scaling.mode DesiredCount needs spec.ecs with a service",
+                ),
+                _cel(
+                    "!has(self.scaling) || self.scaling.mode != 'CloudWatchMetric' || has(self.ecs)",
+                    "scaling.mode CloudWatchMetric needs spec.ecs (for the region)",
+                ),
+            ]
+        }
+    )
 
     prefect: PrefectConnection = Field(description="Connection to the Prefect API and the work pool to manage.")
     interval: Duration = Field(
@@ -232,6 +352,23 @@ class PolicySpec(_Model):
     stale_runs: StaleRunsSpec | None = Field(
         default=None, description="Recovery of flow runs stuck in PENDING. Omit to leave PENDING runs alone."
     )
+    ecs: EcsTarget | None = Field(
+        default=None, description="The ECS cluster and worker service: used to verify runs' tasks and to scale."
+    )
+    scaling: ScalingSpec | None = Field(default=None, description="Scale the worker service from the backlog.")
+    job_template: JobTemplateSpec | None = Field(
+        default=None, description="Keep variable defaults of the pool's base job template at declared values."
+    )
+
+    @model_validator(mode="after")
+    def _ecs_for_scaling(self) -> PolicySpec:
+        # The same rules as the CEL above.
+        mode = self.scaling.mode if self.scaling else "Off"
+        if mode == "DesiredCount" and (self.ecs is None or not self.ecs.service):
+            raise ValueError("scaling.mode DesiredCount needs spec.ecs with a service")
+        if mode == "CloudWatchMetric" and self.ecs is None:
+            raise ValueError("scaling.mode CloudWatchMetric needs spec.ecs (for the region)")
+        return self
 
     @property
     def interval_delta(self) -> timedelta:
@@ -311,6 +448,26 @@ class LastRecovery(_Model):
     )
 
 
+class ScalingChange(_Model):
+    """The last change of the service's desiredCount."""
+
+    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was made.")
+    from_: int | None = Field(default=None, alias="from", ge=0, description="desiredCount before.")
+    to: int = Field(ge=0, description="desiredCount after.")
+    reason: str = Field(max_length=64, description="Why, e.g. ScaledUp, ScaledDown, ScaledFromZero.")
+
+
+class ScalingFigures(_Model):
+    """Worker scaling in the last cycle."""
+
+    backlog: int = Field(default=0, ge=0, description="The backlog scaling follows (Late/due runs, plus PENDING if included).")
+    recommendation: int | None = Field(default=None, ge=0, description="Workers the backlog wants, within bounds.")
+    desired: int | None = Field(default=None, ge=0, description="The ECS service's desiredCount.")
+    running: int | None = Field(default=None, ge=0, description="The ECS service's runningCount.")
+    pending: int | None = Field(default=None, ge=0, description="The ECS service's pendingCount.")
+    last_change: ScalingChange | None = Field(default=None, description="The last change of desiredCount.")
+
+
 class PolicyStatus(_Model):
     """What the operator observed and did; written by the operator only."""
 
@@ -319,7 +476,7 @@ class PolicyStatus(_Model):
     )
     conditions: list[ConditionStatus] = Field(
         default_factory=list,
-        description="Standard conditions: Ready, PrefectConnected, WorkPoolReady, StaleRunsRecovered.",
+        description="Standard conditions: Ready, PrefectConnected, WorkPoolReady, StaleRunsRecovered, AwsConnected, Scaling, JobTemplateSynced, ConfigConsistent.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     pool_status: str | None = Field(
@@ -328,6 +485,7 @@ class PolicyStatus(_Model):
     workers: WorkerFigures | None = Field(default=None, description="Workers of the pool.")
     runs: RunFigures | None = Field(default=None, description="Run counts of the pool.")
     stale_runs: StaleRunFigures | None = Field(default=None, description="Stale-run recovery figures.")
+    scaling: ScalingFigures | None = Field(default=None, description="Worker scaling figures.")
     last_recovery: LastRecovery | None = Field(default=None, description="The last cycle that changed runs.")
     prefect_version: str | None = Field(
         default=None, max_length=64, description="Prefect server version, when the server reports it."

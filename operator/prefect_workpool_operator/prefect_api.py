@@ -219,6 +219,7 @@ class PrefectClient:
             workers_online=len(online),
             workers_offline=len(workers) - len(online),
             online_workers=online,
+            base_job_template=work_pool.get("base_job_template") or None,
             late=late,
             pending=pending,
             running=running,
@@ -325,6 +326,10 @@ class PrefectClient:
             return None
         answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False})
         return str(answer.get("status"))
+
+    async def update_base_job_template(self, pool: str, template: dict[str, Any]) -> None:
+        """PATCH replaces the template whole; the caller changed only the declared defaults."""
+        await self._request("PATCH", f"/work_pools/{_quote(pool)}", {"base_job_template": template})
 
     async def check_queues(self, pool: str, queues: list[str]) -> None:
         if not queues:

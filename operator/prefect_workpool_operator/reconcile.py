@@ -17,14 +17,16 @@ from typing import Any, Mapping, Protocol
 import httpx
 from pydantic import ValidationError
 
-from .core import health
+from . import workers_scaling
+from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
+from .core import health, job_template, scaling, stale
 from .core.conditions import Condition, changed_conditions, format_time, merge_conditions
 from .core.health import Failure, PoolObservation
 from .kube_api import SecretError
 from .models import PolicySpec
-from .core import stale
 from .prefect_api import PrefectClient, PrefectError
-from .recovery import InfrastructureCheck, RequeueMemory, recover_stale_runs
+from .recovery import RequeueMemory, recover_stale_runs
+from .workers_scaling import EcsRuntime
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+    covers: str | None = None  # the condition type whose change this Event already announces
 
 
 @dataclass
@@ -58,7 +61,7 @@ class PolicyRuntime:
     last_generation: int | None = None
     next_due: datetime | None = None
     requeues: RequeueMemory = field(default_factory=RequeueMemory)
-    infrastructure_check: InfrastructureCheck | None = None
+    ecs: EcsRuntime = field(default_factory=EcsRuntime)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def is_due(self, generation: int | None, now: datetime) -> bool:
@@ -92,20 +95,21 @@ async def run_cycle(
             spec, meta, body.get("status") or {}, http, secrets, runtime, now
         )
 
-    # Conditions of features the spec no longer enables go away.
-    retired = {stale.STALE_RUNS_RECOVERED} if spec is not None and spec.stale_runs is None else set()
+    retired = _retired_conditions(spec)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now, generation, drop=retired),
         "lastReconcileTime": format_time(now),
         **figures,
     }
-    if retired:
+    if stale.STALE_RUNS_RECOVERED in retired:
         status["staleRuns"] = None
+    if scaling.SCALING in retired:
+        status["scaling"] = None
     events = [
         Event("Normal" if c.status == "True" else "Warning", c.reason, c.message)
         for c in changed_conditions(previous, conditions)
-        if not (acted and c.type == stale.STALE_RUNS_RECOVERED)  # the acted Event already tells it
+        if c.type not in {e.covers for e in acted}  # the action's own Event already tells it
     ]
     return CycleOutcome(status=status, events=events + acted, spec=spec)
 
@@ -121,6 +125,7 @@ async def _observe(
 ) -> tuple[list[Condition], dict[str, Any], list[Event]]:
     conn = spec.prefect
     namespace, generation = meta.get("namespace", ""), meta.get("generation")
+    policy = f"{namespace}/{meta.get('name')}"
     if spec.suspend:
         return health.suspended_conditions(), {}, []
     try:
@@ -132,40 +137,149 @@ async def _observe(
         observation = await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
     except (SecretError, PrefectError) as exc:
         failure = Failure(exc.reason, exc.message)
-        log.warning("policy %s/%s: %s: %s", namespace, meta.get("name"), failure.reason, failure.message)
+        log.warning("policy %s: %s: %s", policy, failure.reason, failure.message)
         # Fail static: keep the last figures rather than report zeros we did not see.
-        return health.health_conditions(None, failure, pool=conn.work_pool, api_url=conn.api_url), {}, []
-    conditions = health.health_conditions(observation, None, pool=conn.work_pool, api_url=conn.api_url)
-    figures = status_figures(observation)
-    events: list[Event] = []
+        conditions = health.health_conditions(None, failure, pool=conn.work_pool, api_url=conn.api_url)
+        if spec.scaling is not None:
+            conditions.append(workers_scaling.holding("No fresh data from Prefect"))
+        return conditions, {}, []
+
+    cycle = _Cycle(
+        conditions=health.health_conditions(observation, None, pool=conn.work_pool, api_url=conn.api_url),
+        figures=status_figures(observation),
+    )
+    aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now)
     if spec.stale_runs is not None:
-        try:
-            outcome = await recover_stale_runs(
-                client,
-                spec.stale_runs,
-                pool=conn.work_pool,
-                queues=list(conn.work_queues),
-                policy=f"{namespace}/{meta.get('name')}",
-                online_workers=observation.online_workers,
-                dry_run=spec.dry_run,
-                memory=runtime.requeues,
-                now=now,
-                total_before=int(((previous_status.get("staleRuns") or {}).get("totalRecovered")) or 0),
-                infrastructure_check=runtime.infrastructure_check,
-            )
-        except PrefectError as exc:
-            log.warning("policy %s/%s: recovery: %s: %s", namespace, meta.get("name"), exc.reason, exc.message)
-            message = f"Stale-run recovery stopped: {exc.message}"
-            conditions[0] = Condition(health.READY, "False", exc.reason, message)
-            conditions.append(Condition(stale.STALE_RUNS_RECOVERED, "False", exc.reason, message))
-        else:
-            conditions.append(outcome.condition)
-            figures["staleRuns"] = outcome.figures
-            if outcome.last_recovery:
-                figures["lastRecovery"] = outcome.last_recovery
-            if outcome.event_message:
-                events.append(Event("Normal", "RunsRecovered", outcome.event_message))
-    return conditions, figures, events
+        await _recovery_step(spec, policy, client, aws, runtime, observation, previous_status, cycle, now)
+    if spec.job_template is not None or spec.stale_runs is not None:
+        await _template_step(spec, client, observation, cycle)
+    if spec.ecs is not None:
+        cycle.conditions.append(workers_scaling.aws_condition(aws, cycle.aws_error))
+    return cycle.conditions, cycle.figures, cycle.events
+
+
+@dataclass
+class _Cycle:
+    """What the steps of one cycle add up to."""
+
+    conditions: list[Condition]
+    figures: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    aws_error: AwsError | None = None
+
+    def fail(self, reason: str, message: str) -> None:
+        """A step failed: the policy is not Ready, whatever the other steps did."""
+        self.conditions[0] = Condition(health.READY, "False", reason, message)
+
+
+async def _aws_step(
+    spec: PolicySpec, namespace: str, secrets: SecretReader, runtime: PolicyRuntime,
+    observation: PoolObservation, cycle: _Cycle, now: datetime,
+) -> AwsClient | None:
+    if spec.ecs is None:
+        return None
+    try:
+        aws = await workers_scaling.aws_client_for(spec.ecs, namespace, secrets, runtime.ecs)
+    except SecretError as exc:
+        cycle.fail(exc.reason, exc.message)
+        cycle.aws_error = AwsError(exc.reason, exc.message)
+        return None
+    if spec.scaling is None:
+        return aws
+    try:
+        outcome = await workers_scaling.scale_workers(
+            aws, spec.scaling, spec.ecs, observation, runtime.ecs,
+            pool=spec.prefect.work_pool, dry_run=spec.dry_run, now=now,
+        )
+    except AwsError as exc:
+        cycle.aws_error = exc
+        cycle.conditions.append(workers_scaling.holding(f"ECS did not answer ({exc.reason})"))
+        cycle.fail(exc.reason, f"Scaling stopped: {exc.message}")
+        return aws
+    cycle.conditions.append(outcome.condition)
+    cycle.figures["scaling"] = outcome.figures
+    if outcome.event:
+        cycle.events.append(Event(*outcome.event, covers=scaling.SCALING))
+    return aws
+
+
+async def _recovery_step(
+    spec: PolicySpec, policy: str, client: PrefectClient, aws: AwsClient | None, runtime: PolicyRuntime,
+    observation: PoolObservation, previous_status: Mapping[str, Any], cycle: _Cycle, now: datetime,
+) -> None:
+    stale_spec = spec.stale_runs
+    assert stale_spec is not None
+    check = None
+    if aws is not None and spec.ecs is not None and stale_spec.verify_infrastructure:
+        check = EcsInfrastructureCheck(aws, spec.ecs.cluster)
+    try:
+        outcome = await recover_stale_runs(
+            client,
+            stale_spec,
+            pool=spec.prefect.work_pool,
+            queues=list(spec.prefect.work_queues),
+            policy=policy,
+            online_workers=observation.online_workers,
+            dry_run=spec.dry_run,
+            memory=runtime.requeues,
+            now=now,
+            total_before=int(((previous_status.get("staleRuns") or {}).get("totalRecovered")) or 0),
+            infrastructure_check=check,
+        )
+    except PrefectError as exc:
+        log.warning("policy %s: recovery: %s: %s", policy, exc.reason, exc.message)
+        message = f"Stale-run recovery stopped: {exc.message}"
+        cycle.fail(exc.reason, message)
+        cycle.conditions.append(Condition(stale.STALE_RUNS_RECOVERED, "False", exc.reason, message))
+        return
+    cycle.conditions.append(outcome.condition)
+    cycle.figures["staleRuns"] = outcome.figures
+    if outcome.last_recovery:
+        cycle.figures["lastRecovery"] = outcome.last_recovery
+    if outcome.event_message:
+        cycle.events.append(Event("Normal", "RunsRecovered", outcome.event_message, covers=stale.STALE_RUNS_RECOVERED))
+
+
+async def _template_step(spec: PolicySpec, client: PrefectClient, observation: PoolObservation, cycle: _Cycle) -> None:
+    declared = dict(spec.job_template.variables) if spec.job_template else {}
+    pool = spec.prefect.work_pool
+    if spec.job_template is not None:
+        plan = job_template.plan_template(observation.base_job_template, declared)
+        condition = job_template.template_condition(plan, pool=pool, dry_run=spec.dry_run, declared=len(declared))
+        if plan.template is not None and not spec.dry_run and not plan.missing:
+            try:
+                await client.update_base_job_template(pool, plan.template)
+            except PrefectError as exc:
+                condition = Condition(job_template.JOB_TEMPLATE_SYNCED, "False", exc.reason,
+                                      f"Could not update the base job template: {exc.message}")
+                cycle.fail(exc.reason, condition.message)
+            else:
+                cycle.events.append(
+                    Event("Normal", "JobTemplateRepaired", condition.message, covers=job_template.JOB_TEMPLATE_SYNCED)
+                )
+        cycle.conditions.append(condition)
+    pending_timeout = spec.stale_runs.pending_timeout_delta if spec.stale_runs else None
+    consistency = job_template.timeout_consistency(pending_timeout, observation.base_job_template, declared)
+    if consistency is not None:
+        cycle.conditions.append(consistency)
+
+
+def _retired_conditions(spec: PolicySpec | None) -> set[str]:
+    """Conditions of features the spec no longer enables go away."""
+    if spec is None:
+        return set()
+    retired = set()
+    if spec.stale_runs is None:
+        retired.add(stale.STALE_RUNS_RECOVERED)
+    if spec.scaling is None:
+        retired.add(scaling.SCALING)
+    if spec.ecs is None:
+        retired.add(workers_scaling.AWS_CONNECTED)
+    if spec.job_template is None:
+        retired.add(job_template.JOB_TEMPLATE_SYNCED)
+    if spec.stale_runs is None:
+        retired.add(job_template.CONFIG_CONSISTENT)
+    return retired
 
 
 def status_figures(o: PoolObservation) -> dict[str, Any]:

@@ -105,3 +105,24 @@ def test_unknown_pool_is_reported(kubectl: Kubectl, namespace: str, operator_pro
     obj = wait_for(ready(ns, "ghost", "False", "WorkPoolNotFound"), what="WorkPoolNotFound")
     assert condition(obj, "PrefectConnected")["status"] == "True"
     assert condition(obj, "WorkPoolReady")["reason"] == "WorkPoolNotFound"
+
+
+def test_policy_recovers_stuck_runs(kubectl: Kubectl, namespace: str, operator_process, prefect_server) -> None:
+    ns = kubectl.in_namespace(namespace)
+    pool = unique("stuck")
+    with PrefectSeeder(prefect_server.api_url) as seeder:
+        seeder.create_ecs_pool(pool)
+        deployment = seeder.create_deployment(pool)
+        stuck = seeder.create_runs(deployment, 4, {"type": "PENDING"})
+        ns.apply(policy("recovering", prefect_server.api_url, pool, staleRuns={"pendingTimeout": "30s"}))
+
+        obj = wait_for(lambda: (o := ns.get_json("pwpp", "recovering")) and
+                       (condition(o, "StaleRunsRecovered") or {}).get("reason") == "Recovered" and o,
+                       timeout=120, what="StaleRunsRecovered=Recovered")
+        assert {seeder.read_run(r)["state"]["name"] for r in stuck} == {"Requeued"}
+    status = obj["status"]
+    assert status["staleRuns"]["recovered"] == 4 and status["staleRuns"]["totalRecovered"] == 4
+    assert sorted(status["lastRecovery"]["runIds"]) == sorted(stuck)
+    described = ns("describe", "pwpp", "recovering")
+    for text in ("StaleRunsRecovered", "Reschedule 4 of 4 stale run(s)", "Last Recovery", "RunsRecovered"):
+        assert text in described, described

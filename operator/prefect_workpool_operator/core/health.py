@@ -7,6 +7,7 @@ they live here as constants and never change spelling.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .conditions import Condition
 
@@ -60,6 +61,7 @@ class PoolObservation:
     running: int
     server_version: str | None = None
     online_workers: frozenset[str] = frozenset()
+    base_job_template: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

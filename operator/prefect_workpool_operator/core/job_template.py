@@ -1,0 +1,88 @@
+"""Keep chosen variable defaults of a work pool's base job template at declared values.
+
+Only the named variables' ``default`` entries are compared and changed; the rest of
+the template (job_configuration, other variables, descriptions) is left exactly as
+it is. A declared variable the template does not have is reported, never added:
+newer prefect-aws templates dropped the ECS timeout variables, and a silently added
+default would do nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .conditions import Condition
+
+JOB_TEMPLATE_SYNCED = "JobTemplateSynced"
+CONFIG_CONSISTENT = "ConfigConsistent"
+TASK_START_TIMEOUT = "task_start_timeout_seconds"
+
+
+@dataclass
+class TemplatePlan:
+    drift: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (current, declared)
+    missing: list[str] = field(default_factory=list)
+    template: dict[str, Any] | None = None  # the whole new template, when there is drift
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.drift and not self.missing
+
+
+def variable_defaults(template: dict[str, Any] | None) -> dict[str, Any]:
+    properties = ((template or {}).get("variables") or {}).get("properties") or {}
+    return {name: spec.get("default") for name, spec in properties.items() if isinstance(spec, dict)}
+
+
+def plan_template(template: dict[str, Any] | None, declared: dict[str, Any]) -> TemplatePlan:
+    plan = TemplatePlan()
+    properties = ((template or {}).get("variables") or {}).get("properties") or {}
+    for name, value in sorted(declared.items()):
+        if name not in properties:
+            plan.missing.append(name)
+        elif properties[name].get("default") != value:
+            plan.drift[name] = (properties[name].get("default"), value)
+    if plan.drift:
+        new = copy.deepcopy(template or {})
+        for name, (_, value) in plan.drift.items():
+            new["variables"]["properties"][name]["default"] = value
+        plan.template = new
+    return plan
+
+
+def template_condition(plan: TemplatePlan, *, pool: str, dry_run: bool, declared: int) -> Condition:
+    if plan.missing:
+        names = ", ".join(plan.missing)
+        return Condition(JOB_TEMPLATE_SYNCED, "False", "VariableNotInTemplate",
+                         f"The base job template of {pool!r} declares no variable(s) {names}; nothing was added "
+                         "(newer prefect-aws templates dropped the ECS timeout variables).")
+    if plan.drift and dry_run:
+        return Condition(JOB_TEMPLATE_SYNCED, "False", "DryRun", f"dryRun: would set {_changes(plan)}.")
+    if plan.drift:
+        return Condition(JOB_TEMPLATE_SYNCED, "True", "Repaired", f"Set {_changes(plan)}.")
+    return Condition(JOB_TEMPLATE_SYNCED, "True", "InSync", f"{declared} declared variable default(s) match.")
+
+
+def timeout_consistency(
+    pending_timeout: timedelta | None, template: dict[str, Any] | None, declared: dict[str, Any]
+) -> Condition | None:
+    """Warn when recovery would give up on runs ECS may still be starting."""
+    if pending_timeout is None:
+        return None
+    start_timeout = declared.get(TASK_START_TIMEOUT, variable_defaults(template).get(TASK_START_TIMEOUT))
+    if not isinstance(start_timeout, (int, float)) or isinstance(start_timeout, bool):
+        return Condition(CONFIG_CONSISTENT, "True", "NoTaskStartTimeout",
+                         f"The pool's template has no {TASK_START_TIMEOUT}; nothing to compare pendingTimeout with.")
+    if pending_timeout.total_seconds() < start_timeout:
+        return Condition(CONFIG_CONSISTENT, "False", "PendingTimeoutBelowTaskStartTimeout",
+                         f"staleRuns.pendingTimeout ({int(pending_timeout.total_seconds())}s) is shorter than the pool's "
+                         f"{TASK_START_TIMEOUT} ({start_timeout}s): runs ECS is still starting could be requeued.")
+    return Condition(CONFIG_CONSISTENT, "True", "Consistent",
+                     f"staleRuns.pendingTimeout is at least the pool's {TASK_START_TIMEOUT} ({start_timeout}s).")
+
+
+def _changes(plan: TemplatePlan) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in plan.drift.items())

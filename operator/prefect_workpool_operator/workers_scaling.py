@@ -1,0 +1,172 @@
+"""The ECS side of a cycle: the AWS client of a policy, worker scaling, AwsConnected.
+
+Scaling runs before recovery so that a spent AWS call budget only turns recovery's
+infrastructure checks into "unknown" (hands off), never blocks a scaling decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from .aws_api import AwsClient, AwsCredentials, AwsError
+from .core import scaling
+from .core.conditions import Condition, format_time
+from .core.durations import parse_duration
+from .core.health import PoolObservation
+from .models import EcsTarget, ScalingSpec
+
+log = logging.getLogger(__name__)
+
+AWS_CONNECTED = "AwsConnected"
+AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
+
+
+class SecretReader(Protocol):
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
+
+
+@dataclass
+class EcsRuntime:
+    """What a policy keeps between cycles for ECS."""
+
+    client: AwsClient | None = None
+    client_key: str | None = None
+    memory: scaling.ScalingMemory = field(default_factory=scaling.ScalingMemory)
+    autoscaling_target: bool = False
+    autoscaling_checked_at: datetime | None = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+@dataclass
+class ScalingOutcome:
+    condition: Condition
+    figures: dict[str, Any]
+    event: tuple[str, str, str] | None = None  # (type, reason, message) when desiredCount changed
+
+
+async def aws_client_for(ecs: EcsTarget, namespace: str, secrets: SecretReader, runtime: EcsRuntime) -> AwsClient:
+    """The policy's AWS client, rebuilt when region, endpoint, credentials or budget change."""
+    credentials = None
+    ref = ecs.credentials_secret_ref
+    if ref is not None:
+        credentials = AwsCredentials(
+            await secrets.read_secret_key(namespace, ref.name, ref.access_key_id_key),
+            await secrets.read_secret_key(namespace, ref.name, ref.secret_access_key_key),
+            await secrets.read_secret_key(namespace, ref.name, ref.session_token_key) if ref.session_token_key else None,
+        )
+    material = f"{ecs.region}\n{ecs.endpoint_url}\n{ecs.max_calls_per_cycle}\n" + "\n".join(
+        credentials.secrets() if credentials else []
+    )
+    key = hashlib.sha256(material.encode()).hexdigest()
+    if runtime.client is None or runtime.client_key != key:
+        runtime.close()
+        runtime.client = AwsClient(
+            ecs.region, endpoint_url=ecs.endpoint_url, credentials=credentials, calls_per_cycle=ecs.max_calls_per_cycle
+        )
+        runtime.client_key = key
+    runtime.client.start_cycle()
+    return runtime.client
+
+
+def rules_from(spec: ScalingSpec) -> scaling.ScalingRules:
+    return scaling.ScalingRules(
+        min_workers=spec.min_workers,
+        max_workers=spec.max_workers,
+        backlog_per_worker=spec.backlog_per_worker,
+        include_pending=spec.include_pending,
+        max_step_up=spec.max_step_up,
+        max_step_down=spec.max_step_down,
+        scale_down_stabilization=parse_duration(spec.scale_down_stabilization),
+        scale_up_cooldown=parse_duration(spec.scale_up_cooldown),
+        scale_down_cooldown=parse_duration(spec.scale_down_cooldown),
+    )
+
+
+def holding(reason_text: str) -> Condition:
+    """Prefect data is missing this cycle: desiredCount stays where it is."""
+    return Condition(scaling.SCALING, "Unknown", scaling.HOLDING, f"{reason_text}; desiredCount left unchanged.")
+
+
+async def scale_workers(
+    aws: AwsClient,
+    spec: ScalingSpec,
+    ecs: EcsTarget,
+    observation: PoolObservation,
+    runtime: EcsRuntime,
+    *,
+    pool: str,
+    dry_run: bool,
+    now: datetime,
+) -> ScalingOutcome:
+    backlog = scaling.Backlog(late=observation.late, pending=observation.pending,
+                              workers_online=observation.workers_online)
+    size = scaling.backlog_size(backlog, spec.include_pending)
+    if spec.mode == "CloudWatchMetric":
+        return await _publish_metric(aws, spec, pool, size, dry_run)
+
+    rules = rules_from(spec)
+    service = None
+    in_progress = False
+    if ecs.service:
+        state = await aws.describe_service(ecs.cluster, ecs.service)
+        service = scaling.ServiceCounts(state.desired, state.running, state.pending)
+        in_progress = state.deployment_in_progress
+        if spec.mode == "DesiredCount":
+            await _refresh_autoscaling_target(aws, ecs, runtime, now)
+    observed = scaling.ScalingObservation(backlog, service, in_progress, runtime.autoscaling_target)
+    decision = scaling.plan_scaling(observed, rules, runtime.memory, on_conflict=spec.on_conflict, now=now)
+    figures: dict[str, Any] = {"backlog": size, "recommendation": decision.recommendation}
+    if service is not None:
+        figures.update(desired=service.desired, running=service.running, pending=service.pending)
+
+    if decision.target is None or decision.target == decision.current or spec.mode == "Off" or dry_run:
+        runtime.memory = decision.memory if decision.target is None else decision.memory_unapplied
+        condition = scaling.scaling_condition(decision)
+        if decision.target is not None and decision.target != decision.current:
+            verb = "dryRun" if dry_run else "scaling.mode Off"
+            condition = Condition(scaling.SCALING, "True", "DryRun" if dry_run else "ReportOnly",
+                                  f"{verb}: would set desiredCount {decision.current} -> {decision.target}: "
+                                  f"{decision.message}")
+        return ScalingOutcome(condition, figures)
+
+    assert ecs.service is not None  # DesiredCount mode is only valid with a service (CEL + model check)
+    updated = await aws.set_desired_count(ecs.cluster, ecs.service, decision.target)
+    runtime.memory = decision.memory
+    figures.update(desired=updated.desired, running=updated.running, pending=updated.pending)
+    figures["lastChange"] = {"time": format_time(now), "from": decision.current, "to": decision.target,
+                             "reason": decision.reason}
+    message = f"desiredCount {decision.current} -> {decision.target} of {ecs.service}: {decision.message}"
+    return ScalingOutcome(scaling.scaling_condition(decision), figures, ("Normal", decision.reason, message))
+
+
+async def _refresh_autoscaling_target(aws: AwsClient, ecs: EcsTarget, runtime: EcsRuntime, now: datetime) -> None:
+    due = runtime.autoscaling_checked_at is None or now - runtime.autoscaling_checked_at >= AUTOSCALING_RECHECK
+    if due and ecs.service:
+        runtime.autoscaling_target = await aws.scalable_target(ecs.cluster, ecs.service)
+        runtime.autoscaling_checked_at = now
+
+
+async def _publish_metric(aws: AwsClient, spec: ScalingSpec, pool: str, size: int, dry_run: bool) -> ScalingOutcome:
+    figures = {"backlog": size}
+    where = f"{spec.metric_namespace}/{spec.metric_name} (WorkPool={pool})"
+    if dry_run:
+        return ScalingOutcome(Condition(scaling.SCALING, "True", "DryRun", f"dryRun: would publish {size} to {where}."),
+                              figures)
+    await aws.put_backlog_metric(spec.metric_namespace, spec.metric_name, [{"Name": "WorkPool", "Value": pool}], size)
+    return ScalingOutcome(Condition(scaling.SCALING, "True", "MetricPublished", f"Published backlog {size} to {where}."),
+                          figures)
+
+
+def aws_condition(aws: AwsClient | None, error: AwsError | None) -> Condition:
+    failure = error or (aws.last_error if aws else None)
+    if failure is not None:
+        return Condition(AWS_CONNECTED, "False", failure.reason, failure.message)
+    region = aws.region if aws else "?"
+    return Condition(AWS_CONNECTED, "True", "Connected", f"AWS answered in {region}.")
