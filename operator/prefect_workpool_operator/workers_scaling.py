@@ -159,7 +159,7 @@ async def _publish_metric(aws: AwsClient, spec: ScalingSpec, pool: str, size: in
     if dry_run:
         return ScalingOutcome(Condition(scaling.SCALING, "True", "DryRun", f"dryRun: would publish {size} to {where}."),
                               figures)
-    await aws.put_backlog_metric(spec.metric_namespace, spec.metric_name, [{"Name": "WorkPool", "Value": pool}], size)
+    await aws.put_backlog_metric(spec.metric_namespace, spec.metric_name, {"WorkPool": pool}, size)
     return ScalingOutcome(Condition(scaling.SCALING, "True", "MetricPublished", f"Published backlog {size} to {where}."),
                           figures)
 

@@ -57,7 +57,7 @@ def template_condition(plan: TemplatePlan, *, pool: str, dry_run: bool, declared
     if plan.missing:
         names = ", ".join(plan.missing)
         return Condition(JOB_TEMPLATE_SYNCED, "False", "VariableNotInTemplate",
-                         f"The base job template of {pool!r} declares no variable(s) {names}; nothing was added "
+                         f"The base job template of {pool!r} declares no variable(s) {names}; the template was left unchanged "
                          "(newer prefect-aws templates dropped the ECS timeout variables).")
     if plan.drift and dry_run:
         return Condition(JOB_TEMPLATE_SYNCED, "False", "DryRun", f"dryRun: would set {_changes(plan)}.")
