@@ -23,7 +23,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from sandbox.kube import LocalControlPlane  # noqa: E402
+from sandbox.kube import LocalControlPlane, free_port  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from tests.kubectl import Kubectl, condition, wait_for  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> int:
 
         banner("running the operator: python -m prefect_workpool_operator")
         log = (work / "operator.log").open("wb")
-        env = {**plane.env(), "PWO_TICK_SECONDS": "1"}
+        env = {**plane.env(), "PWO_TICK_SECONDS": "1", "PWO_METRICS_PORT": str(free_port())}
         operator = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=log, stderr=log)
         print(f"operator log: {work / 'operator.log'}")
 

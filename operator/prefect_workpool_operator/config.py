@@ -24,6 +24,8 @@ class OperatorConfig:
     log_format: str
     # PWO_VERBOSE: 1 for debug logs.
     verbose: bool
+    # PWO_METRICS_PORT: Prometheus /metrics port; 0 turns the endpoint off.
+    metrics_port: int = 8080
 
 
 def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
@@ -42,4 +44,12 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         peering=env.get("PWO_PEERING") or None,
         log_format=log_format,
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
+        metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
     )
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("PWO_METRICS_PORT must be a port number, or 0 to turn metrics off")
+    return port

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +21,7 @@ from .config import load_config
 from .core import health
 from .core.conditions import Condition, format_time, merge_conditions
 from .kube_api import KubernetesSecrets
+from .metrics import OperatorMetrics
 from .reconcile import PolicyRuntime, next_due, run_cycle
 
 CONFIG = load_config()
@@ -41,7 +43,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    memo.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+    memo.metrics = OperatorMetrics()
+    if CONFIG.metrics_port:
+        memo.metrics.serve(CONFIG.metrics_port)
+    memo.http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        event_hooks={"response": [memo.metrics.on_prefect_response]},
+    )
     memo.secrets = None
 
 
@@ -61,6 +69,15 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.http.aclose()
 
 
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted policy's clients close and its metric series go away."""
+    runtime = memo.get("runtime")
+    if runtime is not None:
+        runtime.ecs.close()
+    memo.metrics.forget(meta)
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
 async def reconcile(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
@@ -72,6 +89,7 @@ async def reconcile(
         return
     if memo.get("secrets") is None and _connection:
         memo.secrets = KubernetesSecrets.from_connection(_connection[0])
+    started = time.monotonic()
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.secrets, runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
@@ -84,6 +102,9 @@ async def reconcile(
         return
     for key, value in outcome.status.items():
         patch.status[key] = value
+    memo.metrics.record_cycle(meta, body.spec, outcome.status, time.monotonic() - started)
+    if runtime.ecs.client is not None:
+        memo.metrics.record_aws_calls(runtime.ecs.take_call_counts())
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     interval = outcome.spec.interval_delta if outcome.spec else FALLBACK_INTERVAL

@@ -39,9 +39,20 @@ class EcsRuntime:
     autoscaling_target: bool = False
     autoscaling_checked_at: datetime | None = None
 
+    reported_calls: dict[str, int] = field(default_factory=dict)
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+    def take_call_counts(self) -> dict[str, int]:
+        """AWS requests since the last call (the client's counter only grows)."""
+        if self.client is None:
+            return {}
+        now = dict(self.client.calls)
+        delta = {op: n - self.reported_calls.get(op, 0) for op, n in now.items()}
+        self.reported_calls = now
+        return delta
 
 
 @dataclass
@@ -71,6 +82,7 @@ async def aws_client_for(ecs: EcsTarget, namespace: str, secrets: SecretReader, 
             ecs.region, endpoint_url=ecs.endpoint_url, credentials=credentials, calls_per_cycle=ecs.max_calls_per_cycle
         )
         runtime.client_key = key
+        runtime.reported_calls = {}
     runtime.client.start_cycle()
     return runtime.client
 

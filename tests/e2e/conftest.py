@@ -14,10 +14,11 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
-from sandbox.kube import LocalControlPlane
+from sandbox.kube import LocalControlPlane, free_port
 from tests.kubectl import Kubectl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -54,17 +55,29 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
+@dataclass(frozen=True)
+class OperatorProcess:
+    log: pathlib.Path
+    metrics_url: str
+
+
 @pytest.fixture(scope="session")
-def operator_process(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
-    """The operator as users run it (``python -m prefect_workpool_operator``); yields its log file."""
+def operator_process(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator as users run it (``python -m prefect_workpool_operator``)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {**os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_TICK_SECONDS": "1", "PWO_VERBOSE": "1"}
+    port = free_port()
+    env = {
+        **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_TICK_SECONDS": "1", "PWO_VERBOSE": "1",
+        "PWO_METRICS_PORT": str(port),
+        # AWS calls go to moto on loopback; the default credential chain picks these up.
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+    }
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        yield log
+        yield OperatorProcess(log, f"http://127.0.0.1:{port}/metrics")
     finally:
         proc.terminate()
         try:

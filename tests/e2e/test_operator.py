@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 import yaml
@@ -126,3 +127,55 @@ def test_policy_recovers_stuck_runs(kubectl: Kubectl, namespace: str, operator_p
     described = ns("describe", "pwpp", "recovering")
     for text in ("StaleRunsRecovered", "Reschedule 4 of 4 stale run(s)", "Last Recovery", "RunsRecovered"):
         assert text in described, described
+
+
+def test_scaling_and_recovery_on_ecs(kubectl: Kubectl, namespace: str, operator_process, prefect_server,
+                                     moto, sandbox) -> None:
+    """The operator scales the worker service from the backlog and leaves runs with live tasks alone."""
+    import time
+
+    import httpx
+
+    from tests.kubectl import condition as cond_of
+
+    ns = kubectl.in_namespace(namespace)
+    pool = unique("ecs")
+    cluster = sandbox.cluster()
+    service = sandbox.service(cluster)
+    with PrefectSeeder(prefect_server.api_url) as seeder:
+        seeder.create_ecs_pool(pool)
+        deployment = seeder.create_deployment(pool)
+        alive, orphan = seeder.create_runs(deployment, 2, {"type": "PENDING"})
+        arn = sandbox.run(cluster, run_id=alive)[0]
+        seeder._request("PATCH", f"/flow_runs/{alive}", json={"infrastructure_pid": f"{cluster}::{arn}"})
+        ns.apply(policy(
+            "ecs", prefect_server.api_url, pool,
+            ecs={"region": "us-east-1", "cluster": cluster, "service": service, "endpointUrl": moto.endpoint_url},
+            scaling={"minWorkers": 1, "maxWorkers": 4, "backlogPerWorker": 2},
+            staleRuns={"pendingTimeout": "30s"},
+        ))
+
+        def desired() -> int:
+            return sandbox.ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"]
+
+        wait_for(lambda: desired() == 1, timeout=60, what="desiredCount = minWorkers")
+        seeder.create_runs(deployment, 6, late_state(120))
+        appeared = time.monotonic()
+        wait_for(lambda: desired() == 3, timeout=60, interval=0.2, what="desiredCount 3 for 6 late runs")
+        reaction = time.monotonic() - appeared
+        print(f"\nbacklog appeared -> UpdateService: {reaction:.1f}s (interval 10s)")
+
+        obj = wait_for(lambda: (o := ns.get_json("pwpp", "ecs")) and
+                       (cond_of(o, "StaleRunsRecovered") or {}).get("reason") in ("Recovered", "CapExhausted") and o,
+                       timeout=120, what="recovery")
+        assert seeder.read_run(alive)["state"]["type"] == "PENDING"  # its ECS task is RUNNING
+        assert seeder.read_run(orphan)["state"]["name"] == "Requeued"
+    assert obj["status"]["staleRuns"]["skipped"]["infrastructureAlive"] == 1
+    assert cond_of(obj, "AwsConnected")["status"] == "True"
+    described = ns("describe", "pwpp", "ecs")
+    for text in ("AwsConnected", "Scaling", "ScaledUp", "desiredCount 1 -> 3"):
+        assert text in described, described
+    assert re.search(r"Infrastructure Alive:\s+1\n", described), described
+    metrics = httpx.get(operator_process.metrics_url).text
+    assert f'pwo_worker_service_tasks{{count="desired",namespace="{namespace}",policy="ecs",pool="{pool}"}} 3.0' in metrics
+    assert 'pwo_aws_requests_total{operation="DescribeServices"}' in metrics

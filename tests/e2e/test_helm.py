@@ -1,0 +1,460 @@
+"""The Helm chart on a real API server, and the operator running with the chart's own RBAC.
+
+Each test installs the chart with ``helm`` (no ``--wait``: the local control plane has
+no controller-manager, so the Deployment never gets a Pod), then runs the operator
+process on this machine the way the Pod would run it: with the Deployment's
+environment and a token minted for the chart's ServiceAccount, never admin
+credentials. That proves the rules are sufficient (a policy is fully reconciled:
+status, conditions, finalizer, Events) and ``kubectl auth can-i`` with the same
+token proves what the operator cannot do.
+
+The tests use a control plane of their own, so no other operator (e.g. the
+admin-credentialed one of test_operator.py) reconciles their policies, and so the
+chart's ``crds/`` really installs the CRD. With ``E2E_USE_KUBECONFIG=1`` they use the
+cluster ``KUBECONFIG`` names instead (run this module on its own there, so that no
+admin-credentialed operator from another module serves the same cluster).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import yaml
+
+from sandbox.kube import LocalControlPlane, build_tools, free_port
+from sandbox.prefect_seed import PrefectSeeder, late_state
+from tests.conftest import BASIC_AUTH, unique
+from tests.kubectl import Kubectl, condition, wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "prefect-workpool-operator"
+CRD_NAME = "prefectworkpoolpolicies.prefectops.dev"
+PWPP = CRD_NAME  # fully qualified resource name for `kubectl auth can-i`
+FINALIZER = "prefectops.dev/finalizer"
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
+    if os.environ.get("E2E_USE_KUBECONFIG") == "1":
+        yield Kubectl(os.environ["KUBECONFIG"])
+        return
+    with LocalControlPlane(tmp_path_factory.mktemp("kube-helm")) as plane:
+        yield Kubectl(plane.kubeconfig)
+
+
+class Helm:
+    def __init__(self, binary: pathlib.Path, kubeconfig: str) -> None:
+        self.binary, self.kubeconfig = str(binary), kubeconfig
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args], capture_output=True, text=True, timeout=120
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
+        out = self.run("get", "manifest", release, "-n", namespace).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def helm(cluster: Kubectl) -> Helm:
+    return Helm(build_tools() / "helm", cluster.kubeconfig)
+
+
+def sets(values: dict[str, str]) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+@contextmanager
+def namespaces(k: Kubectl, *names: str) -> Iterator[None]:
+    """Create namespaces; afterwards strip policy finalizers and ask for the namespaces to go.
+
+    Without a controller-manager namespaces never finish deleting, hence ``--wait=false``.
+    """
+    for name in names:
+        k("create", "namespace", name)
+    try:
+        yield
+    finally:
+        for name in names:
+            ns = k.in_namespace(name)
+            for policy in ns.run("get", "pwpp", "-o", "name", check=False).stdout.split():
+                ns.run("patch", policy, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+            k.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextmanager
+def release(helm: Helm, name: str, namespace: str, *args: str) -> Iterator[subprocess.CompletedProcess[str]]:
+    """``helm install``; uninstalled afterwards if the test did not do it itself."""
+    installed = helm.run("install", name, str(CHART), "-n", namespace, *args)
+    try:
+        yield installed
+    finally:
+        if helm.run("status", name, "-n", namespace, check=False).returncode == 0:
+            helm.run("uninstall", name, "-n", namespace, check=False)
+
+
+def service_account_kubeconfig(k: Kubectl, namespace: str, sa: str, path: pathlib.Path) -> Kubectl:
+    """A kubeconfig for the same server whose only credential is a token of ``sa``."""
+    token = k("-n", namespace, "create", "token", sa, "--duration=1h").strip()
+    config = json.loads(k("config", "view", "--raw", "--minify", "-o", "json"))
+    config["users"][0]["user"] = {"token": token}
+    config["contexts"][0]["context"]["namespace"] = namespace
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return Kubectl(path)
+
+
+def deployment_env(k: Kubectl, namespace: str, name: str) -> dict[str, str]:
+    deployment = k.in_namespace(namespace).get_json("deployment", name)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # The API server drops empty values ("value": "" is omitted), hence the default.
+    return {e["name"]: e.get("value", "") for e in container.get("env", []) if "valueFrom" not in e}
+
+
+@contextmanager
+def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pathlib.Path) -> Iterator[str]:
+    """The operator process with the Pod's environment and the ServiceAccount's token.
+
+    Only the ports change (many test processes share this machine's loopback); yields the
+    liveness URL.
+    """
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PWO_", "KUBERNETES_"))}
+    env.update(chart_env)
+    env.update({
+        "KUBECONFIG": str(kubeconfig),
+        "PWO_LIVENESS_ENDPOINT": liveness,
+        "PWO_METRICS_PORT": str(free_port()) if chart_env.get("PWO_METRICS_PORT", "0") != "0" else "0",
+    })
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield liveness
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def policy(name: str, api_url: str, pool: str, auth: dict[str, Any] | None = None) -> str:
+    prefect: dict[str, Any] = {"apiUrl": api_url, "workPool": pool}
+    if auth:
+        prefect["auth"] = auth
+    return yaml.safe_dump({
+        "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy",
+        "metadata": {"name": name}, "spec": {"prefect": prefect, "interval": "10s"},
+    })
+
+
+def secret(name: str, key: str, value: str) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "data": {key: base64.b64encode(value.encode()).decode()},
+    })
+
+
+def reconciled(ns: Kubectl, name: str):
+    def check() -> dict[str, Any] | None:
+        obj = ns.get_json("pwpp", name)
+        ready = condition(obj, "Ready")
+        return obj if ready and ready["status"] == "True" and ready["reason"] == "Reconciled" else None
+    return check
+
+
+def events_for(ns: Kubectl, name: str) -> list[dict[str, Any]]:
+    return [e for e in ns.get_json("events")["items"] if e["involvedObject"]["name"] == name]
+
+
+def can_i(k: Kubectl, *args: str) -> bool:
+    proc = k.run("auth", "can-i", *args, check=False)
+    answer = proc.stdout.strip()
+    assert answer in {"yes", "no"}, f"kubectl auth can-i {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return answer == "yes"
+
+
+def assert_can(k: Kubectl, allowed: list[tuple[str, ...]], denied: list[tuple[str, ...]]) -> None:
+    wrong = [("should be allowed", a) for a in allowed if not can_i(k, *a)]
+    wrong += [("should be denied", d) for d in denied if can_i(k, *d)]
+    assert not wrong, wrong
+
+
+def kinds(manifest: list[dict[str, Any]]) -> set[tuple[str, str, str | None]]:
+    return {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in manifest}
+
+
+def not_found(k: Kubectl, *args: str) -> bool:
+    proc = k.run("get", *args, check=False)
+    return proc.returncode != 0 and "NotFound" in proc.stderr
+
+
+def log_problems(log: pathlib.Path) -> list[str]:
+    """Operator log lines that betray missing permissions."""
+    markers = ("Forbidden", "forbidden", "RBAC: 403", "Not enough permissions", "Failed to post an event")
+    return [line for line in log.read_text(errors="replace").splitlines() if any(m in line for m in markers)]
+
+
+# -- the chart's Pod passes the "restricted" Pod Security Standard ----------------------------------
+
+
+def assert_pod_is_restricted(k: Kubectl, namespace: str, deployment: dict[str, Any]) -> None:
+    """Server-side dry-run of the Deployment's Pod in a namespace enforcing "restricted".
+
+    Pod Security admission runs on dry-run creates, so this is the API server's verdict.
+    A deliberately weakened copy is rejected, showing the check is live.
+    """
+    k("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
+    template = deployment["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psa-check", "namespace": namespace},
+           "spec": template["spec"]}
+    k("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod))
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    weakened = k.run("create", "--dry-run=server", "-f", "-", stdin=json.dumps(pod), check=False)
+    assert weakened.returncode != 0 and "restricted" in weakened.stderr, weakened.stderr
+
+
+def assert_crd_upgrade_path(k: Kubectl, helm: Helm) -> None:
+    """docs/install.md's CRD upgrade, on a CRD that Helm (or anyone) created before.
+
+    A changed CRD conflicts with the fields the creator owns, hence --force-conflicts.
+    """
+    crds = helm.run("show", "crds", str(CHART)).stdout
+    crd = yaml.safe_load(crds)
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema["description"] += " (upgraded)"
+    changed = yaml.safe_dump(crd)
+    owners = {f["manager"] for f in k.get_json("crd", CRD_NAME, "--show-managed-fields")["metadata"]["managedFields"]}
+    if "kubectl" not in owners:  # created by helm here; an earlier `kubectl apply` would own it itself
+        refused = k.run("apply", "--server-side", "-f", "-", stdin=changed, check=False)
+        assert refused.returncode != 0 and "conflict" in refused.stderr.lower(), refused.stderr
+    try:
+        k("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=changed)
+        wait_for(lambda: "(upgraded)" in k("explain", "pwpp"), what="the upgraded CRD")
+    finally:
+        k("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crds)
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_path: pathlib.Path) -> None:
+    rel_ns, team = unique("pwo"), unique("team")
+    name = "pwo"
+    fullname = f"{name}-prefect-workpool-operator"
+    scoped = f"{rel_ns}-{fullname}"
+    with namespaces(cluster, rel_ns, team), release(helm, name, rel_ns, *sets({"operator.tickSeconds": "1"})):
+        # -- what helm installed
+        assert kinds(helm.manifest(name, rel_ns)) == {
+            ("ServiceAccount", fullname, rel_ns),
+            ("Deployment", fullname, rel_ns),
+            ("ClusterRole", scoped, None),
+            ("ClusterRoleBinding", scoped, None),
+            ("ClusterRole", f"{scoped}-discovery", None),
+            ("ClusterRoleBinding", f"{scoped}-discovery", None),
+        }
+        cluster("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
+        deployment = cluster.in_namespace(rel_ns).get_json("deployment", fullname)
+        spec = deployment["spec"]
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+        assert pod["serviceAccountName"] == fullname
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness", "scheme": "HTTP"}
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        chart_env = deployment_env(cluster, rel_ns, fullname)
+        assert chart_env["PWO_NAMESPACES"] == "" and chart_env["PWO_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8081/healthz"
+        assert chart_env["PWO_METRICS_PORT"] == "8080"
+        assert_pod_is_restricted(cluster, rel_ns, deployment)
+        assert_crd_upgrade_path(cluster, helm)
+
+        # -- the operator with the chart's ServiceAccount reconciles a policy fully
+        pool = unique("pool")
+        with PrefectSeeder(prefect_server.api_url) as seeder:
+            seeder.create_ecs_pool(pool)
+            dep = seeder.create_deployment(pool)
+            seeder.create_runs(dep, 2, late_state(120))
+            seeder.create_runs(dep, 1, {"type": "PENDING"})
+            seeder.heartbeat_worker(pool, "worker-1")
+        ns = cluster.in_namespace(team)
+        ns.apply(policy("etl", prefect_server.api_url, pool))
+        sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log) as liveness:
+            obj = wait_for(reconciled(ns, "etl"), timeout=60, what="Ready=True with the chart's RBAC")
+            status = obj["status"]
+            assert status["runs"] == {"late": 2, "pending": 1, "running": 0}
+            assert status["workers"] == {"online": 1, "offline": 0}
+            assert status["observedGeneration"] == obj["metadata"]["generation"]
+            assert {c["type"]: c["status"] for c in status["conditions"]} == {
+                "Ready": "True", "PrefectConnected": "True", "WorkPoolReady": "True",
+            }
+            assert FINALIZER in obj["metadata"]["finalizers"]
+            wait_for(lambda: any(e["reason"] == "Reconciled" for e in events_for(ns, "etl")), what="a Reconciled Event")
+            assert {e["type"] for e in events_for(ns, "etl")} == {"Normal"}
+            with urllib.request.urlopen(liveness, timeout=5) as probe:
+                assert probe.status == 200
+            # A spec edit is seen through the watch and reconciled (patch + status patch again).
+            ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
+            wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")
+        assert log_problems(log) == []
+
+        # -- what the ServiceAccount may and may not do
+        assert_can(
+            sa,
+            allowed=[
+                ("list", PWPP, "-A"), ("watch", PWPP, "-A"), ("patch", PWPP, "-n", team),
+                ("patch", PWPP, "--subresource=status", "-n", team), ("create", "events", "-n", team),
+                ("get", "secrets", "-n", team), ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+            ],
+            denied=[
+                ("list", "secrets", "-A"), ("watch", "secrets", "-n", team), ("list", "secrets", "-n", team),
+                ("get", "configmaps", "-n", team), ("create", PWPP, "-n", team), ("delete", PWPP, "-n", team),
+                ("update", PWPP, "-n", team), ("get", PWPP, "-n", team),
+                ("delete", "pods", "-n", rel_ns), ("create", "pods", "-n", rel_ns), ("delete", "deployments.apps", "-n", rel_ns),
+                ("patch", "deployments.apps", "-n", rel_ns), ("delete", "events", "-n", team), ("patch", "events", "-n", team),
+                ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+                ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
+                ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+                ("get", "customresourcedefinitions.apiextensions.k8s.io"),
+                ("list", "namespaces"), ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+                ("create", "serviceaccounts", "--subresource=token", "-n", rel_ns), ("impersonate", "users"), ("*", "*"),
+            ],
+        )
+
+        # -- upgrade with changed values
+        role_arn = "arn:aws:iam::123456789012:role/prefect-workpool-operator"
+        upgraded = sets({
+            "operator.tickSeconds": "1", "operator.logFormat": "plain", "metrics.service.enabled": "true",
+            r"serviceAccount.annotations.eks\.amazonaws\.com/role-arn": role_arn,
+            "extraEnv[0].name": "AWS_REGION", "extraEnv[0].value": "eu-west-1",
+        })
+        helm.run("upgrade", name, str(CHART), "-n", rel_ns, *upgraded)
+        assert json.loads(helm.run("status", name, "-n", rel_ns, "-o", "json").stdout)["version"] == 2
+        chart_env = deployment_env(cluster, rel_ns, fullname)
+        assert chart_env["PWO_LOG_FORMAT"] == "plain" and chart_env["AWS_REGION"] == "eu-west-1"
+        sa_obj = cluster.in_namespace(rel_ns).get_json("serviceaccount", fullname)
+        assert sa_obj["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role_arn
+        service = cluster.in_namespace(rel_ns).get_json("service", f"{fullname}-metrics")
+        assert service["spec"]["ports"] == [
+            {"name": "http-metrics", "port": 8080, "protocol": "TCP", "targetPort": "http-metrics"}
+        ]
+        assert can_i(sa, "list", PWPP, "-A")  # the same ServiceAccount, same rules, after the upgrade
+
+        # -- uninstall: the release's objects go; the CRD and the policy stay
+        helm.run("uninstall", name, "-n", rel_ns)
+        assert not_found(cluster, "-n", rel_ns, "deployment", fullname)
+        assert not_found(cluster, "-n", rel_ns, "serviceaccount", fullname)
+        assert not_found(cluster, "clusterrole", scoped)
+        assert not_found(cluster, "clusterrolebinding", f"{scoped}-discovery")
+        cluster("get", "crd", CRD_NAME)
+        kept = ns.get_json("pwpp", "etl")
+        assert condition(kept, "Ready")["status"] == "True"
+        # With no operator left, the finalizer stays: deleting the policy now would wait (docs/install.md).
+        assert FINALIZER in kept["metadata"]["finalizers"]
+
+
+def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, tmp_path: pathlib.Path) -> None:
+    rel_ns, watched, other = unique("pwo"), unique("team"), unique("other")
+    name = "pwo"
+    fullname = f"{name}-prefect-workpool-operator"
+    scoped = f"{rel_ns}-{fullname}"
+    values = {"operator.tickSeconds": "1", "watchNamespaces[0]": watched, "rbac.secretNames[0]": "prefect-auth"}
+    with namespaces(cluster, rel_ns, watched, other), release(helm, name, rel_ns, *sets(values)):
+        assert kinds(helm.manifest(name, rel_ns)) == {
+            ("ServiceAccount", fullname, rel_ns),
+            ("Deployment", fullname, rel_ns),
+            ("Role", scoped, watched),
+            ("RoleBinding", scoped, watched),
+            ("ClusterRole", f"{scoped}-discovery", None),
+            ("ClusterRoleBinding", f"{scoped}-discovery", None),
+        }
+        chart_env = deployment_env(cluster, rel_ns, fullname)
+        assert chart_env["PWO_NAMESPACES"] == watched
+
+        pool = unique("pool")
+        with PrefectSeeder(prefect_auth_server.api_url, auth=prefect_auth_server.auth) as seeder:
+            seeder.create_ecs_pool(pool)
+        auth = {"basicAuthSecretRef": {"name": "prefect-auth", "key": "auth-string"}}
+        for namespace in (watched, other):
+            k = cluster.in_namespace(namespace)
+            k.apply(secret("prefect-auth", "auth-string", BASIC_AUTH))
+            k.apply(policy("etl", prefect_auth_server.api_url, pool, auth))
+        sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log):
+            obj = wait_for(reconciled(cluster.in_namespace(watched), "etl"), timeout=60, what="watched policy Ready")
+            assert condition(obj, "PrefectConnected")["reason"] == "Connected"  # the Secret was read
+            wait_for(lambda: events_for(cluster.in_namespace(watched), "etl"), what="an Event in the watched namespace")
+            time.sleep(3)  # several ticks: the other namespace's policy stays untouched
+            untouched = cluster.in_namespace(other).get_json("pwpp", "etl")
+            assert "status" not in untouched and not untouched["metadata"].get("finalizers")
+        assert log_problems(log) == []
+
+        assert_can(
+            sa,
+            allowed=[
+                ("get", "secrets/prefect-auth", "-n", watched), ("list", PWPP, "-n", watched),
+                ("patch", PWPP, "--subresource=status", "-n", watched), ("create", "events", "-n", watched),
+                ("list", "namespaces"), ("watch", "namespaces"),  # kopf resolves PWO_NAMESPACES (docs/rbac.md)
+            ],
+            denied=[
+                ("get", "secrets/prefect-auth", "-n", other), ("get", "secrets/other-secret", "-n", watched),
+                ("get", "secrets", "-n", rel_ns), ("list", "secrets", "-n", watched),
+                ("list", PWPP, "-A"), ("list", PWPP, "-n", other), ("patch", PWPP, "-n", other),
+                ("create", "events", "-n", other), ("get", "namespaces"), ("patch", "namespaces"),
+                ("delete", "pods", "-n", watched), ("delete", "deployments.apps", "-n", rel_ns),
+                ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
+            ],
+        )
+
+        # -- upgrade: serve the other namespace too
+        values["watchNamespaces[1]"] = other
+        helm.run("upgrade", name, str(CHART), "-n", rel_ns, *sets(values))
+        assert kinds(helm.manifest(name, rel_ns)) == {
+            ("ServiceAccount", fullname, rel_ns),
+            ("Deployment", fullname, rel_ns),
+            ("Role", scoped, watched),
+            ("RoleBinding", scoped, watched),
+            ("Role", scoped, other),
+            ("RoleBinding", scoped, other),
+            ("ClusterRole", f"{scoped}-discovery", None),
+            ("ClusterRoleBinding", f"{scoped}-discovery", None),
+        }
+        assert can_i(sa, "get", "secrets/prefect-auth", "-n", other)
+        chart_env = deployment_env(cluster, rel_ns, fullname)
+        assert chart_env["PWO_NAMESPACES"] == f"{watched},{other}"
+        log = tmp_path / "operator-upgraded.log"
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log):  # the new Pod, after Recreate
+            wait_for(reconciled(cluster.in_namespace(other), "etl"), timeout=60, what="newly watched policy Ready")
+        assert log_problems(log) == []
+
+        helm.run("uninstall", name, "-n", rel_ns)
+        for namespace in (watched, other):
+            assert not_found(cluster, "-n", namespace, "role", scoped)
+            assert condition(cluster.in_namespace(namespace).get_json("pwpp", "etl"), "Ready")["status"] == "True"

@@ -1,0 +1,52 @@
+"""Metrics follow the status a cycle wrote."""
+
+from prometheus_client import generate_latest
+
+from prefect_workpool_operator.metrics import OperatorMetrics
+
+META = {"namespace": "data", "name": "etl"}
+SPEC = {"prefect": {"workPool": "ecs-pool"}}
+
+
+def status(ready: str, reason: str, recovered: int = 0) -> dict:
+    return {
+        "runs": {"late": 4, "pending": 2, "running": 1},
+        "workers": {"online": 2, "offline": 0},
+        "scaling": {"desired": 3, "running": 2, "pending": 1, "recommendation": 3},
+        "staleRuns": {"stale": 5, "recovered": recovered},
+        "conditions": [{"type": "Ready", "status": ready, "reason": reason}],
+    }
+
+
+def text(m: OperatorMetrics) -> str:
+    return generate_latest(m.registry).decode()
+
+
+def test_gauges_follow_the_status() -> None:
+    m = OperatorMetrics()
+    m.record_cycle(META, SPEC, status("True", "Reconciled", recovered=5), 0.2)
+    m.record_cycle(META, SPEC, status("False", "Unreachable"), 0.3)
+    out = text(m)
+    labels = 'namespace="data",policy="etl",pool="ecs-pool"'
+    assert f'pwo_pool_runs{{{labels},state="late"}} 4.0' in out
+    assert f'pwo_worker_service_tasks{{count="desired",{labels}}} 3.0' in out  # labels print sorted
+    assert f"pwo_runs_recovered_total{{{labels}}} 5.0" in out
+    # Only the current status of each condition type is exported.
+    assert f'pwo_condition{{{labels},reason="Unreachable",status="False",type="Ready"}} 1.0' in out
+    assert 'reason="Reconciled"' not in out
+    assert 'pwo_reconcile_errors_total{namespace="data",policy="etl",reason="Unreachable"} 1.0' in out
+    assert 'pwo_reconcile_duration_seconds_count{namespace="data",policy="etl"} 2.0' in out
+
+
+def test_deleted_policy_series_go_away() -> None:
+    m = OperatorMetrics()
+    m.record_cycle(META, SPEC, status("True", "Reconciled"), 0.1)
+    m.forget(META)
+    assert 'policy="etl"' not in text(m)
+
+
+def test_aws_calls_are_counted() -> None:
+    m = OperatorMetrics()
+    m.record_aws_calls({"DescribeServices": 1, "DescribeTasks": 0})
+    assert 'pwo_aws_requests_total{operation="DescribeServices"} 1.0' in text(m)
+    assert "DescribeTasks" not in text(m)
