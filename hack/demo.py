@@ -1,9 +1,10 @@
 """`make demo`: the operator's main job on a local sandbox of real components.
 
-Starts a Kubernetes control plane (etcd + kube-apiserver), a Prefect server with
-basic auth, seeds an `ecs` work pool with runs, installs the CRD, applies the
-self-hosted example (Secret + policy), runs the operator, and shows what
-`kubectl get` / `kubectl describe` say. Ctrl-C, or DEMO_SECONDS=n, stops
+Starts a Kubernetes control plane (etcd + kube-apiserver), moto (ECS) with a
+cluster and worker service, a Prefect server with basic auth, seeds an `ecs` work
+pool with stuck and Late runs, installs the CRD, applies examples/03-ecs-scaling
+(Secret + policy), runs the operator, and shows desiredCount following the backlog,
+stuck runs recovered, and what `kubectl get` / `kubectl describe` say. Ctrl-C, or DEMO_SECONDS=n, stops
 everything it started.
 """
 
@@ -25,7 +26,9 @@ sys.path[:0] = [str(HERE), str(REPO)]
 
 from sandbox.kube import LocalControlPlane, free_port  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
+from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
+from tests.ecs_sandbox import EcsSandbox  # noqa: E402
 from tests.kubectl import Kubectl, condition, wait_for  # noqa: E402
 
 NAMESPACE = "prefect-demo"
@@ -37,15 +40,20 @@ def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def example_manifests(api_url: str) -> str:
-    docs = list(yaml.safe_load_all((REPO / "examples" / "01-self-hosted" / "policy.yaml").read_text()))
+def example_manifests(api_url: str, moto_url: str, cluster: str, service: str) -> str:
+    docs = list(yaml.safe_load_all((REPO / "examples" / "03-ecs-scaling" / "policy.yaml").read_text()))
     for doc in docs:
         if doc["kind"] == "Secret":
             doc["stringData"]["auth-string"] = AUTH
-        else:
-            doc["spec"]["prefect"]["apiUrl"] = api_url
-            doc["spec"]["interval"] = "10s"
-            doc["spec"]["staleRuns"]["pendingTimeout"] = "30s"  # the demo can't wait 10 minutes
+            continue
+        spec = doc["spec"]
+        spec["prefect"]["apiUrl"] = api_url
+        spec["ecs"].update(cluster=cluster, service=service, endpointUrl=moto_url)
+        # The demo can't wait minutes: short thresholds, and a start timeout to match.
+        spec["interval"] = "10s"
+        spec["staleRuns"]["pendingTimeout"] = "30s"
+        spec["scaling"].update(backlogPerWorker=2, maxWorkers=5, scaleDownStabilization="30s", scaleDownCooldown="0s")
+        spec["jobTemplate"]["variables"]["task_start_timeout_seconds"] = 30
     return yaml.safe_dump_all(docs)
 
 
@@ -57,56 +65,81 @@ def main() -> int:
     operator: subprocess.Popen[bytes] | None = None
     plane = LocalControlPlane(work / "kube")
     prefect = PrefectServer(work / "prefect", auth_string=AUTH)
+    moto = MotoServer(work / "moto")
     try:
         banner("starting the local control plane (etcd + kube-apiserver)")
         plane.start()
+        banner("starting moto (AWS ECS/CloudWatch) with a cluster and the worker service")
+        moto.start()
+        os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo")  # moto takes any
+        ecs = EcsSandbox(moto)
+        cluster = ecs.cluster()
+        service = ecs.service(cluster)
+        live_task = ecs.run(cluster, run_id="placeholder")[0]
+        print(f"ECS cluster {cluster}, service {service} (desiredCount 0), endpoint {moto.endpoint_url}")
         banner("starting a Prefect server (SQLite, basic auth)")
         prefect.start()
         print(f"Prefect API: {prefect.api_url}")
 
-        banner(f"seeding work pool {POOL!r}: 3 runs stuck in PENDING (their worker died), 4 Late runs, one live worker")
+        banner(f"seeding work pool {POOL!r}: 3 runs stuck in PENDING (their worker died), 1 PENDING run whose "
+               "ECS task is starting, 4 Late runs, one live worker")
         seeder = PrefectSeeder(prefect.api_url, auth=prefect.auth)
         seeder.create_ecs_pool(POOL)
         deployment = seeder.create_deployment(POOL)
         stuck = seeder.create_runs(deployment, 3, {"type": "PENDING"})
+        starting = seeder.create_runs(deployment, 1, {"type": "PENDING"})[0]
+        seeder._request("PATCH", f"/flow_runs/{starting}", json={"infrastructure_pid": f"{cluster}::{live_task}"})
         seeder.create_runs(deployment, 4, late_state(120))
         seeder.heartbeat_worker(POOL, "ecs-worker-1")
 
         kubectl = Kubectl(plane.kubeconfig)
-        banner("installing the CRD and applying examples/01-self-hosted (Secret + policy)")
+        banner("installing the CRD and applying examples/03-ecs-scaling (Secret + policy)")
         print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")), end="")
         kubectl("wait", "--for=condition=Established", "crd/prefectworkpoolpolicies.prefectops.dev")
         kubectl("create", "namespace", NAMESPACE)
         ns = kubectl.in_namespace(NAMESPACE)
-        print(ns.apply(example_manifests(prefect.api_url)), end="")
+        print(ns.apply(example_manifests(prefect.api_url, moto.endpoint_url, cluster, service)), end="")
 
         banner("running the operator: python -m prefect_workpool_operator")
         log = (work / "operator.log").open("wb")
-        env = {**plane.env(), "PWO_TICK_SECONDS": "1", "PWO_METRICS_PORT": str(free_port())}
+        env = {**plane.env(), **os.environ, "KUBECONFIG": str(plane.kubeconfig), "PWO_TICK_SECONDS": "1",
+               "PWO_METRICS_PORT": str(free_port())}
         operator = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=log, stderr=log)
         print(f"operator log: {work / 'operator.log'}")
 
         def is_ready():
-            return condition(ns.get_json("pwpp", "etl"), "Ready")
+            return condition(ns.get_json("pwpp", "etl-ecs"), "Ready")
         wait_for(is_ready, timeout=60, what="the first reconcile")
         banner(f"kubectl get pwpp -n {NAMESPACE}")
         print(ns("get", "pwpp", "-o", "wide"), end="")
-        banner(f"kubectl describe pwpp etl -n {NAMESPACE}")
-        print(ns("describe", "pwpp", "etl"), end="")
+        banner(f"kubectl describe pwpp etl-ecs -n {NAMESPACE}")
+        print(ns("describe", "pwpp", "etl-ecs"), end="")
 
-        banner("live: the stuck runs are requeued once PENDING for 30 s; Ctrl-C stops everything")
+        banner("live: desiredCount follows the backlog; stuck runs are requeued after 30 s; Ctrl-C stops")
         started = time.monotonic()
-        shown = False
+        shown = surge = drained = False
         while seconds is None or time.monotonic() - started < seconds:
-            time.sleep(min(10.0, max(0.1, (seconds or 10) - (time.monotonic() - started))))
+            time.sleep(min(5.0, max(0.1, (seconds or 5) - (time.monotonic() - started))))
+            elapsed = time.monotonic() - started
             seeder.heartbeat_worker(POOL, "ecs-worker-1")
-            print(ns("get", "pwpp").splitlines()[-1], flush=True)
+            if not surge and elapsed > 20:
+                surge = True
+                print("-- 6 more runs become due: the backlog grows", flush=True)
+                seeder.create_runs(deployment, 6, late_state(60))
+            if not drained and elapsed > 60:
+                drained = True
+                print("-- the workers start every due run: the backlog clears (scale-down waits 30 s)", flush=True)
+                for run in seeder.filter_runs({"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 200}):
+                    seeder.set_state(run["id"], {"type": "RUNNING"})
+            svc = ecs.ecs.describe_services(cluster=cluster, services=[service])["services"][0]
+            row = ns("get", "pwpp").splitlines()[-1]
+            print(f"{row}   | ECS desiredCount={svc['desiredCount']}", flush=True)
             if not shown and all(seeder.read_run(r)["state"]["name"] == "Requeued" for r in stuck):
                 shown = True
-                banner("the stuck runs are back in SCHEDULED (state 'Requeued'); kubectl describe says so:")
-                print(ns("describe", "pwpp", "etl"), end="")
+                banner("the stuck runs are back in SCHEDULED ('Requeued'); the one with a live task was left alone")
+                print(ns("describe", "pwpp", "etl-ecs"), end="")
         banner("final state")
-        print(ns("describe", "pwpp", "etl"), end="")
+        print(ns("describe", "pwpp", "etl-ecs"), end="")
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything")
@@ -119,6 +152,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 operator.kill()
         prefect.stop()
+        moto.stop()
         plane.stop()
         print(f"stopped; logs kept in {work}")
 

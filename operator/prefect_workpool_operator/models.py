@@ -344,10 +344,10 @@ class PolicySpec(_Model):
         },
     )
     suspend: bool = Field(
-        default=False, description="Stop reconciling: nothing is read from or written to Prefect while true."
+        default=False, description="Stop reconciling: nothing is read from or written to Prefect or AWS while true."
     )
     dry_run: bool = Field(
-        default=False, description="Observe and decide, report what would be done, but change nothing."
+        default=False, description="Observe and decide, report what would be done, but change nothing in Prefect or AWS."
     )
     stale_runs: StaleRunsSpec | None = Field(
         default=None, description="Recovery of flow runs stuck in PENDING. Omit to leave PENDING runs alone."

@@ -154,7 +154,7 @@ async def scale_workers(
     figures.update(desired=updated.desired, running=updated.running, pending=updated.pending)
     figures["lastChange"] = {"time": format_time(now), "from": decision.current, "to": decision.target,
                              "reason": decision.reason}
-    message = f"desiredCount {decision.current} -> {decision.target} of {ecs.service}: {decision.message}"
+    message = f"{ecs.service}: {decision.message}"
     return ScalingOutcome(scaling.scaling_condition(decision), figures, ("Normal", decision.reason, message))
 
 

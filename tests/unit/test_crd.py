@@ -57,3 +57,10 @@ def test_conditions_are_a_map_keyed_by_type_and_status_is_a_subresource() -> Non
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
         "Pool", "Late", "Pending", "Workers", "Ready", "Reason", "Age"
     ]
+
+
+def test_policy_reference_doc_matches_models() -> None:
+    from prefect_workpool_operator.reference import render as render_reference
+
+    doc = Path(__file__).parents[2] / "docs" / "policy-reference.md"
+    assert doc.read_text() == render_reference(), "docs/policy-reference.md is stale: run `make docs`"

@@ -104,7 +104,7 @@ def health_conditions(
 
 
 def suspended_conditions() -> list[Condition]:
-    return [Condition(READY, "True", SUSPENDED, "spec.suspend is true: nothing is read from or written to Prefect.")]
+    return [Condition(READY, "True", SUSPENDED, "spec.suspend is true: nothing is read from or written to Prefect or AWS.")]
 
 
 def _failure_conditions(failure: Failure) -> list[Condition]:
