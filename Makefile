@@ -5,7 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test unit integration e2e lint crds check-crds demo cluster-up cluster-down tools run clean
+CHART := charts/prefect-workpool-operator
+
+.PHONY: help venv test unit integration e2e lint crds docs chart bench demo cluster-up cluster-down tools run \
+	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,7 +28,7 @@ test: venv tools ## all tests: lint contracts, unit, integration (real Prefect),
 	$(BIN)/lint-imports
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
-unit: venv ## unit tests only (no servers)
+unit: venv tools ## unit tests only (no servers; helm renders the chart)
 	$(BIN)/pytest -ra tests/unit $(PYTEST_ARGS)
 
 integration: venv ## tests against a real Prefect server
@@ -37,8 +40,22 @@ e2e: venv tools ## tests against a real kube-apiserver (or the cluster KUBECONFI
 lint: venv ## architecture contracts (the decision core stays pure)
 	$(BIN)/lint-imports
 
-crds: venv ## regenerate crds/ from the pydantic models
+crds: venv ## regenerate crds/ (and the chart's copy) and docs/policy-reference.md from the pydantic models
 	$(BIN)/python -m prefect_workpool_operator.crd > crds/prefectworkpoolpolicies.prefectops.dev.yaml
+	cp crds/prefectworkpoolpolicies.prefectops.dev.yaml $(CHART)/crds/
+	$(BIN)/python -m prefect_workpool_operator.reference > docs/policy-reference.md
+
+docs: crds ## regenerate the generated docs (same as crds)
+
+chart: venv tools ## lint the chart and run its tests (rendering, schema, Argo CD health check)
+	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
+	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py
+
+bench: venv ## benchmarks that print figures: recovery write methods racing a worker
+	$(BIN)/python bench/recovery_write_race.py
+
+install-crds: venv ## install or upgrade the CRD in the cluster KUBECONFIG names (Helm never upgrades crds/)
+	$(BIN)/kubectl apply --server-side --force-conflicts -f crds/
 
 demo: venv tools ## local sandbox: control plane + Prefect server + operator; DEMO_SECONDS=n stops after n s
 	$(BIN)/python hack/demo.py
@@ -51,6 +68,21 @@ cluster-down: venv ## stop the local control plane
 
 run: venv ## run the operator against the cluster KUBECONFIG points at
 	$(BIN)/python -m prefect_workpool_operator
+
+image: ## build the operator image (needs a Docker engine)
+	hack/kind-deploy.sh image
+
+kind-up: ## create a kind cluster (needs Docker and kind)
+	hack/kind-deploy.sh cluster
+
+kind-load: ## load the image into the kind cluster
+	hack/kind-deploy.sh load
+
+kind-deploy: ## image + kind cluster + load + helm install: the laptop path
+	hack/kind-deploy.sh all
+
+kind-down: ## delete the kind cluster
+	hack/kind-deploy.sh down
 
 clean: ## remove virtualenvs and local state (the Go build cache is kept)
 	rm -rf $(VENV) .venv-prefect .cluster

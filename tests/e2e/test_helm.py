@@ -132,26 +132,26 @@ def deployment_env(k: Kubectl, namespace: str, name: str) -> dict[str, str]:
 
 
 @contextmanager
-def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pathlib.Path) -> Iterator[str]:
+def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pathlib.Path) -> Iterator[dict[str, str]]:
     """The operator process with the Pod's environment and the ServiceAccount's token.
 
     Only the ports change (many test processes share this machine's loopback); yields the
-    liveness URL.
+    liveness and metrics URLs.
     """
-    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    liveness, metrics_port = f"http://127.0.0.1:{free_port()}/healthz", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PWO_", "KUBERNETES_"))}
     env.update(chart_env)
     env.update({
         "KUBECONFIG": str(kubeconfig),
         "PWO_LIVENESS_ENDPOINT": liveness,
-        "PWO_METRICS_PORT": str(free_port()) if chart_env.get("PWO_METRICS_PORT", "0") != "0" else "0",
+        "PWO_METRICS_PORT": str(metrics_port) if chart_env.get("PWO_METRICS_PORT", "0") != "0" else "0",
     })
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        yield liveness
+        yield {"liveness": liveness, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
     finally:
         proc.terminate()
         try:
@@ -305,7 +305,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
         ns.apply(policy("etl", prefect_server.api_url, pool))
         sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
-        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log) as liveness:
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log) as urls:
             obj = wait_for(reconciled(ns, "etl"), timeout=60, what="Ready=True with the chart's RBAC")
             status = obj["status"]
             assert status["runs"] == {"late": 2, "pending": 1, "running": 0}
@@ -317,8 +317,11 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             assert FINALIZER in obj["metadata"]["finalizers"]
             wait_for(lambda: any(e["reason"] == "Reconciled" for e in events_for(ns, "etl")), what="a Reconciled Event")
             assert {e["type"] for e in events_for(ns, "etl")} == {"Normal"}
-            with urllib.request.urlopen(liveness, timeout=5) as probe:
+            # The ports the chart configures answer: kopf's liveness probe and /metrics.
+            with urllib.request.urlopen(urls["liveness"], timeout=5) as probe:
                 assert probe.status == 200
+            with urllib.request.urlopen(urls["metrics"], timeout=5) as scrape:
+                assert f'namespace="{team}"' in scrape.read().decode()
             # A spec edit is seen through the watch and reconciled (patch + status patch again).
             ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
             wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")

@@ -1,0 +1,30 @@
+# The operator image: the package and its pinned dependencies (constraints.txt) in a
+# virtualenv on a slim Python base, run as an unprivileged numeric user so Kubernetes
+# can enforce runAsNonRoot. Works with a read-only root filesystem (the chart mounts an
+# emptyDir on /tmp). Build: `docker build -t prefect-workpool-operator:dev .`
+ARG PYTHON_IMAGE=python:3.11.15-slim-trixie
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, so editing the operator's code reuses this layer.
+COPY constraints.txt pyproject.toml README.md ./
+COPY operator/ operator/
+RUN /opt/venv/bin/pip install --constraint constraints.txt . \
+ && /opt/venv/bin/python -c "import prefect_workpool_operator.handlers"
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="prefect-workpool-operator" \
+      org.opencontainers.image.description="Kubernetes operator that keeps Prefect work pools on AWS ECS healthy" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/venv /opt/venv
+# Bytecode was compiled at install time; nothing may be written at run time.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+USER 65532:65532
+# 8080: /metrics (PWO_METRICS_PORT), 8081: kopf /healthz (PWO_LIVENESS_ENDPOINT), as the chart sets them.
+EXPOSE 8080 8081
+ENTRYPOINT ["python", "-m", "prefect_workpool_operator"]

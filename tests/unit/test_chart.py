@@ -1,0 +1,399 @@
+"""The Helm chart, offline: lint, every supported value combination rendered, bad values
+rejected, its crds/ identical to the generated ones, and its defaults matching the image.
+
+The rendered RBAC is compared rule by rule with what the operator is known to need
+(docs/rbac.md; tests/e2e/test_helm.py proves on an API server that it is enough).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+import prefect_workpool_operator
+from sandbox.kube import build_tools
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "prefect-workpool-operator"
+# helm's offline default is its build's client-go version; say which cluster we render for.
+KUBE_VERSION = "1.34.0"
+RELEASE, NAMESPACE = "pwo", "ops"
+FULLNAME = f"{RELEASE}-prefect-workpool-operator"
+SCOPED = f"{NAMESPACE}-{FULLNAME}"
+
+POLICIES = ("prefectops.dev", "prefectworkpoolpolicies", ("list", "patch", "watch"), ())
+STATUS = ("prefectops.dev", "prefectworkpoolpolicies/status", ("patch",), ())
+EVENTS = ("", "events", ("create",), ())
+SECRETS = ("", "secrets", ("get",), ())
+CRDS = ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"), ())
+NAMESPACES = ("", "namespaces", ("list", "watch"), ())
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return str(build_tools() / "helm")
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
+
+
+def render(helm: str, values: dict[str, Any] | None = None, tmp: pathlib.Path | None = None) -> list[dict[str, Any]]:
+    proc = template(helm, values, tmp)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def template(helm: str, values: dict[str, Any] | None, tmp: pathlib.Path | None) -> subprocess.CompletedProcess[str]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    if values is not None:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        args += ["-f", str(path)]
+    return run_helm(helm, *args)
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str | None], dict[str, Any]]:
+    return {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")): d for d in docs}
+
+
+def rules(doc: dict[str, Any]) -> set[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    return {
+        (group, resource, tuple(sorted(rule["verbs"])), tuple(rule.get("resourceNames", [])))
+        for rule in doc["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+    }
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(docs)["env"]}
+
+
+# -- lint ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[], ["--set", "watchNamespaces={a,b}", "--set", "metrics.serviceMonitor.enabled=true"]],
+                         ids=["defaults", "namespaced+serviceMonitor"])
+def test_lint_is_clean(helm: str, values: list[str]) -> None:
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *values)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+# -- every supported combination renders, with exactly the RBAC it needs --------------------------
+
+
+def test_cluster_wide_default(helm: str) -> None:
+    docs = render(helm)
+    objs = by_kind(docs)
+    assert set(objs) == {
+        ("ServiceAccount", FULLNAME, NAMESPACE), ("Deployment", FULLNAME, NAMESPACE),
+        ("ClusterRole", SCOPED, None), ("ClusterRoleBinding", SCOPED, None),
+        ("ClusterRole", f"{SCOPED}-discovery", None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None),
+    }
+    assert rules(objs["ClusterRole", SCOPED, None]) == {POLICIES, STATUS, EVENTS, SECRETS}
+    assert rules(objs["ClusterRole", f"{SCOPED}-discovery", None]) == {CRDS}  # kopf lists no namespaces here
+    for binding in ("ClusterRoleBinding", SCOPED, None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None):
+        assert objs[binding]["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert env(docs) == {
+        "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:8081/healthz",
+        "PWO_LOG_FORMAT": "json", "PWO_VERBOSE": "0", "PWO_METRICS_PORT": "8080",
+    }
+
+
+def test_deployment_is_hardened(helm: str) -> None:
+    docs = render(helm)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    c = container(docs)
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {
+        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+        "privileged": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert {"name": "liveness", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert c["image"] == f"prefect-workpool-operator:{prefect_workpool_operator.__version__}"
+
+
+def test_namespaced(helm: str, tmp_path: pathlib.Path) -> None:
+    docs = render(helm, {"watchNamespaces": ["data", "ml"]}, tmp_path)
+    objs = by_kind(docs)
+    assert set(objs) == {
+        ("ServiceAccount", FULLNAME, NAMESPACE), ("Deployment", FULLNAME, NAMESPACE),
+        ("Role", SCOPED, "data"), ("RoleBinding", SCOPED, "data"),
+        ("Role", SCOPED, "ml"), ("RoleBinding", SCOPED, "ml"),
+        ("ClusterRole", f"{SCOPED}-discovery", None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None),
+    }
+    for ns in ("data", "ml"):
+        assert rules(objs["Role", SCOPED, ns]) == {POLICIES, STATUS, EVENTS, SECRETS}
+        assert objs["RoleBinding", SCOPED, ns]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SCOPED}
+    # The only cluster-scoped grant: kopf's read-only discovery. No Secrets, no policies.
+    assert rules(objs["ClusterRole", f"{SCOPED}-discovery", None]) == {CRDS, NAMESPACES}
+    assert env(docs)["PWO_NAMESPACES"] == "data,ml"
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "namespaced"])
+def test_secret_names_restrict_reads(helm: str, tmp_path: pathlib.Path, namespaced: bool) -> None:
+    values: dict[str, Any] = {"rbac": {"secretNames": ["prefect-auth", "prefect-cloud"]}}
+    if namespaced:
+        values["watchNamespaces"] = ["data"]
+    objs = by_kind(render(helm, values, tmp_path))
+    role = objs["Role", SCOPED, "data"] if namespaced else objs["ClusterRole", SCOPED, None]
+    assert ("", "secrets", ("get",), ("prefect-auth", "prefect-cloud")) in rules(role)
+    assert SECRETS not in rules(role)
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "namespaced"])
+def test_discovery_off_leaves_no_cluster_scoped_read(helm: str, tmp_path: pathlib.Path, namespaced: bool) -> None:
+    values: dict[str, Any] = {"rbac": {"discovery": False}}
+    if namespaced:
+        values["watchNamespaces"] = ["data"]
+    kinds = {k for k, _, _ in by_kind(render(helm, values, tmp_path))}
+    assert kinds == ({"ServiceAccount", "Deployment", "Role", "RoleBinding"} if namespaced else
+                     {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding"})
+
+
+def test_no_rbac_and_existing_service_account(helm: str, tmp_path: pathlib.Path) -> None:
+    docs = render(helm, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "platform-ops"}},
+                  tmp_path)
+    assert [d["kind"] for d in docs] == ["Deployment"]
+    assert docs[0]["spec"]["template"]["spec"]["serviceAccountName"] == "platform-ops"
+
+
+def test_existing_service_account_still_bound(helm: str, tmp_path: pathlib.Path) -> None:
+    objs = by_kind(render(helm, {"serviceAccount": {"create": False, "name": "platform-ops"}}, tmp_path))
+    assert objs["ClusterRoleBinding", SCOPED, None]["subjects"][0]["name"] == "platform-ops"
+    assert not any(kind == "ServiceAccount" for kind, _, _ in objs)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"enabled": False}, set()),
+        ({"enabled": True}, set()),
+        ({"service": {"enabled": True}}, {"Service"}),
+        ({"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}, {"Service", "ServiceMonitor"}),
+        ({"service": {"enabled": True}, "serviceMonitor": {"enabled": True}}, {"Service", "ServiceMonitor"}),
+    ],
+    ids=["off", "on", "service", "serviceMonitor", "both"],
+)
+def test_metrics(helm: str, tmp_path: pathlib.Path, metrics: dict[str, Any], expected: set[str]) -> None:
+    docs = render(helm, {"metrics": metrics}, tmp_path)
+    extra = {d["kind"] for d in docs} - {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding"}
+    assert extra == expected
+    enabled = metrics.get("enabled", True)
+    assert env(docs)["PWO_METRICS_PORT"] == ("8080" if enabled else "0")
+    ports = {p["name"] for p in container(docs)["ports"]}
+    assert ports == ({"liveness", "http-metrics"} if enabled else {"liveness"})
+    objs = {d["kind"]: d for d in docs}
+    if "Service" in expected:
+        assert objs["Service"]["spec"]["ports"] == [
+            {"name": "http-metrics", "port": 8080, "targetPort": "http-metrics", "protocol": "TCP"}]
+    if "ServiceMonitor" in expected:
+        monitor = objs["ServiceMonitor"]
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+        # It selects exactly the metrics Service.
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
+        assert monitor["metadata"]["labels"].get("release") == metrics["serviceMonitor"].get("labels", {}).get("release")
+
+
+def test_everything_set(helm: str, tmp_path: pathlib.Path) -> None:
+    values = {
+        "image": {"repository": "registry.example.com:5000/ops/pwo", "digest": "sha256:" + "a" * 64},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "operator": {"tickSeconds": 2.5, "logFormat": "plain", "verbose": True, "livenessPort": 9000},
+        "metrics": {"port": 9100, "serviceMonitor": {"enabled": True, "interval": "1m", "scrapeTimeout": "20s"}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pwo"}},
+        "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"},
+                     {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "aws", "key": "id"}}}],
+        "envFrom": [{"secretRef": {"name": "aws-credentials"}}],
+        "podAnnotations": {"a": "b"}, "podLabels": {"team": "platform"},
+        "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
+        "affinity": {"nodeAffinity": {}}, "priorityClassName": "system-cluster-critical",
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
+    }
+    docs = render(helm, values, tmp_path)
+    c = container(docs)
+    assert c["image"] == "registry.example.com:5000/ops/pwo@sha256:" + "a" * 64
+    assert env(docs) == {
+        "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "2.5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:9000/healthz",
+        "PWO_LOG_FORMAT": "plain", "PWO_VERBOSE": "1", "PWO_METRICS_PORT": "9100", "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "aws", "key": "id"}},
+    }
+    assert c["envFrom"] == [{"secretRef": {"name": "aws-credentials"}}]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "platform" and pod["metadata"]["annotations"] == {"a": "b"}
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pwo"}
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["interval"] == "1m"
+
+
+def test_two_releases_never_share_cluster_scoped_names(helm: str) -> None:
+    """One release per namespace set (docs/rbac.md): same release name, different namespaces."""
+    names = []
+    for namespace in ("ops-a", "ops-b"):
+        proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION)
+        names.append({d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout)
+                      if d and d["kind"].startswith("Cluster")})
+    assert names[0] and not names[0] & names[1]
+
+
+def test_no_wildcards_and_no_destructive_verbs(helm: str, tmp_path: pathlib.Path) -> None:
+    for values in ({}, {"watchNamespaces": ["a"]}):
+        for doc in render(helm, values, tmp_path):
+            for rule in doc.get("rules", []):
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], (doc["metadata"]["name"], rule)
+                assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+# -- bad values are rejected before anything reaches a cluster ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"watchNamespaces": "data"}, "watchNamespaces"),
+        ({"watchNamespaces": ["Data_Team"]}, "watchNamespaces"),
+        ({"watchNamespaces": ["data", "data"]}, "watchNamespaces"),
+        ({"replicas": 2}, "replicas"),  # not a setting: one replica, by design
+        ({"operator": {"logFormat": "xml"}}, "logFormat"),
+        ({"operator": {"tickSeconds": 0}}, "tickSeconds"),
+        ({"operator": {"tickSeconds": "5"}}, "tickSeconds"),
+        ({"operator": {"livenessPort": 70000}}, "livenessPort"),
+        ({"metrics": {"port": 0}}, "port"),
+        ({"metrics": {"enable": True}}, "enable"),
+        ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "interval"),
+        ({"image": {"tag": 1.0}}, "tag"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"image": {"digest": "sha256:abc"}}, "digest"),
+        ({"image": {"repository": ""}}, "repository"),
+        ({"rbac": {"secretName": ["x"]}}, "secretName"),
+        ({"rbac": {"secretNames": ["Not A Name"]}}, "secretNames"),
+        ({"rbac": {"create": "yes"}}, "create"),
+        ({"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": 123}}}, "annotations"),
+        ({"serviceAccount": {"name": "Bad Name"}}, "name"),
+        ({"extraEnv": [{"value": "no name"}]}, "extraEnv"),
+        ({"extraEnv": {"AWS_REGION": "eu-west-1"}}, "extraEnv"),
+        ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+        ({"podSecurityContext": {"runAsUser": 0}}, "runAsUser"),
+        ({"resources": {"request": {"cpu": "1"}}}, "request"),
+        # Rules across fields, checked by the templates:
+        ({"metrics": {"port": 8081}}, "metrics.port and operator.livenessPort must differ"),
+        ({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}, "serviceMonitor.enabled needs metrics.enabled"),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ],
+    ids=lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else "",
+)
+def test_bad_values_are_rejected(helm: str, tmp_path: pathlib.Path, values: dict[str, Any], complaint: str) -> None:
+    proc = template(helm, values, tmp_path)
+    assert proc.returncode != 0, f"accepted: {values}"
+    assert complaint in proc.stderr, proc.stderr
+
+
+# -- values.yaml is documented field by field, and the schema knows every field ---------------------
+
+
+def documented_paths() -> tuple[list[str], list[str]]:
+    """(every key path of values.yaml, the paths not preceded by a comment nor under a documented key)."""
+    paths, undocumented = [], []
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented)
+    previous = ""
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if match:
+            indent, key = len(match.group(1)), match.group(2)
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            commented = previous.lstrip().startswith("#")
+            path = ".".join([k for _, k, _ in stack] + [key])
+            paths.append(path)
+            leaf = not line.rstrip().endswith(":")
+            if leaf and not (commented or any(d for _, _, d in stack)):
+                undocumented.append(path)
+            stack.append((indent, key, commented))
+        if line.strip():
+            previous = line
+    return paths, undocumented
+
+
+def test_every_value_is_documented() -> None:
+    paths, undocumented = documented_paths()
+    assert len(paths) > 30 and undocumented == []
+    readme = (CHART / "README.md").read_text()
+    top_sections = {p for p in paths if p.count(".") <= 2 and not p.startswith(("resources.", "podSecurityContext."))}
+    missing = [p for p in sorted(top_sections) if f"`{p}`" not in readme and not any(
+        q.startswith(p + ".") for q in top_sections)]
+    assert missing == [], "not in the chart README's values table"
+
+
+def test_schema_accepts_the_defaults_and_the_readme_examples() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+# -- one source for the CRD; chart and image agree ----------------------------------------------------
+
+
+def test_chart_crds_are_the_generated_crds() -> None:
+    generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*")}
+    assert generated and shipped.keys() == generated.keys(), "run `make chart` (copies crds/ into the chart)"
+    for name in generated:
+        assert shipped[name] == generated[name], f"charts/.../crds/{name} differs from crds/{name}: run `make chart`"
+
+
+def test_chart_version_follows_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == prefect_workpool_operator.__version__
+
+
+def test_image_matches_the_chart_defaults() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1)), "pin the base image by full tag"
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+    assert user, "numeric USER, so the kubelet can check runAsNonRoot"
+    assert int(user.group(1)) == values["podSecurityContext"]["runAsUser"] != 0
+    assert int(user.group(2)) == values["podSecurityContext"]["runAsGroup"]
+    assert "--constraint constraints.txt" in dockerfile
+    assert 'ENTRYPOINT ["python", "-m", "prefect_workpool_operator"]' in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "*" in ignored  # an allow-list: nothing reaches the build but what it copies
+    copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M))
+    for sources in copied:
+        for source in sources.split():
+            assert f"!{source}" in ignored, f"{source} is copied but excluded by .dockerignore"
+
+
+def test_kind_script_parses() -> None:
+    script = REPO / "hack" / "kind-deploy.sh"
+    assert script.stat().st_mode & 0o111, "executable"
+    subprocess.run(["bash", "-n", str(script)], check=True)
