@@ -2,8 +2,9 @@
 
 Starts a Kubernetes control plane (etcd + kube-apiserver), moto (ECS) with a
 cluster and worker service, a Prefect server with basic auth, seeds an `ecs` work
-pool with stuck and Late runs, installs the CRD, applies examples/03-ecs-scaling
-(Secret + policy), runs the operator, and shows desiredCount following the backlog,
+pool with stuck and Late runs, helm-installs the chart (CRD, ServiceAccount, RBAC),
+applies examples/03-ecs-scaling (Secret + policy), runs the operator with the
+chart's environment and ServiceAccount token, and shows desiredCount following the backlog,
 stuck runs recovered, and what `kubectl get` / `kubectl describe` say. Ctrl-C, or DEMO_SECONDS=n, stops
 everything it started.
 """
@@ -24,14 +25,16 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from sandbox.kube import LocalControlPlane, free_port  # noqa: E402
+from sandbox.kube import LocalControlPlane, build_tools, free_port  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from tests.ecs_sandbox import EcsSandbox  # noqa: E402
-from tests.kubectl import Kubectl, condition, wait_for  # noqa: E402
+from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for  # noqa: E402
 
 NAMESPACE = "prefect-demo"
+SYSTEM_NS = "pwo-system"
+RELEASE = "prefect-workpool-operator"
 POOL = "ecs-pool"
 AUTH = "admin:demo-password"
 
@@ -93,19 +96,31 @@ def main() -> int:
         seeder.heartbeat_worker(POOL, "ecs-worker-1")
 
         kubectl = Kubectl(plane.kubeconfig)
-        banner("installing the CRD and applying examples/03-ecs-scaling (Secret + policy)")
-        print(kubectl("apply", "--server-side", "-f", str(REPO / "crds")), end="")
+        banner(f"helm install {RELEASE} charts/prefect-workpool-operator -n {SYSTEM_NS} (CRD, ServiceAccount, RBAC, Deployment)")
+        helm = [str(build_tools() / "helm"), "--kubeconfig", str(plane.kubeconfig)]
+        subprocess.run([*helm, "install", RELEASE, str(REPO / "charts" / "prefect-workpool-operator"), "-n", SYSTEM_NS,
+                        "--create-namespace"], check=True)
         kubectl("wait", "--for=condition=Established", "crd/prefectworkpoolpolicies.prefectops.dev")
+        print(kubectl("get", "serviceaccount,clusterrole,clusterrolebinding,deployment", "-A",
+                      "-l", f"app.kubernetes.io/instance={RELEASE}"), end="")
         kubectl("create", "namespace", NAMESPACE)
         ns = kubectl.in_namespace(NAMESPACE)
+        banner("applying examples/03-ecs-scaling (Secret + policy)")
         print(ns.apply(example_manifests(prefect.api_url, moto.endpoint_url, cluster, service)), end="")
 
-        banner("running the operator: python -m prefect_workpool_operator")
+        # No kubelet here runs the chart's Deployment: run its container's command with its
+        # environment and a token of its ServiceAccount, which is what the Pod would have.
+        banner("running the operator as the chart's Pod would: its env, its ServiceAccount token")
+        sa_config = work / "operator-kubeconfig"
+        service_account_kubeconfig(kubectl, SYSTEM_NS, RELEASE, sa_config)
+        pod_spec = kubectl.in_namespace(SYSTEM_NS).get_json("deployment", RELEASE)["spec"]["template"]["spec"]
+        (container,) = pod_spec["containers"]
+        chart_env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "valueFrom" not in e}
+        env = {**os.environ, **chart_env, "KUBECONFIG": str(sa_config), "PWO_TICK_SECONDS": "1",
+               "PWO_METRICS_PORT": str(free_port()), "PWO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz"}
         log = (work / "operator.log").open("wb")
-        env = {**plane.env(), **os.environ, "KUBECONFIG": str(plane.kubeconfig), "PWO_TICK_SECONDS": "1",
-               "PWO_METRICS_PORT": str(free_port())}
         operator = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=log, stderr=log)
-        print(f"operator log: {work / 'operator.log'}")
+        print(f"operator log: {work / 'operator.log'}; metrics on {env['PWO_METRICS_PORT']}")
 
         def is_ready():
             return condition(ns.get_json("pwpp", "etl-ecs"), "Ready")

@@ -62,3 +62,14 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return cond
     return None
+
+
+def service_account_kubeconfig(k: Kubectl, namespace: str, sa: str, path: pathlib.Path) -> Kubectl:
+    """A kubeconfig for the same server whose only credential is a token of ``sa``."""
+    token = k("-n", namespace, "create", "token", sa, "--duration=1h").strip()
+    config = json.loads(k("config", "view", "--raw", "--minify", "-o", "json"))
+    config["users"][0]["user"] = {"token": token}
+    config["contexts"][0]["context"]["namespace"] = namespace
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return Kubectl(path)

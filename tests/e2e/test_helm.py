@@ -35,7 +35,7 @@ import yaml
 from sandbox.kube import LocalControlPlane, build_tools, free_port
 from sandbox.prefect_seed import PrefectSeeder, late_state
 from tests.conftest import BASIC_AUTH, unique
-from tests.kubectl import Kubectl, condition, wait_for
+from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -111,17 +111,6 @@ def release(helm: Helm, name: str, namespace: str, *args: str) -> Iterator[subpr
     finally:
         if helm.run("status", name, "-n", namespace, check=False).returncode == 0:
             helm.run("uninstall", name, "-n", namespace, check=False)
-
-
-def service_account_kubeconfig(k: Kubectl, namespace: str, sa: str, path: pathlib.Path) -> Kubectl:
-    """A kubeconfig for the same server whose only credential is a token of ``sa``."""
-    token = k("-n", namespace, "create", "token", sa, "--duration=1h").strip()
-    config = json.loads(k("config", "view", "--raw", "--minify", "-o", "json"))
-    config["users"][0]["user"] = {"token": token}
-    config["contexts"][0]["context"]["namespace"] = namespace
-    path.write_text(json.dumps(config))
-    path.chmod(0o600)
-    return Kubectl(path)
 
 
 def deployment_env(k: Kubectl, namespace: str, name: str) -> dict[str, str]:
