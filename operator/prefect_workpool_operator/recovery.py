@@ -52,12 +52,21 @@ class RecoveryOutcome:
 
 @dataclass
 class RequeueMemory:
-    """Requeues this process made, for the seconds before their events are visible."""
+    """Requeues this process made, for the seconds before their events are visible.
 
-    counts: dict[str, int] = field(default_factory=dict)
+    Entries older than ``keep`` are dropped: by then the events answer for them, and
+    a long-running operator must not grow with every run it ever requeued.
+    """
 
-    def merged(self, from_events: dict[str, int]) -> dict[str, int]:
-        return {**from_events, **{k: max(v, from_events.get(k, 0)) for k, v in self.counts.items()}}
+    counts: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    keep: timedelta = timedelta(minutes=10)
+
+    def record(self, run_id: str, count: int, now: datetime) -> None:
+        self.counts[run_id] = (count, now)
+
+    def merged(self, from_events: dict[str, int], now: datetime) -> dict[str, int]:
+        self.counts = {k: v for k, v in self.counts.items() if now - v[1] < self.keep}
+        return {**from_events, **{k: max(n, from_events.get(k, 0)) for k, (n, _) in self.counts.items()}}
 
 
 def rules_from(spec: StaleRunsSpec) -> RecoveryRules:
@@ -113,8 +122,9 @@ async def recover_stale_runs(
             moved_on += result.moved_on
             failed += result.failed
             writes += result.writes
+        requeues_before = {r.id: r.requeues for r in stale_runs}
         for run_id in changed.get(stale.RESCHEDULE, []):
-            memory.counts[run_id] = next((r.requeues for r in stale_runs if r.id == run_id), 0) + 1
+            memory.record(run_id, requeues_before.get(run_id, 0) + 1, now)
 
     recovered = sum(len(v) for v in changed.values())
     condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
@@ -185,7 +195,7 @@ async def _with_claims_and_counts(
     client: PrefectClient, runs: list[PendingRun], memory: RequeueMemory, now: datetime
 ) -> list[PendingRun]:
     ids = [r.id for r in runs]
-    counts = memory.merged(await client.requeue_counts(ids, now - REQUEUE_LOOKBACK))
+    counts = memory.merged(await client.requeue_counts(ids, now - REQUEUE_LOOKBACK), now)
     unlabelled = [r.id for r in runs if r.claimer is None]
     claims = {}
     if unlabelled:
