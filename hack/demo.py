@@ -11,6 +11,7 @@ everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -29,6 +30,7 @@ from sandbox.kube import LocalControlPlane, build_tools, free_port  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
+from sandbox.processes import operator_process as run_operator  # noqa: E402
 from tests.ecs_sandbox import EcsSandbox  # noqa: E402
 from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for  # noqa: E402
 
@@ -65,7 +67,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     work = pathlib.Path(tempfile.mkdtemp(prefix="pwo-demo-"))
     print(f"demo state and logs: {work}")
-    operator: subprocess.Popen[bytes] | None = None
+    stack = contextlib.ExitStack()
     plane = LocalControlPlane(work / "kube")
     prefect = PrefectServer(work / "prefect", auth_string=AUTH)
     moto = MotoServer(work / "moto")
@@ -118,8 +120,7 @@ def main() -> int:
         chart_env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "valueFrom" not in e}
         env = {**os.environ, **chart_env, "KUBECONFIG": str(sa_config), "PWO_TICK_SECONDS": "1",
                "PWO_METRICS_PORT": str(free_port()), "PWO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz"}
-        log = (work / "operator.log").open("wb")
-        operator = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=log, stderr=log)
+        stack.enter_context(run_operator(env, work / "operator.log"))
         print(f"operator log: {work / 'operator.log'}; metrics on {env['PWO_METRICS_PORT']}")
 
         def is_ready():
@@ -160,12 +161,7 @@ def main() -> int:
         print("\ninterrupted: stopping everything")
         return 0
     finally:
-        if operator is not None:
-            operator.terminate()
-            try:
-                operator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                operator.kill()
+        stack.close()  # the operator first, then what it talks to
         prefect.stop()
         moto.stop()
         plane.stop()

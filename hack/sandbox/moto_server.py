@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import urllib.request
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
+
+from .processes import stop_process_group
 
 LAUNCHER = pathlib.Path(__file__).resolve().with_name("moto_throttle.py")
 
@@ -108,18 +109,8 @@ class MotoServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process_group(proc, grace=10.0)
 
     def __enter__(self) -> Self:
         self.start()

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
+
+from .processes import stop_process_group
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "hack" / "prefect-server-requirements.txt"
@@ -268,20 +269,8 @@ class PrefectServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # The leader may exit before its children; make sure nothing of the group
-        # keeps the port or the SQLite file.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc is not None:
+            stop_process_group(proc, grace=15.0)
 
     @property
     def running(self) -> bool:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from sandbox.kube import LocalControlPlane, free_port
+from sandbox.processes import operator_process as run_operator
 from tests.kubectl import Kubectl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -47,9 +46,11 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
-    # Without a controller-manager namespaces never finish deleting: strip our
-    # finalizers so policies go, then ask for the namespace to go too.
+    # Without a controller-manager a namespace's contents are never deleted with it:
+    # delete the policies themselves (so the operator stops reconciling them), and
+    # strip finalizers in case the operator is already gone.
     ns = kubectl.in_namespace(name)
+    ns.run("delete", "pwpp", "--all", "--wait=false", check=False)
     for policy in ns("get", "pwpp", "-o", "name").split():
         ns.run("patch", policy, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
@@ -72,15 +73,5 @@ def operator_process(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory)
         # AWS calls go to moto on loopback; the default credential chain picks these up.
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
+    with run_operator(env, log):
         yield OperatorProcess(log, f"http://127.0.0.1:{port}/metrics")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import pytest
 import yaml
 
 from sandbox.kube import LocalControlPlane, build_tools, free_port
+from sandbox.processes import operator_process as run_operator
 from sandbox.prefect_seed import PrefectSeeder, late_state
 from tests.conftest import BASIC_AUTH, unique
 from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
@@ -135,19 +135,8 @@ def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pa
         "PWO_LIVENESS_ENDPOINT": liveness,
         "PWO_METRICS_PORT": str(metrics_port) if chart_env.get("PWO_METRICS_PORT", "0") != "0" else "0",
     })
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
+    with run_operator(env, log):
         yield {"liveness": liveness, "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def policy(name: str, api_url: str, pool: str, auth: dict[str, Any] | None = None) -> str:

@@ -124,6 +124,7 @@ async def test_fallback_when_the_bulk_endpoint_is_missing(seeder: PrefectSeeder,
         now = clock_after(seeder, runs + moved)
         seeder.set_state(moved[0], {"type": "RUNNING"})  # starts before the operator writes
         outcome = await recover(client, pool_name, now)
+    assert outcome.figures["recovered"] == 3
     assert client.bulk_unsupported
     assert {states(seeder, runs)[r] for r in runs} == {("SCHEDULED", "Requeued")}
     assert states(seeder, moved)[moved[0]] == ("RUNNING", "Running")
