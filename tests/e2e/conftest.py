@@ -62,7 +62,7 @@ class OperatorProcess:
     metrics_url: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stops after its module: nothing keeps reconciling behind later tests
 def operator_process(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator as users run it (``python -m prefect_workpool_operator``)."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
