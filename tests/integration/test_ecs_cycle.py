@@ -254,3 +254,43 @@ async def test_throttled_ecs_is_retried(seeder: PrefectSeeder, pool_name: str, m
     assert cond(outcome.status, "AwsConnected") == ("True", "Connected")
     assert cond(outcome.status, "Ready") == ("True", "Reconciled")
     assert desired(sandbox, cluster, service) == 1
+
+
+class DictSecrets:
+    """Secret data as the API server would hand it over (the Kubernetes reader is tested in e2e)."""
+
+    def __init__(self, data: dict[tuple[str, str], str]) -> None:
+        self.data = data
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        from prefect_workpool_operator.kube_api import SecretError
+
+        try:
+            return self.data[(name, key)]
+        except KeyError:
+            raise SecretError("SecretKeyNotFound", f"Secret {namespace}/{name} has no key {key!r}") from None
+
+
+async def test_static_credentials_from_a_secret(seeder: PrefectSeeder, pool_name: str, moto: MotoServer,
+                                                sandbox: EcsSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    seeder.create_ecs_pool(pool_name)
+    cluster = sandbox.cluster()
+    service = sandbox.service(cluster)
+    policy = body(seeder.api_url, pool_name, moto, cluster, service, scaling={"minWorkers": 1, "maxWorkers": 2})
+    policy["spec"]["ecs"]["credentialsSecretRef"] = {"name": "aws"}
+    secrets = DictSecrets({("aws", "aws-access-key-id"): "AKIAEXAMPLEKEY000000",
+                           ("aws", "aws-secret-access-key"): "s3cr3t-aws-value"})
+    async with httpx.AsyncClient() as http:
+        ok = await run_cycle(policy, http=http, secrets=secrets, runtime=PolicyRuntime(), now=utcnow())
+        assert cond(ok.status, "AwsConnected") == ("True", "Connected")
+        assert desired(sandbox, cluster, service) == 1
+
+        policy["spec"]["ecs"]["credentialsSecretRef"]["secretAccessKeyKey"] = "wrong-key"
+        bad = await run_cycle(policy, http=http, secrets=secrets, runtime=PolicyRuntime(), now=utcnow())
+    assert cond(bad.status, "Ready") == ("False", "SecretKeyNotFound")
+    assert cond(bad.status, "AwsConnected") == ("False", "SecretKeyNotFound")
+    assert "s3cr3t" not in str(bad.status) and "AKIAEXAMPLE" not in str(bad.status)
