@@ -50,7 +50,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         event_hooks={"response": [memo.metrics.on_prefect_response]},
     )
-    memo.secrets = None
+    # Per-object memos are shallow copies of this one: a dict here is shared by all
+    # policies, so they share one Secrets reader (built once kopf has logged in).
+    memo.shared = {}
 
 
 @kopf.on.login()
@@ -63,8 +65,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    if memo.get("secrets") is not None:
-        await memo.secrets.aclose()
+    if memo.shared.get("secrets") is not None:
+        await memo.shared["secrets"].aclose()
     if memo.get("http") is not None:
         await memo.http.aclose()
 
@@ -87,11 +89,13 @@ async def reconcile(
     generation = meta.get("generation")
     if not runtime.is_due(generation, now):
         return
-    if memo.get("secrets") is None and _connection:
-        memo.secrets = KubernetesSecrets.from_connection(_connection[0])
+    if _connection and memo.shared.get("secrets_login") is not _connection[0]:
+        # First cycle, or kopf logged in again (a rotated ServiceAccount token): new credentials.
+        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0])
+        memo.shared["secrets_login"] = _connection[0]
     started = time.monotonic()
     try:
-        outcome = await run_cycle(body, http=memo.http, secrets=memo.secrets, runtime=runtime, now=now)
+        outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
         logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
