@@ -64,7 +64,9 @@ def example_manifests(api_url: str, moto_url: str, cluster: str, service: str) -
 
 def main() -> int:
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM both stop everything (a shell may start us with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = pathlib.Path(tempfile.mkdtemp(prefix="pwo-demo-"))
     print(f"demo state and logs: {work}")
     stack = contextlib.ExitStack()
@@ -135,7 +137,8 @@ def main() -> int:
         started = time.monotonic()
         shown = surge = drained = False
         while seconds is None or time.monotonic() - started < seconds:
-            time.sleep(min(5.0, max(0.1, (seconds or 5) - (time.monotonic() - started))))
+            left = None if seconds is None else seconds - (time.monotonic() - started)
+            time.sleep(5.0 if left is None else min(5.0, max(0.1, left)))
             elapsed = time.monotonic() - started
             seeder.heartbeat_worker(POOL, "ecs-worker-1")
             if not surge and elapsed > 20:
