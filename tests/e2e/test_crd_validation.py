@@ -18,6 +18,7 @@ def policy(spec: dict) -> str:
 
 
 GOOD = {"prefect": {"apiUrl": "http://127.0.0.1:4200/api", "workPool": "ecs"}}
+ECS = {"region": "us-east-1", "cluster": "prefect", "service": "prefect-worker"}
 
 # (case, spec, fragment of the API server's message)
 INVALID = [
@@ -38,6 +39,17 @@ INVALID = [
     ("duplicate queue", {"prefect": {**GOOD["prefect"], "workQueues": ["a", "a"]}}, "Duplicate value"),
     ("unknown field", {**GOOD, "staleRun": {}}, 'unknown field "spec.staleRun"'),
     ("wrong type", {**GOOD, "suspend": "yes"}, "spec.suspend"),
+    ("pendingTimeout too short (CEL)", {**GOOD, "staleRuns": {"pendingTimeout": "10s"}}, "pendingTimeout must be at least 30s"),
+    ("hardTimeout not after pendingTimeout (CEL)", {**GOOD, "staleRuns": {"pendingTimeout": "2h"}},
+     "hardTimeout must be longer than pendingTimeout"),
+    ("unknown recovery action", {**GOOD, "staleRuns": {"action": "Delete"}}, "spec.staleRuns.action"),
+    ("minWorkers above maxWorkers (CEL)", {**GOOD, "ecs": ECS, "scaling": {"minWorkers": 5, "maxWorkers": 2}},
+     "minWorkers must not exceed maxWorkers"),
+    ("DesiredCount without a service (CEL)", {**GOOD, "ecs": {"region": "us-east-1", "cluster": "c"}, "scaling": {}},
+     "scaling.mode DesiredCount needs spec.ecs with a service"),
+    ("CloudWatchMetric without ecs (CEL)", {**GOOD, "scaling": {"mode": "CloudWatchMetric"}},
+     "scaling.mode CloudWatchMetric needs spec.ecs"),
+    ("bad region", {**GOOD, "ecs": {**ECS, "region": "Mars"}}, "spec.ecs.region"),
 ]
 
 
