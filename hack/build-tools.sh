@@ -10,17 +10,20 @@ mkdir -p "$cache"
 build() { # name module-dir package [ldflags]
   local name=$1 dir=$2 pkg=$3 ldflags=${4:-}
   local key
-  # ldflags are part of the key: they carry the version the binary reports (empty for etcd/helm).
+  # ldflags are part of the key: they carry the versions the binary reports.
   key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags"; } | sha256sum | cut -c1-12)
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
     echo ">> building $name from $pkg (first run only; kube-apiserver takes ~7 min on 2 cores)" >&2
     local start=$SECONDS
-    # Progress for the long build: a dot a minute on stderr.
-    ( while sleep 60; do printf '.' >&2; done ) & local ticker=$!
+    # Progress for the long build: a dot a minute on stderr. It stops within a second of
+    # the flag file going, so no stray `sleep` holds the caller's pipe open.
+    local flag; flag=$(mktemp)
+    ( n=0; while [ -e "$flag" ]; do sleep 1; n=$((n + 1)); [ $((n % 60)) -ne 0 ] || printf '.' >&2; done ) &
+    local ticker=$!
     ( cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg" ) \
-      || { kill "$ticker" 2>/dev/null; echo "!! build of $name failed" >&2; exit 1; }
-    kill "$ticker" 2>/dev/null || true
+      || { rm -f "$flag"; wait "$ticker"; echo "!! build of $name failed" >&2; exit 1; }
+    rm -f "$flag"; wait "$ticker" || true
     mv "$out.tmp" "$out"
     echo ">> built $name in $((SECONDS - start))s" >&2
   fi
@@ -36,5 +39,15 @@ pfx=k8s.io/component-base/version
 build etcd etcd go.etcd.io/etcd/server/v3
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver \
   "-X $pfx.gitVersion=$kube_version -X $pfx.gitMajor=${kv%%.*} -X $pfx.gitMinor=$(echo "$kv" | cut -d. -f2) -X $pfx.gitTreeState=clean"
-build helm helm helm.sh/helm/v3/cmd/helm
+# Like helm's own Makefile: the Kubernetes version offline `helm template`/`lint` assume
+# comes from the client-go it is built with, and the binary reports its release.
+helm_mod=$here/tools/helm/go.mod
+helm_version=$(sed -n 's/^[[:space:]]*helm.sh\/helm\/v3 \(v[0-9.]*\).*/\1/p' "$helm_mod" | head -1)
+client_minor=$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$helm_mod" | head -1)
+[ -n "$helm_version" ] && [ -n "$client_minor" ] || { echo "!! cannot read versions from $helm_mod" >&2; exit 1; }
+hp=helm.sh/helm/v3
+build helm helm $hp/cmd/helm \
+  "-X $hp/internal/version.version=$helm_version -X $hp/pkg/chartutil.k8sVersionMajor=1 \
+   -X $hp/pkg/chartutil.k8sVersionMinor=$client_minor -X $hp/pkg/lint/rules.k8sVersionMajor=1 \
+   -X $hp/pkg/lint/rules.k8sVersionMinor=$client_minor"
 echo "$cache"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 
@@ -121,3 +122,40 @@ async def test_basic_auth_server(prefect_auth_server, http) -> None:
             await client.observe_pool("guarded", [], utcnow())
         assert err.value.reason == health.UNAUTHORIZED
         assert "wrong" not in err.value.message and "s3cr3t" not in err.value.message
+
+
+class Flaky(httpx.AsyncBaseTransport):
+    """The real server behind a transport that answers the first ``n`` matching requests itself."""
+
+    def __init__(self, path_suffix: str, responses: list[httpx.Response]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.suffix, self.responses = path_suffix, list(responses)
+        self.hits = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(self.suffix) and self.responses:
+            self.hits += 1
+            return self.responses.pop(0)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_transient_errors_are_retried_and_retry_after_is_honoured(seeder: PrefectSeeder, pool_name: str) -> None:
+    seeder.create_ecs_pool(pool_name)
+    flaky = Flaky("/workers/filter", [httpx.Response(503, text="database is locked"),
+                                      httpx.Response(429, headers={"Retry-After": "1"})])
+    async with httpx.AsyncClient(transport=flaky) as http:
+        client = PrefectClient(http, seeder.api_url, backoff=0.05)
+        started = asyncio.get_running_loop().time()
+        observed = await client.observe_pool(pool_name, [], utcnow())
+        waited = asyncio.get_running_loop().time() - started
+    assert flaky.hits == 2 and observed.pool_status in {"READY", "NOT_READY"}
+    assert waited >= 1.0  # the 429's Retry-After was honoured
+
+
+async def test_persistent_rate_limiting_is_reported(seeder: PrefectSeeder, pool_name: str) -> None:
+    seeder.create_ecs_pool(pool_name)
+    flaky = Flaky("/workers/filter", [httpx.Response(429, headers={"Retry-After": "0"})] * 10)
+    async with httpx.AsyncClient(transport=flaky) as http:
+        with pytest.raises(PrefectError) as err:
+            await PrefectClient(http, seeder.api_url, attempts=3, backoff=0.01).observe_pool(pool_name, [], utcnow())
+    assert err.value.reason == health.RATE_LIMITED and flaky.hits == 3
