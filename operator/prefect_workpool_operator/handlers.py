@@ -112,6 +112,6 @@ async def reconcile(
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     interval = outcome.spec.interval_delta if outcome.spec else FALLBACK_INTERVAL
-    runtime.last_generation, runtime.last_cycle_at = generation, now
+    runtime.last_generation = generation
     runtime.next_due = next_due(now, interval, runtime.extra["jitter"])
 

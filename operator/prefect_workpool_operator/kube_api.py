@@ -12,12 +12,18 @@ import base64
 import os
 import ssl
 import tempfile
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from .core import health
+
+
+class SecretReader(Protocol):
+    """What a cycle needs from Kubernetes: one key of a Secret (KubernetesSecrets below)."""
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
 
 
 class SecretError(Exception):

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import httpx
 from pydantic import ValidationError
@@ -22,7 +22,7 @@ from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
 from .core import health, job_template, scaling, stale
 from .core.conditions import Condition, changed_conditions, format_time, merge_conditions
 from .core.health import Failure, PoolObservation
-from .kube_api import SecretError
+from .kube_api import SecretError, SecretReader
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
 from .recovery import RequeueMemory, recover_stale_runs
@@ -30,9 +30,6 @@ from .workers_scaling import EcsRuntime
 
 log = logging.getLogger(__name__)
 
-
-class SecretReader(Protocol):
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,6 @@ class PolicyRuntime:
     client: PrefectClient | None = None
     client_key: str | None = None
     queues_checked_generation: int | None = None
-    last_cycle_at: datetime | None = None
     last_generation: int | None = None
     next_due: datetime | None = None
     requeues: RequeueMemory = field(default_factory=RequeueMemory)

@@ -10,13 +10,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from .aws_api import AwsClient, AwsCredentials, AwsError
 from .core import scaling
 from .core.conditions import Condition, format_time
 from .core.durations import parse_duration
 from .core.health import PoolObservation
+from .kube_api import SecretReader
 from .models import EcsTarget, ScalingSpec
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 AWS_CONNECTED = "AwsConnected"
 AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
 
-
-class SecretReader(Protocol):
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
 
 
 @dataclass

@@ -15,6 +15,13 @@ from sandbox.prefect_seed import PrefectSeeder
 WRITE_PATHS = ("/set_state", "/bulk_set_state", "/labels")
 
 
+class NoSecrets:
+    """For policies without auth: a cycle that asked for a Secret would be a bug."""
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        raise AssertionError("no Secret should be read")
+
+
 class Recorder:
     """httpx event hook: every request the operator's client sends."""
 

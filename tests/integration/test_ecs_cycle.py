@@ -13,7 +13,7 @@ from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, default_ecs_base_job_template, late_state, utcnow
 from tests.ecs_sandbox import REGION, EcsSandbox
-from tests.integration.recovery_helpers import clock_after, states
+from tests.integration.recovery_helpers import NoSecrets, clock_after, states
 
 pytestmark = pytest.mark.integration
 
@@ -23,11 +23,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The operator uses the default credential chain here, as with IRSA in a cluster.
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-
-
-class NoSecrets:
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        raise AssertionError("no Secret should be read")
 
 
 def body(api_url: str, pool: str, moto: MotoServer, cluster: str, service: str | None, **spec: Any) -> dict:
@@ -219,7 +214,6 @@ async def test_job_template_drift_is_repaired_and_reported(seeder: PrefectSeeder
     assert cond(outcome.status, "ConfigConsistent") == ("False", "PendingTimeoutBelowTaskStartTimeout")
     again = await cycles.run()
     assert cond(again.status, "JobTemplateSynced") == ("True", "InSync")
-
 
 
 async def test_variable_missing_from_a_newer_template_is_reported(

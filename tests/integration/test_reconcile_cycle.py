@@ -8,15 +8,9 @@ import pytest
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
 from sandbox.kube import free_port
 from sandbox.prefect_seed import PrefectSeeder, utcnow
+from tests.integration.recovery_helpers import NoSecrets
 
 pytestmark = pytest.mark.integration
-
-
-class NoSecrets:
-    """These policies have no auth; a cycle that asked for a Secret would be a bug."""
-
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        raise AssertionError("no Secret should be read")
 
 
 def body(api_url: str, pool: str, generation: int = 1, status: dict | None = None, **spec: object) -> dict:

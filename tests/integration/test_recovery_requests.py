@@ -17,14 +17,9 @@ import pytest
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from sandbox.prefect_server import PrefectServer
-from tests.integration.recovery_helpers import Recorder, clock_after, pending_since
+from tests.integration.recovery_helpers import NoSecrets, Recorder, clock_after, pending_since
 
 pytestmark = pytest.mark.integration
-
-
-class NoSecrets:
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        raise AssertionError("no Secret should be read")
 
 
 def policy(api_url: str, pool: str, **stale_runs: object) -> dict:
