@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from .core import health
+from .core.secret_values import SecretValueError, Use, check_secret, decode_secret
 
 
 class SecretReader(Protocol):
@@ -79,13 +80,26 @@ class KubernetesSecrets:
         if key not in data:
             keys = ", ".join(sorted(data)) or "none"
             raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} has no key {key!r} (keys: {keys})")
-        value = base64.b64decode(data[key]).decode("utf-8").strip()
-        if not value:
-            raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} key {key!r} is empty")
-        return value
+        try:
+            return decode_secret(base64.b64decode(data[key]))
+        except (SecretValueError, ValueError) as exc:  # ValueError: not base64 (never from a real API server)
+            raise SecretError(health.SECRET_INVALID, f"{where} key {key!r} {_problem(exc)}") from None
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+async def read_secret_for(secrets: SecretReader, namespace: str, name: str, key: str, use: Use) -> str:
+    """A Secret key's value, checked for its use (header, AWS credential): SecretInvalid otherwise."""
+    value = await secrets.read_secret_key(namespace, name, key)
+    try:
+        return check_secret(value, use)
+    except SecretValueError as exc:
+        raise SecretError(health.SECRET_INVALID, f"Secret {namespace}/{name} key {key!r} {exc}") from None
+
+
+def _problem(exc: ValueError) -> str:
+    return str(exc) if isinstance(exc, SecretValueError) else "is not base64"
 
 
 def _pem(data: str | bytes) -> str:

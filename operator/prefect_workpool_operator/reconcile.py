@@ -22,7 +22,8 @@ from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
 from .core import health, job_template, scaling, stale
 from .core.conditions import Condition, changed_conditions, format_time, merge_conditions
 from .core.health import Failure, PoolObservation
-from .kube_api import SecretError, SecretReader
+from .core.secret_values import Use
+from .kube_api import SecretError, SecretReader, read_secret_for
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
 from .recovery import RequeueMemory, recover_stale_runs
@@ -242,17 +243,22 @@ async def _template_step(spec: PolicySpec, client: PrefectClient, observation: P
     if spec.job_template is not None:
         plan = job_template.plan_template(observation.base_job_template, declared)
         condition = job_template.template_condition(plan, pool=pool, dry_run=spec.dry_run, declared=len(declared))
-        if plan.template is not None and not spec.dry_run and not plan.missing:
+        if plan.writable and not spec.dry_run:
+            assert plan.template is not None
             try:
                 await client.update_base_job_template(pool, plan.template)
+                # Never report a value as set before the template, read back, holds it.
+                reread = (await client.read_work_pool(pool)).get("base_job_template")
             except PrefectError as exc:
                 condition = Condition(job_template.JOB_TEMPLATE_SYNCED, "False", exc.reason,
                                       f"Could not update the base job template: {exc.message}")
                 cycle.fail(exc.reason, condition.message)
             else:
-                cycle.events.append(
-                    Event("Normal", "JobTemplateRepaired", condition.message, covers=job_template.JOB_TEMPLATE_SYNCED)
-                )
+                condition = job_template.applied_condition(plan, reread, pool=pool) or condition
+                if condition.status == "True":
+                    cycle.events.append(
+                        Event("Normal", "JobTemplateRepaired", condition.message, covers=job_template.JOB_TEMPLATE_SYNCED)
+                    )
         cycle.conditions.append(condition)
     pending_timeout = spec.stale_runs.pending_timeout_delta if spec.stale_runs else None
     consistency = job_template.timeout_consistency(pending_timeout, observation.base_job_template, declared)
@@ -295,15 +301,10 @@ async def _auth_header(spec: PolicySpec, namespace: str, secrets: SecretReader) 
         return None
     if auth.api_key_secret_ref is not None:
         ref = auth.api_key_secret_ref
-        return f"Bearer {await secrets.read_secret_key(namespace, ref.name, ref.key)}"
+        return f"Bearer {await read_secret_for(secrets, namespace, ref.name, ref.key, Use.API_KEY)}"
     if auth.basic_auth_secret_ref is not None:
         ref = auth.basic_auth_secret_ref
-        value = await secrets.read_secret_key(namespace, ref.name, ref.key)
-        if ":" not in value:
-            raise SecretError(
-                health.SECRET_KEY_NOT_FOUND,
-                f"Secret {namespace}/{ref.name} key {ref.key!r} must hold 'user:password'",
-            )
+        value = await read_secret_for(secrets, namespace, ref.name, ref.key, Use.BASIC_AUTH)
         return "Basic " + base64.b64encode(value.encode()).decode()
     return None
 

@@ -17,7 +17,8 @@ from .core import scaling
 from .core.conditions import Condition, format_time
 from .core.durations import parse_duration
 from .core.health import PoolObservation
-from .kube_api import SecretReader
+from .core.secret_values import Use
+from .kube_api import SecretReader, read_secret_for
 from .models import EcsTarget, ScalingSpec
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,10 @@ async def aws_client_for(ecs: EcsTarget, namespace: str, secrets: SecretReader, 
     ref = ecs.credentials_secret_ref
     if ref is not None:
         credentials = AwsCredentials(
-            await secrets.read_secret_key(namespace, ref.name, ref.access_key_id_key),
-            await secrets.read_secret_key(namespace, ref.name, ref.secret_access_key_key),
-            await secrets.read_secret_key(namespace, ref.name, ref.session_token_key) if ref.session_token_key else None,
+            await read_secret_for(secrets, namespace, ref.name, ref.access_key_id_key, Use.AWS_ACCESS_KEY_ID),
+            await read_secret_for(secrets, namespace, ref.name, ref.secret_access_key_key, Use.AWS_SECRET_ACCESS_KEY),
+            await read_secret_for(secrets, namespace, ref.name, ref.session_token_key, Use.AWS_SESSION_TOKEN)
+            if ref.session_token_key else None,
         )
     material = f"{ecs.region}\n{ecs.endpoint_url}\n{ecs.max_calls_per_cycle}\n" + "\n".join(
         credentials.secrets() if credentials else []

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from .conditions import Condition
+from .template_values import value_problem
 
 JOB_TEMPLATE_SYNCED = "JobTemplateSynced"
 CONFIG_CONSISTENT = "ConfigConsistent"
@@ -25,11 +26,17 @@ TASK_START_TIMEOUT = "task_start_timeout_seconds"
 class TemplatePlan:
     drift: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # name -> (current, declared)
     missing: list[str] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)  # name -> the schema rule the value breaks
     template: dict[str, Any] | None = None  # the whole new template, when there is drift
 
     @property
     def in_sync(self) -> bool:
-        return not self.drift and not self.missing
+        return not self.drift and not self.missing and not self.invalid
+
+    @property
+    def writable(self) -> bool:
+        """Write only a complete, valid change: one bad variable holds back all of them."""
+        return self.template is not None and not self.missing and not self.invalid
 
 
 def variable_defaults(template: dict[str, Any] | None) -> dict[str, Any]:
@@ -39,11 +46,15 @@ def variable_defaults(template: dict[str, Any] | None) -> dict[str, Any]:
 
 def plan_template(template: dict[str, Any] | None, declared: dict[str, Any]) -> TemplatePlan:
     plan = TemplatePlan()
-    properties = ((template or {}).get("variables") or {}).get("properties") or {}
+    variables = (template or {}).get("variables") or {}
+    properties = variables.get("properties") or {}
     for name, value in sorted(declared.items()):
+        problem = value_problem(variables, name, value) if name in properties else None
         if name not in properties:
             plan.missing.append(name)
-        elif properties[name].get("default") != value:
+        elif problem is not None:
+            plan.invalid[name] = problem
+        elif not _same(properties[name].get("default"), value):
             plan.drift[name] = (properties[name].get("default"), value)
     if plan.drift:
         new = copy.deepcopy(template or {})
@@ -53,7 +64,19 @@ def plan_template(template: dict[str, Any] | None, declared: dict[str, Any]) -> 
     return plan
 
 
+def _same(current: Any, declared: Any) -> bool:
+    """JSON equality: True is not 1, 1.0 is 1."""
+    if isinstance(current, bool) or isinstance(declared, bool):
+        return type(current) is type(declared) and current == declared
+    return bool(current == declared)
+
+
 def template_condition(plan: TemplatePlan, *, pool: str, dry_run: bool, declared: int) -> Condition:
+    if plan.invalid:
+        problems = "; ".join(f"{name}: {rule}" for name, rule in plan.invalid.items())
+        return Condition(JOB_TEMPLATE_SYNCED, "False", "InvalidValue",
+                         f"The base job template of {pool!r} would reject jobTemplate.variables ({problems}); "
+                         "nothing was written. Fix the value(s) in spec.jobTemplate.variables.")
     if plan.missing:
         names = ", ".join(plan.missing)
         return Condition(JOB_TEMPLATE_SYNCED, "False", "VariableNotInTemplate",
@@ -64,6 +87,16 @@ def template_condition(plan: TemplatePlan, *, pool: str, dry_run: bool, declared
     if plan.drift:
         return Condition(JOB_TEMPLATE_SYNCED, "True", "Repaired", f"Set {_changes(plan)}.")
     return Condition(JOB_TEMPLATE_SYNCED, "True", "InSync", f"{declared} declared variable default(s) match.")
+
+
+def applied_condition(written: TemplatePlan, reread: dict[str, Any] | None, *, pool: str) -> Condition | None:
+    """After a write, the template as re-read must hold every value written; else say so."""
+    held = variable_defaults(reread)
+    lost = [name for name, (_, value) in written.drift.items() if not _same(held.get(name), value)]
+    if not lost:
+        return None
+    return Condition(JOB_TEMPLATE_SYNCED, "False", "NotApplied",
+                     f"The base job template of {pool!r} was written but does not hold {', '.join(lost)} when read back.")
 
 
 def timeout_consistency(
