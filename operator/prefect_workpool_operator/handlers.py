@@ -100,7 +100,7 @@ async def reconcile(
         logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
-        patch.status["lastReconcileTime"] = format_time(now)
+        patch.status["lastReconcileTime"] = format_time(datetime.now(timezone.utc))
         runtime.next_due = next_due(now, FALLBACK_INTERVAL, runtime.extra["jitter"])
         runtime.last_generation = generation
         return

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import httpx
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from . import workers_scaling
 from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
 from .core import health, job_template, scaling, stale
-from .core.conditions import Condition, changed_conditions, format_time, merge_conditions
+from .core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.health import Failure, PoolObservation
 from .core.secret_values import Use
 from .kube_api import SecretError, SecretReader, read_secret_for
@@ -93,21 +93,19 @@ async def run_cycle(
         )
 
     retired = _retired_conditions(spec)
+    conditions += unobserved(previous, conditions, retired, f"{conditions[0].reason}. {conditions[0].message}")
+    finished = max(now, datetime.now(timezone.utc))  # the cycle's end, as documented
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now, generation, drop=retired),
-        "lastReconcileTime": format_time(now),
+        "lastReconcileTime": format_time(finished),
         **figures,
     }
     if stale.STALE_RUNS_RECOVERED in retired:
         status["staleRuns"] = None
     if scaling.SCALING in retired:
         status["scaling"] = None
-    events = [
-        Event("Normal" if c.status == "True" else "Warning", c.reason, c.message)
-        for c in changed_conditions(previous, conditions)
-        if c.type not in {e.covers for e in acted}  # the action's own Event already tells it
-    ]
+    events = _condition_events(changed_conditions(previous, conditions), covered={e.covers for e in acted})
     return CycleOutcome(status=status, events=events + acted, spec=spec)
 
 
@@ -264,6 +262,17 @@ async def _template_step(spec: PolicySpec, client: PrefectClient, observation: P
     consistency = job_template.timeout_consistency(pending_timeout, observation.base_job_template, declared)
     if consistency is not None:
         cycle.conditions.append(consistency)
+
+
+def _condition_events(changed: list[Condition], covered: set[str | None]) -> list[Event]:
+    """One Event per distinct news: Ready and PrefectConnected failing alike say it once,
+    and conditions turning Unknown (input missing) add nothing to the cause's Event."""
+    events: dict[tuple[str, str], Event] = {}
+    for c in changed:
+        if c.type in covered or c.status == "Unknown":  # an action's own Event already tells it
+            continue
+        events.setdefault((c.reason, c.message), Event("Normal" if c.status == "True" else "Warning", c.reason, c.message))
+    return list(events.values())
 
 
 def _retired_conditions(spec: PolicySpec | None) -> set[str]:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 Status = Literal["True", "False", "Unknown"]
+NOT_CHECKED = "NotChecked"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,22 @@ def merge_conditions(
         merged.append(entry)
     merged.extend(by_type.values())
     return merged
+
+
+def unobserved(
+    previous: list[dict[str, Any]] | None, current: list[Condition], drop: set[str] | frozenset[str], why: str
+) -> list[Condition]:
+    """Previous conditions this cycle did not re-establish: their input is missing, so Unknown.
+
+    A value kept from an earlier cycle would be a stale truth (AwsConnected=True while
+    Prefect is down and AWS was never asked).
+    """
+    seen = {c.type for c in current} | set(drop)
+    return [
+        Condition(str(c["type"]), "Unknown", NOT_CHECKED, f"Not checked this cycle: {why}")
+        for c in previous or []
+        if isinstance(c, dict) and c.get("type") and c.get("type") not in seen
+    ]
 
 
 def changed_conditions(previous: list[dict[str, Any]] | None, current: list[Condition]) -> list[Condition]:
