@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .core.durations import DURATION_PATTERN, parse_duration
+from .core.durations import DURATION_MAX_DIGITS, DURATION_PATTERN, DURATION_SAFE_PATTERN, parse_duration
 
 MIN_INTERVAL = "10s"
 # Events about a run (who claimed it) become visible a few seconds after they happen;
@@ -26,11 +26,28 @@ def _cel(rule: str, message: str) -> dict[str, object]:
     return {"rule": rule, "message": message}
 
 
+# CEL's duration() fails with an opaque "evaluation error" on values beyond ~292 years:
+# a shape rule says what is wrong, and every duration() rule is skipped when the shape is.
+_DURATION_SHAPE = "self.matches('" + DURATION_SAFE_PATTERN + "')"
+
+
+def _duration_rules(name: str, *rules: tuple[str, str]) -> dict[str, Any]:
+    shape = _cel(_DURATION_SHAPE, f"{name} must be a Go duration such as 30s, 10m or 1h30m, "
+                                  f"each number at most {DURATION_MAX_DIGITS} digits")
+    guarded = [_cel(f"!{_DURATION_SHAPE} || ({rule})", message) for rule, message in rules]
+    return {"x-kubernetes-validations": [shape, *guarded]}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32)]
+def _valid_duration(text: str) -> str:
+    parse_duration(text)  # ValueError (too many digits, overflow) as the CEL shape rule says
+    return text
+
+
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=32), AfterValidator(_valid_duration)]
 
 
 QueueName = Annotated[
@@ -85,12 +102,27 @@ class PrefectAuth(_Model):
         return self
 
 
+# The pattern keeps its old shape so that the API server reports the CEL rule's clear message.
+_URL_PATTERN = r"^https?://[^\s/@]+(/[^\s]*)?$"
+_NO_QUERY = "!self.contains('?') && !self.contains('#')"
+
+
+def _no_query_or_fragment(name: str, url: str | None) -> str | None:
+    # The same rule as the CEL on the field, for objects that reached us without it.
+    if url is not None and ("?" in url or "#" in url):
+        raise ValueError(f"{name} must not contain a query string (?) or a fragment (#)")
+    return url
+
+
 class PrefectConnection(_Model):
     """Where the work pool lives and how to reach it."""
 
     api_url: str = Field(
         max_length=2048,
-        pattern=r"^https?://[^\s/@]+(/[^\s]*)?$",
+        pattern=_URL_PATTERN,
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel(_NO_QUERY, "apiUrl must not contain a query string (?) or a fragment (#)")
+        ]},
         description=(
             "Prefect API URL: self-hosted 'http(s)://host:4200/api' or Prefect Cloud "
             "'https://api.prefect.cloud/api/accounts/<account>/workspaces/<workspace>'."
@@ -106,17 +138,15 @@ class PrefectConnection(_Model):
         description="Restrict run figures to these queues of the pool. Empty means the whole pool.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+    _api_url_shape = field_validator("api_url")(lambda cls, v: _no_query_or_fragment("apiUrl", v))
+
     request_timeout: Duration = Field(
         default="10s",
         description="Timeout of one HTTP request to the Prefect API (Go duration, e.g. 10s).",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "duration(self) >= duration('1s') && duration(self) <= duration('2m')",
-                    "requestTimeout must be between 1s and 2m",
-                )
-            ]
-        },
+        json_schema_extra=_duration_rules(
+            "requestTimeout",
+            ("duration(self) >= duration('1s') && duration(self) <= duration('2m')", "requestTimeout must be between 1s and 2m"),
+        ),
     )
 
 
@@ -131,6 +161,8 @@ class StaleRunsSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
+                    "!self.hardTimeout.matches('" + DURATION_SAFE_PATTERN + "') || "
+                    "!self.pendingTimeout.matches('" + DURATION_SAFE_PATTERN + "') || "
                     "duration(self.hardTimeout) > duration(self.pendingTimeout)",
                     "hardTimeout must be longer than pendingTimeout",
                 )
@@ -144,14 +176,10 @@ class StaleRunsSpec(_Model):
             f"A run PENDING at least this long is stale (Go duration, at least {MIN_PENDING_TIMEOUT}). "
             "Keep it longer than the ECS task start timeout of the pool."
         ),
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    f"duration(self) >= duration('{MIN_PENDING_TIMEOUT}')",
-                    f"pendingTimeout must be at least {MIN_PENDING_TIMEOUT}",
-                )
-            ]
-        },
+        json_schema_extra=_duration_rules(
+            "pendingTimeout",
+            (f"duration(self) >= duration('{MIN_PENDING_TIMEOUT}')", f"pendingTimeout must be at least {MIN_PENDING_TIMEOUT}"),
+        ),
     )
     hard_timeout: Duration = Field(
         default="1h",
@@ -159,6 +187,7 @@ class StaleRunsSpec(_Model):
             "A stale run whose claiming worker is still online, or whose infrastructure could not be "
             "verified, is left alone until it has been PENDING this long."
         ),
+        json_schema_extra=_duration_rules("hardTimeout"),
     )
     action: Literal["Reschedule", "MarkCrashed", "Cancel", "ReportOnly"] = Field(
         default="Reschedule",
@@ -239,9 +268,14 @@ class EcsTarget(_Model):
     service: str | None = Field(default=None, min_length=1, max_length=2048,
                                 description="ECS service running the Prefect workers (needed for DesiredCount scaling).")
     endpoint_url: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://[^\s/@]+(/[^\s]*)?$",
+        default=None, max_length=2048, pattern=_URL_PATTERN,
         description="Override the AWS endpoint (VPC endpoints, tests). Omit for the regional default.",
+        json_schema_extra={"x-kubernetes-validations": [
+            _cel(_NO_QUERY, "endpointUrl must not contain a query string (?) or a fragment (#)")
+        ]},
     )
+    _endpoint_shape = field_validator("endpoint_url")(lambda cls, v: _no_query_or_fragment("endpointUrl", v))
+
     credentials_secret_ref: AwsCredentialsRef | None = Field(
         default=None,
         description="Static credentials from a Secret. Omit to use the pod's identity (IRSA, EKS Pod Identity, instance role).",
@@ -264,11 +298,12 @@ class ScalingSpec(_Model):
         }
     )
 
-    mode: Literal["DesiredCount", "CloudWatchMetric", "Off"] = Field(
+    # "Off" was renamed: unquoted in YAML 1.1 it is the boolean false (docs/install.md, upgrading).
+    mode: Literal["DesiredCount", "CloudWatchMetric", "Disabled"] = Field(
         default="DesiredCount",
         description=(
             "DesiredCount: set the service's desiredCount. CloudWatchMetric: only publish the backlog as a "
-            "CloudWatch metric (for AWS target tracking). Off: compute and report only."
+            "CloudWatch metric (for AWS target tracking). Disabled: compute and report only."
         ),
     )
     min_workers: int = Field(default=1, ge=0, le=1000, description="Never fewer worker tasks than this.")
@@ -279,10 +314,13 @@ class ScalingSpec(_Model):
     max_step_up: int = Field(default=10, ge=1, le=1000, description="At most this many workers added per cycle.")
     max_step_down: int = Field(default=2, ge=1, le=1000, description="At most this many workers removed per cycle.")
     scale_down_stabilization: Duration = Field(
-        default="5m", description="Scale down only to the highest count wanted within this window (Go duration)."
+        default="5m", description="Scale down only to the highest count wanted within this window (Go duration).",
+        json_schema_extra=_duration_rules("scaleDownStabilization"),
     )
-    scale_up_cooldown: Duration = Field(default="0s", description="Minimum time between two scale-ups.")
-    scale_down_cooldown: Duration = Field(default="1m", description="Minimum time between two scale-downs.")
+    scale_up_cooldown: Duration = Field(default="0s", description="Minimum time between two scale-ups.",
+                                        json_schema_extra=_duration_rules("scaleUpCooldown"))
+    scale_down_cooldown: Duration = Field(default="1m", description="Minimum time between two scale-downs.",
+                                          json_schema_extra=_duration_rules("scaleDownCooldown"))
     on_conflict: Literal["Hold", "Override"] = Field(
         default="Hold",
         description=(
@@ -337,11 +375,9 @@ class PolicySpec(_Model):
     interval: Duration = Field(
         default="30s",
         description=f"How often the pool is reconciled (Go duration, at least {MIN_INTERVAL}).",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(f"duration(self) >= duration('{MIN_INTERVAL}')", f"interval must be at least {MIN_INTERVAL}")
-            ]
-        },
+        json_schema_extra=_duration_rules(
+            "interval", (f"duration(self) >= duration('{MIN_INTERVAL}')", f"interval must be at least {MIN_INTERVAL}")
+        ),
     )
     suspend: bool = Field(
         default=False, description="Stop reconciling: nothing is read from or written to Prefect or AWS while true."
@@ -363,7 +399,7 @@ class PolicySpec(_Model):
     @model_validator(mode="after")
     def _ecs_for_scaling(self) -> PolicySpec:
         # The same rules as the CEL above.
-        mode = self.scaling.mode if self.scaling else "Off"
+        mode = self.scaling.mode if self.scaling else "Disabled"
         if mode == "DesiredCount" and (self.ecs is None or not self.ecs.service):
             raise ValueError("scaling.mode DesiredCount needs spec.ecs with a service")
         if mode == "CloudWatchMetric" and self.ecs is None:

@@ -50,6 +50,7 @@ class PrefectError(Exception):
         self.message = message
         self.retry_after = retry_after  # the server's Retry-After hint, for the next attempt
         self.status_code = status_code
+        self.received = ""  # "HTTP 404 (text/html)": what answered, for NotPrefectApi
 
     def as_failure(self) -> Failure:
         return Failure(self.reason, self.message)
@@ -121,7 +122,9 @@ class PrefectClient:
             raise PrefectError(health.UNAUTHORIZED, f"{where} answered 401: the credentials were refused")
         if code == 403:
             raise PrefectError(health.FORBIDDEN, f"{where} answered 403: the credentials lack permission")
-        raise PrefectError(health.BAD_RESPONSE, f"{where} answered HTTP {code}", status_code=code)
+        error = PrefectError(health.BAD_RESPONSE, f"{where} answered HTTP {code}", status_code=code)
+        error.received = _received(response)
+        raise error
 
     def _safe(self, path: str) -> str:
         """Host and path only: no query string, no userinfo."""
@@ -134,7 +137,8 @@ class PrefectClient:
             return response.json()
         except ValueError:
             raise PrefectError(
-                health.INVALID_API_URL, f"{method} {self._safe(path)} did not answer JSON: is apiUrl a Prefect API?"
+                health.NOT_PREFECT_API,
+                f"{method} {self._safe(path)} answered {_received(response)}, not JSON: apiUrl is not a Prefect API",
             ) from None
 
     # -- reads ----------------------------------------------------------------------
@@ -150,7 +154,7 @@ class PrefectClient:
                     raise
                 version = None  # not exposed by Prefect Cloud: not a reason to stop
             if version is not None and not isinstance(version, str):
-                raise PrefectError(health.INVALID_API_URL, "GET /admin/version did not answer a version: is apiUrl a Prefect API?")
+                raise PrefectError(health.NOT_PREFECT_API, "GET /admin/version did not answer a version: apiUrl is not a Prefect API")
             if health.server_too_old(version):
                 raise PrefectError(
                     health.SERVER_TOO_OLD,
@@ -160,19 +164,25 @@ class PrefectClient:
         return self._version
 
     async def _check_is_prefect(self) -> None:
-        """/health is open even with auth on: it tells "wrong URL" apart from "wrong pool"."""
+        """/health is open even with auth on: it tells "not Prefect" apart from "wrong pool"."""
         try:
-            healthy = await self._json("GET", "/health")
+            response = await self._request("GET", "/health")
         except PrefectError as exc:
             if exc.status_code is None:
                 raise
-            healthy = None
-        if healthy is not True:
-            raise PrefectError(
-                health.INVALID_API_URL,
-                f"{self._safe('/health')} did not answer like a Prefect API: apiUrl should end in /api "
-                "(self-hosted) or /api/accounts/<id>/workspaces/<id> (Prefect Cloud)",
-            )
+            received = exc.received
+        else:
+            try:
+                if response.status_code == 200 and response.json() is True:
+                    return
+            except ValueError:
+                pass
+            received = _received(response)
+        raise PrefectError(
+            health.NOT_PREFECT_API,
+            f"{self._safe('/health')} answered {received}, not a Prefect API's health check: apiUrl should end "
+            "in /api (self-hosted) or /api/accounts/<id>/workspaces/<id> (Prefect Cloud)",
+        )
 
     async def read_work_pool(self, name: str) -> dict[str, Any]:
         try:
@@ -361,6 +371,17 @@ def _record_claim(claims: dict[str, Claim], event: dict[str, Any]) -> None:
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _received(response: httpx.Response) -> str:
+    """Status and content type (and a redirect's target host), never the body."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0].strip() or "no content type"
+    text = f"HTTP {response.status_code} ({kind})"
+    location = response.headers.get("location")
+    if response.is_redirect and location:
+        parts = urlsplit(location)
+        text += f" redirecting to {parts.hostname or 'a relative path'}{parts.path[:64] if parts.hostname else ''}"
+    return text
 
 
 def _retry_after(response: httpx.Response) -> float | None:

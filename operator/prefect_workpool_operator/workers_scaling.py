@@ -138,11 +138,11 @@ async def scale_workers(
     if service is not None:
         figures.update(desired=service.desired, running=service.running, pending=service.pending)
 
-    if decision.target is None or decision.target == decision.current or spec.mode == "Off" or dry_run:
+    if decision.target is None or decision.target == decision.current or spec.mode == "Disabled" or dry_run:
         runtime.memory = decision.memory if decision.target is None else decision.memory_unapplied
         condition = scaling.scaling_condition(decision)
         if decision.target is not None and decision.target != decision.current:
-            verb = "dryRun" if dry_run else "scaling.mode Off"
+            verb = "dryRun" if dry_run else "scaling.mode Disabled"
             condition = Condition(scaling.SCALING, "True", "DryRun" if dry_run else "ReportOnly",
                                   f"{verb}: would set desiredCount {decision.current} -> {decision.target}: "
                                   f"{decision.message}")

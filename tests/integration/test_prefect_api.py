@@ -103,8 +103,8 @@ async def test_url_that_is_not_the_api_root(prefect_server, http) -> None:
     not_api = prefect_server.api_url.removesuffix("/api")
     with pytest.raises(PrefectError) as err:
         await PrefectClient(http, not_api).observe_pool("p", [], utcnow())
-    assert err.value.reason == health.INVALID_API_URL
-    assert "should end in /api" in err.value.message
+    assert err.value.reason == health.NOT_PREFECT_API
+    assert "should end in /api" in err.value.message and "HTTP 404 (application/json)" in err.value.message
 
 
 async def test_basic_auth_server(prefect_auth_server, http) -> None:

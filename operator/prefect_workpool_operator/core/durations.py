@@ -10,6 +10,10 @@ import re
 from datetime import timedelta
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+# At most 5 digits per number and 32 characters: never beyond Go's ~292 years, where
+# CEL's duration() fails with an opaque evaluation error (and timedelta overflows).
+DURATION_MAX_DIGITS = 5
+DURATION_SAFE_PATTERN = r"^([0-9]{1,5}(ms|s|m|h))+$"
 _PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -18,6 +22,8 @@ def parse_duration(text: str) -> timedelta:
     """Parse a Go duration; raise ValueError with the offending text otherwise."""
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"invalid duration {text!r}: use e.g. 30s, 10m, 1h30m")
+    if not re.fullmatch(DURATION_SAFE_PATTERN, text):
+        raise ValueError(f"duration {text!r} is too large: at most {DURATION_MAX_DIGITS} digits per number")
     seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
     return timedelta(seconds=seconds)
 

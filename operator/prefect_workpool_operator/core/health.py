@@ -28,6 +28,7 @@ UNAUTHORIZED = "Unauthorized"
 FORBIDDEN = "Forbidden"
 UNREACHABLE = "Unreachable"
 INVALID_API_URL = "InvalidApiUrl"
+NOT_PREFECT_API = "NotPrefectApi"  # something answered, but not a Prefect API (HTML, other JSON, login page)
 SERVER_TOO_OLD = "ServerTooOld"
 SERVER_ERROR = "ServerError"
 RATE_LIMITED = "RateLimited"
