@@ -230,6 +230,7 @@ class PrefectClient:
             workers_offline=len(workers) - len(online),
             online_workers=online,
             base_job_template=work_pool.get("base_job_template") or None,
+            pool_type=str(work_pool["type"]) if work_pool.get("type") else None,
             late=late,
             pending=pending,
             running=running,

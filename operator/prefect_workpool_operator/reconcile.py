@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from . import workers_scaling
 from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
-from .core import health, job_template, scaling, stale
-from .core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
+from .core import health, job_template, pool_types, scaling, stale
+from .core.conditions import NOT_CHECKED, Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.health import Failure, PoolObservation
 from .core.secret_values import Use
 from .kube_api import SecretError, SecretReader, read_secret_for
@@ -143,14 +143,40 @@ async def _observe(
         conditions=health.health_conditions(observation, None, pool=conn.work_pool, api_url=conn.api_url),
         figures=status_figures(observation),
     )
-    aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now)
-    if spec.stale_runs is not None:
+    features = pool_types.features_for(observation.pool_type)
+    fit = pool_types.pool_type_condition(
+        features, pool=conn.work_pool, stale_runs=spec.stale_runs is not None, ecs=spec.ecs is not None,
+        scaling=spec.scaling is not None, job_template=spec.job_template is not None,
+    )
+    if pool_types.POOL_TYPE_SUPPORTED not in _retired_conditions(spec):
+        cycle.conditions.append(fit)
+    if fit.status != "True":
+        cycle.fail(fit.reason, fit.message)
+    aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now) if features.ecs else None
+    if spec.stale_runs is not None and features.recovery:
         await _recovery_step(spec, policy, client, aws, runtime, observation, previous_status, cycle, now)
-    if spec.job_template is not None or spec.stale_runs is not None:
-        await _template_step(spec, client, observation, cycle)
-    if spec.ecs is not None:
+    if spec.job_template is not None or (spec.stale_runs is not None and features.ecs):
+        await _template_step(spec, client, observation, cycle, ecs_checks=features.ecs)
+    if spec.ecs is not None and features.ecs:
         cycle.conditions.append(workers_scaling.aws_condition(aws, cycle.aws_error))
+    if not features.ecs or not features.recovery:
+        _not_applicable(spec, features, cycle)
     return cycle.conditions, cycle.figures, cycle.events
+
+
+def _not_applicable(spec: PolicySpec, features: pool_types.Features, cycle: _Cycle) -> None:
+    """Features the pool's type does not fit say so, rather than keep an old value."""
+    why = f"not applicable to a {features.pool_type!r} pool; nothing was done"
+    if spec.scaling is not None:
+        cycle.conditions.append(Condition(scaling.SCALING, "False", pool_types.UNSUPPORTED_POOL_TYPE, f"Scaling {why}."))
+    if spec.ecs is not None:
+        cycle.conditions.append(Condition(workers_scaling.AWS_CONNECTED, "Unknown", NOT_CHECKED, f"ECS {why}."))
+    if spec.stale_runs is not None:
+        cycle.conditions.append(Condition(job_template.CONFIG_CONSISTENT, "True", "NotApplicable",
+                                          f"No ECS task start timeout for a {features.pool_type!r} pool."))
+        if not features.recovery:
+            cycle.conditions.append(Condition(stale.STALE_RUNS_RECOVERED, "False", pool_types.UNSUPPORTED_POOL_TYPE,
+                                              f"Stale-run recovery {why}: no worker claims its runs."))
 
 
 @dataclass
@@ -235,7 +261,9 @@ async def _recovery_step(
         cycle.events.append(Event("Normal", "RunsRecovered", outcome.event_message, covers=stale.STALE_RUNS_RECOVERED))
 
 
-async def _template_step(spec: PolicySpec, client: PrefectClient, observation: PoolObservation, cycle: _Cycle) -> None:
+async def _template_step(
+    spec: PolicySpec, client: PrefectClient, observation: PoolObservation, cycle: _Cycle, *, ecs_checks: bool = True
+) -> None:
     declared = dict(spec.job_template.variables) if spec.job_template else {}
     pool = spec.prefect.work_pool
     if spec.job_template is not None:
@@ -258,6 +286,8 @@ async def _template_step(spec: PolicySpec, client: PrefectClient, observation: P
                         Event("Normal", "JobTemplateRepaired", condition.message, covers=job_template.JOB_TEMPLATE_SYNCED)
                     )
         cycle.conditions.append(condition)
+    if not ecs_checks:
+        return
     pending_timeout = spec.stale_runs.pending_timeout_delta if spec.stale_runs else None
     consistency = job_template.timeout_consistency(pending_timeout, observation.base_job_template, declared)
     if consistency is not None:
@@ -290,6 +320,8 @@ def _retired_conditions(spec: PolicySpec | None) -> set[str]:
         retired.add(job_template.JOB_TEMPLATE_SYNCED)
     if spec.stale_runs is None:
         retired.add(job_template.CONFIG_CONSISTENT)
+    if spec.stale_runs is None and spec.ecs is None and spec.scaling is None and spec.job_template is None:
+        retired.add(pool_types.POOL_TYPE_SUPPORTED)
     return retired
 
 

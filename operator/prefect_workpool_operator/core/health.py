@@ -61,6 +61,7 @@ class PoolObservation:
     server_version: str | None = None
     online_workers: frozenset[str] = frozenset()
     base_job_template: dict[str, Any] | None = None
+    pool_type: str | None = None
 
 
 @dataclass(frozen=True)
