@@ -49,8 +49,8 @@ def pool_type_condition(
     """True when every feature the spec asks for applies; else False naming what does not."""
     applies, skipped = [], []
     for wanted, name, ok in (
-        (stale_runs, "staleRuns" + ("" if features.ecs else " (claimer rule, no ECS task verification)"),
-         features.recovery),
+        (stale_runs, "staleRuns" + (" (claimer rule, no ECS task verification)"
+                                    if features.recovery and not features.ecs else ""), features.recovery),
         (ecs, "ecs", features.ecs),
         (scaling, "scaling", features.ecs),
         (job_template, "jobTemplate", True),
