@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import kopf
 
-from .config import load_config
+from .config import load_config, quiet_libraries
 
 
 def main() -> None:
     config = load_config()
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat[config.log_format.upper()])
+    quiet_libraries()
     from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

@@ -5,8 +5,14 @@ Each variable is documented here, where it is read, and in docs/configuration.md
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+
+# Libraries whose DEBUG output carries credentials (botocore logs signed headers and
+# access key ids) or whose INFO lines carry whole URLs (httpx: page tokens): held at
+# WARNING whatever the operator's own verbosity, so no credential reaches a log.
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "hpack")
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,9 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError("PWO_METRICS_PORT must be a port number, or 0 to turn metrics off")
     return port
+
+
+def quiet_libraries() -> None:
+    """Hold credential- and URL-bearing library loggers at WARNING (call after logging is configured)."""
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,7 +17,7 @@ import httpx
 import kopf
 
 from . import GROUP, PLURAL, VERSION
-from .config import load_config
+from .config import load_config, quiet_libraries
 from .core import health
 from .core.conditions import Condition, format_time, merge_conditions
 from .kube_api import KubernetesSecrets
@@ -31,9 +31,18 @@ FALLBACK_INTERVAL = timedelta(seconds=30)
 _connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
 
 
+def _where(exc: BaseException) -> str:
+    """Where an exception was raised (file:line), to tell distinct errors apart without its text."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    quiet_libraries()  # also under `kopf run -m`, which skips our __main__
     # Keep kopf's bookkeeping in annotations of our own prefix; status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -97,7 +106,13 @@ async def reconcile(
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
-        logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
+        # The traceback once per distinct error (kopf's logger also posts it as an Event), then reminders.
+        verdict = runtime.log_gate.decide(f"InternalError:{type(exc).__name__}:{_where(exc)}", now)
+        if verdict == "full":
+            logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
+        elif verdict == "reminder":
+            log.error("policy %s/%s: still failing with %s (%d cycles)", meta.get("namespace"), meta.get("name"),
+                      type(exc).__name__, runtime.log_gate.repeats)
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(datetime.now(timezone.utc))

@@ -22,6 +22,7 @@ from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
 from .core import health, job_template, pool_types, scaling, stale
 from .core.conditions import NOT_CHECKED, Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.health import Failure, PoolObservation
+from .core.log_gate import LogGate
 from .core.secret_values import Use
 from .kube_api import SecretError, SecretReader, read_secret_for
 from .models import PolicySpec
@@ -59,7 +60,15 @@ class PolicyRuntime:
     next_due: datetime | None = None
     requeues: RequeueMemory = field(default_factory=RequeueMemory)
     ecs: EcsRuntime = field(default_factory=EcsRuntime)
+    log_gate: LogGate = field(default_factory=LogGate)  # a persisting failure is logged once, then reminded
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def log_failure(self, policy: str, what: str, now: datetime) -> None:
+        verdict = self.log_gate.decide(what, now)
+        if verdict == "full":
+            log.warning("policy %s: %s", policy, what)
+        elif verdict == "reminder":
+            log.warning("policy %s: still failing (%d cycles): %s", policy, self.log_gate.repeats, what[:200])
 
     def is_due(self, generation: int | None, now: datetime) -> bool:
         """Run at once on a new spec, otherwise when the interval has passed."""
@@ -105,6 +114,8 @@ async def run_cycle(
         status["staleRuns"] = None
     if scaling.SCALING in retired:
         status["scaling"] = None
+    if conditions[0].status == "True":
+        runtime.log_gate.clear()
     events = _condition_events(changed_conditions(previous, conditions), covered={e.covers for e in acted})
     return CycleOutcome(status=status, events=events + acted, spec=spec)
 
@@ -132,7 +143,7 @@ async def _observe(
         observation = await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
     except (SecretError, PrefectError) as exc:
         failure = Failure(exc.reason, exc.message)
-        log.warning("policy %s: %s: %s", policy, failure.reason, failure.message)
+        runtime.log_failure(policy, f"{failure.reason}: {failure.message}", now)
         # Fail static: keep the last figures rather than report zeros we did not see.
         conditions = health.health_conditions(None, failure, pool=conn.work_pool, api_url=conn.api_url)
         if spec.scaling is not None:
@@ -248,7 +259,7 @@ async def _recovery_step(
             infrastructure_check=check,
         )
     except PrefectError as exc:
-        log.warning("policy %s: recovery: %s: %s", policy, exc.reason, exc.message)
+        runtime.log_failure(policy, f"recovery: {exc.reason}: {exc.message}", now)
         message = f"Stale-run recovery stopped: {exc.message}"
         cycle.fail(exc.reason, message)
         cycle.conditions.append(Condition(stale.STALE_RUNS_RECOVERED, "False", exc.reason, message))
