@@ -7,6 +7,7 @@ in ``reconcile`` and below.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ import kopf
 
 from . import GROUP, PLURAL, VERSION
 from .config import load_config, quiet_libraries
-from .core import health
+from .core import claims, health
 from .core.conditions import Condition, format_time, merge_conditions
 from .kube_api import KubernetesSecrets
 from .metrics import OperatorMetrics
@@ -29,6 +30,37 @@ log = logging.getLogger(__name__)
 # An invalid spec has no interval of its own; a spec edit retries at once anyway.
 FALLBACK_INTERVAL = timedelta(seconds=30)
 _connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
+
+
+async def _unless_stopped(cycle: asyncio.Future[Any], runtime: PolicyRuntime, stopped: kopf.DaemonStopped) -> Any:
+    """The cycle's outcome, or None once it was cancelled: deleting the policy (kopf stops
+    its timer) or suspending it (``cancel_cycle``) must not wait for a hung server."""
+    runtime.extra["cycle"] = cycle
+
+    async def stopping() -> None:
+        await stopped.wait()
+
+    stop = asyncio.ensure_future(stopping())
+    try:
+        await asyncio.wait({cycle, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        runtime.extra.pop("cycle", None)
+    if not cycle.done():
+        cycle.cancel()
+        await asyncio.wait({cycle}, timeout=1.0)
+    if cycle.cancelled():
+        return None
+    return cycle.result()
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend", new=True)
+def cancel_cycle(memo: kopf.Memo, **_: Any) -> None:
+    """Suspending stops a running cycle at once (deletion does so through the timer's stop flag)."""
+    runtime = memo.get("runtime")
+    cycle = runtime.extra.get("cycle") if runtime is not None else None
+    if cycle is not None and not cycle.done():
+        cycle.cancel()
 
 
 def _where(exc: BaseException) -> str:
@@ -42,6 +74,9 @@ def _where(exc: BaseException) -> str:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # A deleted policy's timer exits as soon as its cycle is cancelled: notice it at once.
+    settings.background.instant_exit_timeout = 2.0
+    settings.background.cancellation_polling = 1.0
     quiet_libraries()  # also under `kopf run -m`, which skips our __main__
     # Keep kopf's bookkeeping in annotations of our own prefix; status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -85,13 +120,26 @@ async def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     """A deleted policy's clients close and its metric series go away."""
     runtime = memo.get("runtime")
     if runtime is not None:
+        cycle = runtime.extra.get("cycle")
+        if cycle is not None and not cycle.done():
+            cycle.cancel()
         runtime.ecs.close()
     memo.metrics.forget(meta)
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def policy_claims(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, **_: Any) -> dict[str, claims.Claimant] | None:
+    """Every watched policy (all namespaces) by what it claims: a pool, an ECS service."""
+    if meta.get("deletionTimestamp"):
+        return None  # a policy being deleted gives its claims up at once
+    me = claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
+    return {key: me for key in claims.claim_keys(dict(spec))} or None
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
 async def reconcile(
-    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+    policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
     runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime(extra={"jitter": random.random()}))
     now = datetime.now(timezone.utc)
@@ -104,7 +152,16 @@ async def reconcile(
         memo.shared["secrets_login"] = _connection[0]
     started = time.monotonic()
     try:
-        outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
+        me = claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
+        mine = claims.claim_keys(dict(body.spec))
+        rival = claims.rival_for(me, {key: list(policy_claims.get(key, [])) for key in mine})
+        cycle = asyncio.ensure_future(run_cycle(
+            body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now, rival=rival
+        ))
+        outcome = await _unless_stopped(cycle, runtime, stopped)
+        if outcome is None:
+            logger.info("cycle cancelled: the policy is being deleted or suspended")
+            return
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
         # The traceback once per distinct error (kopf's logger also posts it as an Event), then reminders.
         verdict = runtime.log_gate.decide(f"InternalError:{type(exc).__name__}:{_where(exc)}", now)

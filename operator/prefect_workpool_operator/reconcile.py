@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from . import workers_scaling
 from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
-from .core import health, job_template, pool_types, scaling, stale
+from .core import claims, health, job_template, pool_types, scaling, stale
 from .core.conditions import NOT_CHECKED, Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.health import Failure, PoolObservation
 from .core.log_gate import LogGate
@@ -84,7 +84,9 @@ async def run_cycle(
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
+    rival: claims.Rival | None = None,
 ) -> CycleOutcome:
+    """One cycle; with a ``rival`` (an older policy claims the same pool or service) it touches nothing."""
     meta = body.get("metadata", {})
     generation = meta.get("generation")
     previous = (body.get("status") or {}).get("conditions")
@@ -97,9 +99,12 @@ async def run_cycle(
     except ValidationError as exc:
         conditions = health.health_conditions(None, Failure(health.INVALID_SPEC, _describe(exc)), pool="", api_url="")
     else:
-        conditions, figures, acted = await _observe(
-            spec, meta, body.get("status") or {}, http, secrets, runtime, now
-        )
+        if rival is not None:
+            conditions = [Condition(health.READY, "False", claims.CONFLICT, claims.conflict_message(rival))]
+        else:
+            conditions, figures, acted = await _observe(
+                spec, meta, body.get("status") or {}, http, secrets, runtime, now
+            )
 
     retired = _retired_conditions(spec)
     conditions += unobserved(previous, conditions, retired, f"{conditions[0].reason}. {conditions[0].message}")
