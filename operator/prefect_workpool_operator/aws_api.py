@@ -42,6 +42,7 @@ THROTTLED = "Throttled"
 INVALID_CONFIGURATION = "InvalidConfiguration"
 UNREACHABLE = "Unreachable"
 AWS_ERROR = "AwsError"
+AWS_ENDPOINT_INVALID = "AwsEndpointInvalid"  # the endpoint answers, but not as AWS (an HTML page)
 # Not an AWS failure: this policy's own limit. Checks turn it into UNKNOWN; it never
 # sets ``last_error``, so it does not make AwsConnected false.
 CALL_BUDGET_EXHAUSTED = "CallBudgetExhausted"
@@ -374,10 +375,12 @@ class AwsClient:
             client = self._client(service)
             operation = client.meta.method_to_api_mapping.get(method, method)
             answer: dict[str, Any] = getattr(client, method)(**params)
+            self._check_is_aws(answer, operation, service)
             return answer
         except AwsError:
             raise
         except boto.ClientError as exc:
+            self._check_is_aws(exc.response, operation, service)
             raise self._client_error(exc, operation, params) from None
         except _CREDENTIAL_ERRORS as exc:
             raise AwsError(
@@ -397,6 +400,18 @@ class AwsClient:
             raise AwsError(THROTTLED, f"{operation}: the client's retry capacity is spent", operation=operation) from None
         except boto.BotoCoreError as exc:
             raise AwsError(AWS_ERROR, self._safe(f"{operation}: {type(exc).__name__}: {exc}"), operation=operation) from None
+
+    def _check_is_aws(self, answer: Mapping[str, Any], operation: str, service: str) -> None:
+        """An HTML page parses as an empty answer ("no such service"): name it for what it is."""
+        metadata = answer.get("ResponseMetadata") or {}
+        kind = str((metadata.get("HTTPHeaders") or {}).get("content-type", "")).split(";")[0].strip().lower()
+        if kind.startswith("text/html"):
+            raise AwsError(
+                AWS_ENDPOINT_INVALID,
+                f"{operation}: {self._endpoint_label(service)} answered HTTP {metadata.get('HTTPStatusCode')} ({kind}), "
+                "not an AWS API: check spec.ecs.endpointUrl",
+                operation=operation,
+            )
 
     def _client(self, service: str) -> Any:
         with self._lock:
