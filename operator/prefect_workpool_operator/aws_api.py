@@ -405,7 +405,13 @@ class AwsClient:
         """An HTML page parses as an empty answer ("no such service"): name it for what it is."""
         metadata = answer.get("ResponseMetadata") or {}
         kind = str((metadata.get("HTTPHeaders") or {}).get("content-type", "")).split(";")[0].strip().lower()
-        if kind.startswith("text/html"):
+        if not kind.startswith("text/html"):
+            return
+        # moto labels its JSON and XML answers text/html too: only a body that is HTML (an
+        # error's raw text) or that parsed to nothing at all is a web page.
+        error = answer.get("Error") or {}
+        body = str(error.get("Message") or "").lstrip()[:100].lower()
+        if body.startswith(("<!doctype html", "<html")) or (not error and not set(answer) - {"ResponseMetadata"}):
             raise AwsError(
                 AWS_ENDPOINT_INVALID,
                 f"{operation}: {self._endpoint_label(service)} answered HTTP {metadata.get('HTTPStatusCode')} ({kind}), "
