@@ -1,10 +1,12 @@
-"""Pure rules for bad input, table by table: Secret values, template values, pool types."""
+"""Pure rules for bad input, table by table: Secret values, template values, pool types, claims, log gate."""
 
 from __future__ import annotations
 
 import pytest
 
+from prefect_workpool_operator.core.claims import Claimant, claim_keys, rival_for
 from prefect_workpool_operator.core.conditions import Condition, unobserved
+from prefect_workpool_operator.core.log_gate import LogGate
 from prefect_workpool_operator.core.job_template import applied_condition, plan_template, template_condition
 from prefect_workpool_operator.core.pool_types import features_for, pool_type_condition
 from prefect_workpool_operator.core.secret_values import SecretValueError, Use, check_secret, decode_secret
@@ -142,3 +144,42 @@ def test_conditions_not_reestablished_turn_unknown() -> None:
     current = [Condition("Ready", "False", "Unreachable", "down")]
     stale = unobserved(previous, current, {"Scaling"}, "Unreachable")
     assert [(c.type, c.status, c.reason) for c in stale] == [("AwsConnected", "Unknown", "NotChecked")]
+
+
+# ---- two policies over one pool or service -------------------------------------------
+
+
+OLD = Claimant("2026-01-01T00:00:00Z", "b", "old")
+SAME_SECOND_A = Claimant("2026-01-02T00:00:00Z", "a", "x")
+SAME_SECOND_B = Claimant("2026-01-02T00:00:00Z", "b", "x")
+
+
+def test_the_oldest_claimant_wins_then_namespace_and_name() -> None:
+    key = "work pool 'p' at http://h/api"
+    assert rival_for(OLD, {key: [OLD, SAME_SECOND_A]}) is None
+    rival = rival_for(SAME_SECOND_A, {key: [OLD, SAME_SECOND_A]})
+    assert rival is not None and rival.winner == OLD
+    assert rival_for(SAME_SECOND_A, {key: [SAME_SECOND_B]}) is None  # same second: namespace decides
+    assert rival_for(SAME_SECOND_B, {key: [SAME_SECOND_A]}).winner == SAME_SECOND_A  # type: ignore[union-attr]
+
+
+def test_claims_of_a_spec() -> None:
+    base = {"prefect": {"apiUrl": "HTTP://Host:4200/api/", "workPool": "p"}}
+    assert claim_keys(base) == claim_keys({"prefect": {"apiUrl": "http://host:4200/api", "workPool": "p"}})
+    scaled = {**base, "ecs": {"region": "r", "cluster": "c", "service": "s"}, "scaling": {}}
+    assert claim_keys(scaled)[1] == "ECS service r/c/s"
+    assert len(claim_keys({**base, "ecs": {"region": "r", "cluster": "c", "service": "s"}})) == 1  # no scaling
+    assert claim_keys({**scaled, "suspend": True}) == []
+    assert claim_keys({"prefect": "garbage"}) == []
+
+
+def test_log_gate_full_once_then_reminders() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    gate, t0 = LogGate(), datetime(2026, 1, 1, tzinfo=timezone.utc)
+    verdicts = [gate.decide("Unreachable", t0 + timedelta(seconds=30 * i)) for i in range(12)]
+    assert verdicts[0] == "full" and verdicts.count("full") == 1
+    assert verdicts.count("reminder") == 1 and verdicts[10] == "reminder"  # 300 s later
+    assert gate.decide("Unauthorized", t0 + timedelta(seconds=400)) == "full"  # a different error is news
+    gate.clear()
+    assert gate.decide("Unauthorized", t0 + timedelta(seconds=430)) == "full"
