@@ -58,8 +58,17 @@ def serving(kind: str) -> Iterator[str]:
         server.server_close()
 
 
+class Hanging(str):
+    """The URL of a hanging server; ``connections()`` counts what it has accepted."""
+
+    held: list[socket.socket]
+
+    def connections(self) -> int:
+        return len(self.held)
+
+
 @contextmanager
-def hanging() -> Iterator[str]:
+def hanging() -> Iterator[Hanging]:
     """A server that accepts connections and never answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -79,7 +88,9 @@ def hanging() -> Iterator[str]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        url = Hanging(f"http://127.0.0.1:{listener.getsockname()[1]}")
+        url.held = held
+        yield url
     finally:
         stop.set()
         thread.join(2)

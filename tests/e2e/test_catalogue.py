@@ -523,6 +523,8 @@ def test_delete_and_suspend_do_not_wait_for_a_hung_server(kubectl: Kubectl, cata
 
         for name in ("hung-delete", "hung-suspend"):
             wait_for(lambda name=name: finalized(name), timeout=30, what="the operator took the policy")
+        # Both cycles are in flight: each has a request the server will never answer.
+        wait_for(lambda: url.connections() >= 2, timeout=30, what="both cycles waiting on the hung server")
         started = time.monotonic()
         ns("delete", "pwpp", "hung-delete", f"--timeout={timeout + 20}s")
         deleted = time.monotonic() - started
