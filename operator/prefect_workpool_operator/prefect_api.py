@@ -99,7 +99,7 @@ class PrefectClient:
             if response.status_code in TRANSIENT_STATUS or response.status_code == 429:
                 reason = health.RATE_LIMITED if response.status_code == 429 else health.SERVER_ERROR
                 last = PrefectError(
-                    reason, f"{method} {self._safe(path)} answered HTTP {response.status_code}",
+                    reason, f"{method} {self._safe(path)} answered {_received(response)}",
                     retry_after=_retry_after(response),
                 )
                 continue

@@ -58,3 +58,17 @@ async def test_botocore_debug_output_never_reaches_the_log(moto, debug_root) -> 
     await _call_moto(moto)
     joined = "\n".join(debug_root.text)
     assert KEY_ID not in joined and SECRET not in joined
+
+
+async def test_info_lines_never_carry_long_urls(debug_root) -> None:
+    import httpx
+
+    from tests.loopback import serving
+
+    quiet_libraries()
+    logging.getLogger().setLevel(logging.INFO)
+    token = "x" * 4000  # a page token, as the events API's next-page links carry
+    async with httpx.AsyncClient() as http:
+        with serving("foreign-json") as url:
+            await http.get(f"{url}/api/events/filter/next?page-token={token}")
+    assert all(len(line) < 1000 for line in debug_root.text), [line[:80] for line in debug_root.text]
