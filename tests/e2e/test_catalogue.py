@@ -397,6 +397,20 @@ def test_runtime_case(case: Case, outcome: dict[str, Any]) -> None:
     TALLY[(case.cls, "pass")] += 1
 
 
+def test_no_write_reached_prefect_or_aws_outside_the_control_cases(outcome: dict[str, Any]) -> None:
+    """Every pool's template and every service's desiredCount is as the world made it, except
+    the two cases that are meant to write (so the comparison can fail)."""
+    TALLY[("control", "fail")] += 1
+    before, after = outcome["templates"]
+    writer = outcome["specs"]["a valid value is written and read back"]["prefect"]["workPool"]
+    changed = sorted(pool for pool in before if before[pool] != after[pool])
+    assert changed == [writer], changed
+    moved = sorted(key for key, desired in outcome["desired"].items() if desired != 0)
+    assert moved == ["control"], moved
+    TALLY[("control", "fail")] -= 1
+    TALLY[("control", "pass")] += 1
+
+
 def test_no_secret_value_anywhere(outcome: dict[str, Any]) -> None:
     TALLY[("secrets", "fail")] += 1
     for where in ("log", "status_dump", "events_dump"):
