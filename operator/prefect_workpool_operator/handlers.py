@@ -20,7 +20,7 @@ import kopf
 from . import GROUP, PLURAL, VERSION
 from .config import load_config, quiet_libraries
 from .core import claims, health
-from .core.conditions import Condition, format_time, merge_conditions
+from .core.conditions import Condition, format_time, merge_conditions, unobserved
 from .kube_api import KubernetesSecrets
 from .metrics import OperatorMetrics
 from .reconcile import PolicyRuntime, next_due, run_cycle
@@ -132,8 +132,12 @@ def policy_claims(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, **_: Any) -
     """Every watched policy (all namespaces) by what it claims: a pool, an ECS service."""
     if meta.get("deletionTimestamp"):
         return None  # a policy being deleted gives its claims up at once
-    me = claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
+    me = _claimant(meta)
     return {key: me for key in claims.claim_keys(dict(spec))} or None
+
+
+def _claimant(meta: kopf.Meta) -> claims.Claimant:
+    return claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
@@ -152,9 +156,8 @@ async def reconcile(
         memo.shared["secrets_login"] = _connection[0]
     started = time.monotonic()
     try:
-        me = claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
         mine = claims.claim_keys(dict(body.spec))
-        rival = claims.rival_for(me, {key: list(policy_claims.get(key, [])) for key in mine})
+        rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})
         cycle = asyncio.ensure_future(run_cycle(
             body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now, rival=rival
         ))
@@ -171,6 +174,7 @@ async def reconcile(
             log.error("policy %s/%s: still failing with %s (%d cycles)", meta.get("namespace"), meta.get("name"),
                       type(exc).__name__, runtime.log_gate.repeats)
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
+        failed += unobserved(body.status.get("conditions"), failed, frozenset(), failed[0].message)
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(datetime.now(timezone.utc))
         runtime.next_due = next_due(now, FALLBACK_INTERVAL, runtime.extra["jitter"])
