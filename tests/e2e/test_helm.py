@@ -378,14 +378,16 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
         chart_env = deployment_env(cluster, rel_ns, fullname)
         assert chart_env["PWO_NAMESPACES"] == watched
 
-        pool = unique("pool")
+        # One pool per policy: two policies over one pool would be a Conflict (the older one acts).
+        pools = {watched: unique("pool"), other: unique("pool")}
         with PrefectSeeder(prefect_auth_server.api_url, auth=prefect_auth_server.auth) as seeder:
-            seeder.create_ecs_pool(pool)
+            for pool in pools.values():
+                seeder.create_ecs_pool(pool)
         auth = {"basicAuthSecretRef": {"name": "prefect-auth", "key": "auth-string"}}
         for namespace in (watched, other):
             k = cluster.in_namespace(namespace)
             k.apply(secret("prefect-auth", "auth-string", BASIC_AUTH))
-            k.apply(policy("etl", prefect_auth_server.api_url, pool, auth))
+            k.apply(policy("etl", prefect_auth_server.api_url, pools[namespace], auth))
         sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
         with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log):
