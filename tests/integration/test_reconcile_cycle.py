@@ -87,3 +87,17 @@ async def test_suspended_policy_reads_nothing(seeder: PrefectSeeder) -> None:
         )
     assert types(outcome.status)["Ready"] == ("True", "Suspended")
     assert requests == []
+
+
+async def test_a_persisting_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    runtime = PolicyRuntime()
+    status: dict = {}
+    with caplog.at_level("WARNING", logger="prefect_workpool_operator.reconcile"):
+        async with httpx.AsyncClient() as http:
+            for _ in range(3):
+                outcome = await run_cycle(body(dead, "p", status=status), http=http,
+                                          secrets=NoSecrets(), runtime=runtime, now=utcnow())
+                status = outcome.status
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefect_workpool_operator.reconcile"]
+    assert len(lines) == 1 and "Unreachable" in lines[0], lines
