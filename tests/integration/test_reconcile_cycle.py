@@ -101,3 +101,32 @@ async def test_a_persisting_failure_is_logged_once(caplog: pytest.LogCaptureFixt
                 status = outcome.status
     lines = [r.getMessage() for r in caplog.records if r.name == "prefect_workpool_operator.reconcile"]
     assert len(lines) == 1 and "Unreachable" in lines[0], lines
+
+
+class OneSecret:
+    """A Secret reader holding one value (what KubernetesSecrets returns once decoded)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        return self.value
+
+
+async def test_an_invalid_secret_value_sends_no_request(seeder: PrefectSeeder) -> None:
+    requests: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        requests.append(request)
+
+    auth = {"apiKeySecretRef": {"name": "cloud", "key": "api-key"}}
+    spec = body(seeder.api_url, "p")
+    spec["spec"]["prefect"]["auth"] = auth
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+        outcome = await run_cycle(spec, http=http, secrets=OneSecret("pnu_abc\r\nX-Injected: 1"),
+                                  runtime=PolicyRuntime(), now=utcnow())
+    assert types(outcome.status)["Ready"] == ("False", "SecretInvalid")
+    message = outcome.status["conditions"][0]["message"]
+    assert "Secret ns/cloud key 'api-key'" in message and "carriage return" in message and "pnu_abc" not in message
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "SecretInvalid")]
+    assert requests == []
