@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 
 from .config import load_config
@@ -10,6 +12,8 @@ from .config import load_config
 def main() -> None:
     config = load_config()
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat[config.log_format.upper()])
+    if not config.verbose:
+        quiet_routine_logs()
     from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
@@ -19,6 +23,20 @@ def main() -> None:
         peering_name=config.peering,
         liveness_endpoint=config.liveness_endpoint,
     )
+
+
+class _DropTimerSuccess(logging.Filter):
+    """kopf logs "Timer 'reconcile' succeeded." at INFO on every tick of every policy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).startswith("Timer ")
+                    and str(record.msg).endswith(" succeeded."))
+
+
+def quiet_routine_logs() -> None:
+    """No INFO line when nothing changed: no per-request lines, no per-tick lines."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
 
 
 if __name__ == "__main__":

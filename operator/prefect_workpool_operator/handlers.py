@@ -7,28 +7,31 @@ in ``reconcile`` and below.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import random
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import httpx
 import kopf
 
 from . import GROUP, PLURAL, VERSION
 from .config import load_config
-from .core import health
+from .core import health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions
+from .core.durations import parse_duration
 from .kube_api import KubernetesSecrets
 from .metrics import OperatorMetrics
-from .reconcile import PolicyRuntime, next_due, run_cycle
+from .models import PolicySpec
+from .prefect_http import PrefectHttp
+from .reconcile import PolicyRuntime, run_cycle
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
 # An invalid spec has no interval of its own; a spec edit retries at once anyway.
 FALLBACK_INTERVAL = timedelta(seconds=30)
 _connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
+_STARTED = time.time()
 
 
 @kopf.on.startup()
@@ -46,8 +49,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.metrics = OperatorMetrics()
     if CONFIG.metrics_port:
         memo.metrics.serve(CONFIG.metrics_port)
-    memo.http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+    memo.http = PrefectHttp(
+        max_connections=CONFIG.prefect_max_connections,
         event_hooks={"response": [memo.metrics.on_prefect_response]},
     )
     # Per-object memos are shallow copies of this one: a dict here is shared by all
@@ -84,16 +87,30 @@ async def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
 async def reconcile(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime(extra={"jitter": random.random()}))
-    now = datetime.now(timezone.utc)
+    runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime())
     generation = meta.get("generation")
-    if not runtime.is_due(generation, now):
-        return
+    interval = _interval_seconds(body.spec)
+    offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
+    if runtime.next_start is None and runtime.last_generation is None and time.time() - _STARTED < interval:
+        # The operator just started: spread the fleet's first cycles over one interval rather
+        # than starting them all at once. Policies created or edited later run at once.
+        runtime.last_generation = generation
+        runtime.next_start = schedule.next_start(time.time(), interval, offset)
+    if generation == runtime.last_generation and runtime.next_start is not None:
+        wait = schedule.wait_before_start(time.time(), runtime.next_start, CONFIG.tick_seconds)
+        if wait is None:
+            return
+        if wait:
+            await asyncio.sleep(wait)  # at most one tick: deletion stays responsive
     if _connection and memo.shared.get("secrets_login") is not _connection[0]:
         # First cycle, or kopf logged in again (a rotated ServiceAccount token): new credentials.
-        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0])
+        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0], cache_seconds=CONFIG.secret_cache_seconds)
         memo.shared["secrets_login"] = _connection[0]
     started = time.monotonic()
+    now = datetime.now(timezone.utc)
+    runtime.last_generation = generation
+    # The next start is on the policy's phase, whenever this one ends: the gap is the interval.
+    runtime.next_start = schedule.next_start(now.timestamp(), interval, offset)
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
@@ -101,17 +118,42 @@ async def reconcile(
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(now)
-        runtime.next_due = next_due(now, FALLBACK_INTERVAL, runtime.extra["jitter"])
-        runtime.last_generation = generation
         return
-    for key, value in outcome.status.items():
+    if outcome.spec is not None and _credentials_refused(outcome.status):
+        _forget_secrets(memo.shared.get("secrets"), meta.get("namespace") or "", outcome.spec)
+    for key, value in report.status_changes(body.status, outcome.status, now, CONFIG.status_heartbeat_seconds).items():
         patch.status[key] = value
     memo.metrics.record_cycle(meta, body.spec, outcome.status, time.monotonic() - started)
     if runtime.ecs.client is not None:
         memo.metrics.record_aws_calls(runtime.ecs.take_call_counts())
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    interval = outcome.spec.interval_delta if outcome.spec else FALLBACK_INTERVAL
-    runtime.last_generation = generation
-    runtime.next_due = next_due(now, interval, runtime.extra["jitter"])
 
+
+# Ready reasons that mean the credentials were refused: a cached Secret may be outdated.
+_REFUSED = {health.UNAUTHORIZED, health.FORBIDDEN, "AccessDenied"}
+
+
+def _credentials_refused(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == health.READY and c.get("reason") in _REFUSED for c in status.get("conditions") or [])
+
+
+def _forget_secrets(secrets: KubernetesSecrets | None, namespace: str, spec: PolicySpec) -> None:
+    """Read the policy's Secrets again next cycle (a rotated key is picked up at once)."""
+    if secrets is None:
+        return
+    auth = spec.prefect.auth
+    refs = [auth.api_key_secret_ref, auth.basic_auth_secret_ref] if auth else []
+    refs.append(spec.ecs.credentials_secret_ref if spec.ecs else None)
+    for ref in refs:
+        if ref is not None:
+            secrets.forget(namespace, ref.name)
+
+
+def _interval_seconds(spec: Any) -> float:
+    """The spec's interval; the fallback for one that does not parse (the cycle reports it)."""
+    try:
+        seconds = parse_duration(str((spec or {}).get("interval") or "30s")).total_seconds()
+    except ValueError:
+        return FALLBACK_INTERVAL.total_seconds()
+    return seconds if seconds > 0 else FALLBACK_INTERVAL.total_seconds()

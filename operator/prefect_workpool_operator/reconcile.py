@@ -25,6 +25,7 @@ from .core.health import Failure, PoolObservation
 from .kube_api import SecretError, SecretReader
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
+from .prefect_http import PrefectHttp
 from .recovery import RequeueMemory, recover_stale_runs
 from .workers_scaling import EcsRuntime
 
@@ -70,7 +71,7 @@ class PolicyRuntime:
 async def run_cycle(
     body: Mapping[str, Any],
     *,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
@@ -114,7 +115,7 @@ async def _observe(
     spec: PolicySpec,
     meta: Mapping[str, Any],
     previous_status: Mapping[str, Any],
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
@@ -309,7 +310,7 @@ async def _auth_header(spec: PolicySpec, namespace: str, secrets: SecretReader) 
 
 
 def _client_for(
-    spec: PolicySpec, auth_header: str | None, http: httpx.AsyncClient, runtime: PolicyRuntime
+    spec: PolicySpec, auth_header: str | None, http: httpx.AsyncClient | PrefectHttp, runtime: PolicyRuntime
 ) -> PrefectClient:
     """Reuse the policy's client until its URL, credentials or timeout change."""
     digest = hashlib.sha256(f"{spec.prefect.api_url}\n{auth_header}\n{spec.prefect.request_timeout}".encode()).hexdigest()
