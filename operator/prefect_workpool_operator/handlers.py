@@ -110,7 +110,7 @@ async def reconcile(
     now = datetime.now(timezone.utc)
     runtime.last_generation = generation
     # The next start is on the policy's phase, whenever this one ends: the gap is the interval.
-    runtime.next_start = schedule.next_start(now.timestamp(), interval, offset)
+    runtime.next_start = schedule.next_start(max(now.timestamp(), runtime.next_start or 0.0), interval, offset)
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm

@@ -21,17 +21,18 @@ def phase(key: str, interval: float) -> float:
     return (digest / 2**64) * interval
 
 
+SLOT_TOLERANCE = 1e-3  # seconds: a start this close to ``after`` is the one just run
+
+
 def next_start(after: float, interval: float, offset: float) -> float:
-    """The first start strictly after ``after``: the smallest ``offset + k * interval > after``."""
+    """The first start after ``after``: the smallest ``offset + k * interval`` more than
+    ``SLOT_TOLERANCE`` later (so float rounding at a slot never yields the same slot twice)."""
     if interval <= 0:
         raise ValueError("interval must be positive")
-    k = math.floor((after - offset) / interval) + 1
+    k = math.floor((after - offset) / interval)
     start = offset + k * interval
-    # Float rounding at a slot boundary: keep the result strictly after and at most one interval on.
-    while start <= after:
-        start += interval
-    while start - interval > after:
-        start -= interval
+    while start <= after + SLOT_TOLERANCE:
+        start = offset + (k := k + 1) * interval
     return start
 
 
