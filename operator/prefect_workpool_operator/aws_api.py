@@ -141,6 +141,9 @@ class SharedBotoClients:
     def __len__(self) -> int:
         return len(self._clients)
 
+    def __repr__(self) -> str:  # identities appear as digests only
+        return f"SharedBotoClients({sorted(map(repr, self._clients))})"
+
     def acquire(
         self, service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials | None, config: Config
     ) -> tuple[tuple[Any, ...], Any]:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_CONNECTIONS = 50
 REPLACE_AFTER_POOL_TIMEOUTS = 3  # in a row, with no answer between them
 CLOSE_TIMEOUT = 5.0
+DEFAULT_PAUSE = 1.0  # a 429 without Retry-After
 
 
 class SlotTimeout(httpx.TimeoutException):
@@ -100,7 +101,8 @@ class PrefectHttp:
             self._slots.release()
         self._pool_timeouts_in_a_row = 0
         if response.status_code == 429:
-            self.pause(key, retry_after_seconds(response) or 1.0)
+            hint = retry_after_seconds(response)
+            self.pause(key, DEFAULT_PAUSE if hint is None else hint)
         return response
 
     def pause(self, key: str, seconds: float) -> None:
