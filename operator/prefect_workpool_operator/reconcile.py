@@ -11,7 +11,7 @@ import base64
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Mapping
 
 import httpx
@@ -56,16 +56,9 @@ class PolicyRuntime:
     client_key: str | None = None
     queues_checked_generation: int | None = None
     last_generation: int | None = None
-    next_due: datetime | None = None
+    next_start: float | None = None  # epoch seconds (core.schedule), set by the kopf glue
     requeues: RequeueMemory = field(default_factory=RequeueMemory)
     ecs: EcsRuntime = field(default_factory=EcsRuntime)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def is_due(self, generation: int | None, now: datetime) -> bool:
-        """Run at once on a new spec, otherwise when the interval has passed."""
-        if generation != self.last_generation or self.next_due is None:
-            return True
-        return now >= self.next_due
 
 
 async def run_cycle(
@@ -329,8 +322,3 @@ def _describe(exc: ValidationError) -> str:
         path = ".".join(str(p) for p in err["loc"]) or "spec"
         problems.append(f"spec.{path}: {err['msg']}")
     return "Invalid spec: " + "; ".join(problems[:5])
-
-
-def next_due(now: datetime, interval: timedelta, jitter: float) -> datetime:
-    """Spread cycles of many policies: up to 10% of the interval later, fixed per policy."""
-    return now + interval + interval * 0.1 * jitter
