@@ -48,12 +48,14 @@ class PrefectHttp:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         event_hooks: dict[str, list[Callable[..., Any]]] | None = None,
         client: httpx.AsyncClient | None = None,
+        client_factory: Callable[[], httpx.AsyncClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections
         self._event_hooks = event_hooks or {}
+        self._factory = client_factory or self._default_client
         # A client handed in (tests, benchmarks) is the caller's: used, never replaced or closed.
         self._owned = client is None
         self._client = client if client is not None else self._new_client()
@@ -72,6 +74,9 @@ class PrefectHttp:
         return self._client
 
     def _new_client(self) -> httpx.AsyncClient:
+        return self._factory()
+
+    def _default_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
         return httpx.AsyncClient(limits=limits, event_hooks=self._event_hooks)
 

@@ -11,6 +11,7 @@ policy on that server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -74,6 +75,44 @@ async def test_a_pool_that_stopped_handing_out_connections_is_replaced(seeder: P
     finally:
         await held.aclose()
         await http.aclose()
+
+
+async def test_a_pool_really_wedged_by_httpcore_is_replaced(seeder: PrefectSeeder, pool_name: str) -> None:
+    """The wedge itself: requests queued in httpcore's pool (no slots in front of it) with
+    keep-alive below the pool size, their pool waits expiring as new connections are
+    handed over, leak every connection (httpcore issue 1093). The operator's pool must
+    notice and replace its client."""
+    seeder.create_ecs_pool(pool_name)
+    made: list[httpx.AsyncClient] = []
+
+    def factory() -> httpx.AsyncClient:
+        # The first client as the operator of 2026-11-30 built it (keep-alive < max), the next ones as now.
+        churn = 3 if not made else 8
+        made.append(httpx.AsyncClient(limits=httpx.Limits(max_connections=8, max_keepalive_connections=churn)))
+        return made[-1]
+
+    http = PrefectHttp(max_connections=8, client_factory=factory)
+    url = f"{seeder.api_url}/work_pools/{pool_name}"
+
+    async def unbounded(client: httpx.AsyncClient) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            await client.get(url, timeout=0.3)
+
+    try:
+        for _ in range(5):  # a race: a few bursts until the idle client answers PoolTimeout
+            await asyncio.gather(*(unbounded(made[0]) for _ in range(1000)))
+            try:
+                await made[0].get(url, timeout=1)
+            except httpx.PoolTimeout:
+                break
+        else:
+            pytest.skip("this machine did not reproduce httpcore's pool leak")
+        client = PrefectClient(http, seeder.api_url, timeout=0.5, attempts=5, backoff=0.01)
+        assert (await client.read_work_pool(pool_name))["name"] == pool_name
+        assert http.replacements == 1 and http.client is made[1]
+    finally:
+        await http.aclose()
+        await made[0].aclose()
 
 
 async def test_a_429_holds_back_every_policy_on_that_server(seeder: PrefectSeeder, pool_name: str) -> None:
