@@ -345,6 +345,13 @@ def print_table(results: list[Result], database: str) -> None:
         print(row.ljust(width) + "".join(r.figures.get(row, "").ljust(c) for r, c in zip(results, cols)))
 
 
+def _built_tools() -> pathlib.Path | None:
+    """The cached kube-apiserver and etcd when `make tools` built them (helm is not needed here)."""
+    cache = pathlib.Path(os.environ.get("PWO_TOOLS_CACHE") or pathlib.Path(
+        os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "prefect-workpool-operator" / "bin")
+    return cache if all((cache / name).exists() for name in ("kube-apiserver", "etcd")) else None
+
+
 def baseline_source(workdir: pathlib.Path) -> pathlib.Path:
     target = workdir / "baseline"
     target.mkdir()
@@ -365,7 +372,7 @@ def main() -> None:
             workdir / "prefect", database_url=database_url,
             services={"LATE_RUNS": False, "EVENT_PERSISTER": False}, log=log))
         moto = stack.enter_context(MotoServer(workdir / "moto"))
-        plane = stack.enter_context(LocalControlPlane(workdir / "kube"))
+        plane = stack.enter_context(LocalControlPlane(workdir / "kube", bin_dir=_built_tools()))
         kubectl = Kubectl(plane.kubeconfig)
         kubectl("apply", "--server-side", "-f", str(CRD))
         kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")

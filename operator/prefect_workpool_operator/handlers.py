@@ -7,7 +7,6 @@ in ``reconcile`` and below.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import datetime, timedelta, timezone
@@ -85,7 +84,8 @@ async def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
 async def reconcile(
-    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+    stopped: kopf.DaemonStopped, **_: Any,
 ) -> None:
     runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime())
     generation = meta.get("generation")
@@ -101,7 +101,9 @@ async def reconcile(
         if wait is None:
             return
         if wait:
-            await asyncio.sleep(wait)  # at most one tick: deletion stays responsive
+            await stopped.wait(wait)  # at most one tick, and cut short by deletion or shutdown
+            if stopped:
+                return
     if _connection and memo.shared.get("secrets_login") is not _connection[0]:
         # First cycle, or kopf logged in again (a rotated ServiceAccount token): new credentials.
         memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0], cache_seconds=CONFIG.secret_cache_seconds)
