@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION
+from .aws_api import ACCESS_DENIED
 from .config import load_config
 from .core import health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions
@@ -96,8 +97,10 @@ async def reconcile(
         # than starting them all at once. Policies created or edited later run at once.
         runtime.last_generation = generation
         runtime.next_start = schedule.next_start(time.time(), interval, offset)
-    if generation == runtime.last_generation and runtime.next_start is not None:
-        wait = schedule.wait_before_start(time.time(), runtime.next_start, CONFIG.tick_seconds)
+    # A scheduled start, or None when the spec is new or changed (run at once).
+    due = runtime.next_start if generation == runtime.last_generation else None
+    if due is not None:
+        wait = schedule.wait_before_start(time.time(), due, CONFIG.tick_seconds)
         if wait is None:
             return
         if wait:
@@ -112,7 +115,7 @@ async def reconcile(
     now = datetime.now(timezone.utc)
     runtime.last_generation = generation
     # The next start is on the policy's phase, whenever this one ends: the gap is the interval.
-    runtime.next_start = schedule.next_start(max(now.timestamp(), runtime.next_start or 0.0), interval, offset)
+    runtime.next_start = schedule.next_start(max(now.timestamp(), due or 0.0), interval, offset)
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
@@ -133,7 +136,7 @@ async def reconcile(
 
 
 # Ready reasons that mean the credentials were refused: a cached Secret may be outdated.
-_REFUSED = {health.UNAUTHORIZED, health.FORBIDDEN, "AccessDenied"}
+_REFUSED = {health.UNAUTHORIZED, health.FORBIDDEN, ACCESS_DENIED}
 
 
 def _credentials_refused(status: dict[str, Any]) -> bool:
