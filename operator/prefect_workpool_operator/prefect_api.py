@@ -90,9 +90,9 @@ class PrefectClient:
             try:
                 response = await self._http.request(method, url, json=json, headers=self._headers, timeout=self._timeout)
             except SlotTimeout:
-                last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
-                                    f"connections to Prefect were all busy for {self._timeout:g}s")
-                continue
+                # Overloaded here, not there: retrying would only queue more. The next cycle tries again.
+                raise PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
+                                   f"connections to Prefect were all busy for {self._timeout:g}s") from None
             except httpx.InvalidURL as exc:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} is not a valid URL: {exc}") from None
             except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
