@@ -15,7 +15,6 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION
-from .aws_api import ACCESS_DENIED
 from .config import load_config
 from .core import health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions
@@ -124,7 +123,8 @@ async def reconcile(
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(now)
         return
-    if outcome.spec is not None and _credentials_refused(outcome.status):
+    if outcome.spec is not None and _not_ready(outcome.status):
+        # Whatever failed (a refused or missing key, a bad value), the next cycle reads the Secrets afresh.
         _forget_secrets(memo.shared.get("secrets"), meta.get("namespace") or "", outcome.spec)
     for key, value in report.status_changes(body.status, outcome.status, now, CONFIG.status_heartbeat_seconds).items():
         patch.status[key] = value
@@ -135,16 +135,12 @@ async def reconcile(
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-# Ready reasons that mean the credentials were refused: a cached Secret may be outdated.
-_REFUSED = {health.UNAUTHORIZED, health.FORBIDDEN, ACCESS_DENIED}
-
-
-def _credentials_refused(status: dict[str, Any]) -> bool:
-    return any(c.get("type") == health.READY and c.get("reason") in _REFUSED for c in status.get("conditions") or [])
+def _not_ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == health.READY and c.get("status") != "True" for c in status.get("conditions") or [])
 
 
 def _forget_secrets(secrets: KubernetesSecrets | None, namespace: str, spec: PolicySpec) -> None:
-    """Read the policy's Secrets again next cycle (a rotated key is picked up at once)."""
+    """Read the policy's Secrets again next cycle (a fixed or rotated key is picked up at once)."""
     if secrets is None:
         return
     auth = spec.prefect.auth
