@@ -83,7 +83,7 @@ class PrefectHttp:
     async def request(
         self, method: str, url: str, *, timeout: float, json: Any = None, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        """One request; waits for a Retry-After pause and a slot, each within ``timeout``."""
+        """One request: waits out a Retry-After pause, then for a slot (at most ``timeout``), then sends."""
         key = budget_key(url)
         await self._wait_for_pause(key)
         try:
