@@ -118,6 +118,8 @@ async def reconcile(
     try:
         outcome = await run_cycle(body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now)
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
+        if stopped:
+            return  # shutting down: the shared clients are being closed under the cycle
         logger.error("reconcile failed unexpectedly: %s", type(exc).__name__, exc_info=True)
         failed = [Condition(health.READY, "False", "InternalError", f"Unexpected {type(exc).__name__}; see operator logs.")]
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
