@@ -12,8 +12,12 @@ are applied at once, and the run is measured for BENCH_SECONDS:
 - p99 gap between a policy's consecutive cycle starts, against the interval;
 - the most cycle starts in one second, against the average per second;
 - operator CPU (% of one core) and RSS, and RSS per policy over the idle process;
-- Prefect requests per minute per (idle) policy; Kubernetes API requests per policy-cycle
-  (the API server's own apiserver_request_total, watches excluded).
+- Prefect requests per minute per (idle) policy, requests per second the server served,
+  and the CPU of the Prefect server and its database (where the local server saturates
+  first, these say so); Kubernetes API requests per policy-cycle (the API server's own
+  apiserver_request_total, watches excluded).
+
+The proxy runs in this process: its CPU is not the operator's, but it shares the machine.
 
 Steady-state figures skip the first interval (the fleet's first cycles).
 
@@ -205,6 +209,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: str) -> list[str] | None:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def server_cpu_seconds(roots: list[int]) -> float:
+    """CPU of the Prefect server (its process group) and of PostgreSQL (the postmaster and its children)."""
+    total_ticks = 0
+    for pid in os.listdir("/proc"):
+        fields = _stat(pid) if pid.isdigit() else None
+        if fields is None:
+            continue
+        ppid, pgrp = int(fields[1]), int(fields[2])
+        if pgrp in roots or ppid in roots or int(pid) in roots:
+            total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -248,7 +272,7 @@ def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, 
 
 
 def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, kubectl: Kubectl, proxy: Proxy,
-                moto: MotoServer, cluster: str, workdir: pathlib.Path) -> Result:
+                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int]) -> Result:
     namespace = f"bench-{name.replace(' ', '-').replace(',', '')}-{n}"
     kubectl("create", "namespace", namespace)
     port = free_port()
@@ -283,6 +307,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         time.sleep(INTERVAL)
         steady = time.time()
         cpu0, kube0, metrics0 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        server0 = server_cpu_seconds(server_roots)
         peak = 0.0
         while time.time() < applied + SECONDS:
             time.sleep(5)
@@ -291,6 +316,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
             peak = max(peak, rss_mib(proc.pid))
         end = time.time()
         cpu1, kube1, metrics1 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        server1 = server_cpu_seconds(server_roots)
         rss = rss_mib(proc.pid)
     finally:
         stop_process_group(proc, grace=10)
@@ -325,6 +351,8 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "RSS end / peak (MiB)": f"{rss:.0f} / {max(peak, rss):.0f}",
         "RSS per policy (MiB)": f"{(rss - idle_rss) / n:.2f}",
         "Prefect requests/min per idle policy": f"{requests_steady / minutes / n:.1f}",
+        "Prefect requests/s served (all policies)": f"{requests_steady / (end - steady):.0f}",
+        "Prefect server + DB CPU (% of a core)": f"{100 * (server1 - server0) / (end - steady):.0f}",
         "K8s API requests per policy-cycle": f"{(kube1 - kube0) / cycles:.2f}" if cycles else "n/a",
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
@@ -386,6 +414,9 @@ def main() -> None:
             sandbox.service(cluster, f"worker-{i}")
         proxy = Proxy(server.api_url)
         proxy.start()
+        roots = [server._proc.pid] if server._proc else []
+        if database_url:
+            roots.append(int((workdir / "pg" / "postmaster.pid").read_text().split()[0]))
         plan = {
             "before": ("before", N, baseline_source(workdir) if "before" in VARIANTS else None, True),
             "after": ("after", N, None, True),
@@ -398,7 +429,7 @@ def main() -> None:
             if key == "before" and src is None:
                 continue
             results.append(run_variant(name, n, src=src, own_keys=own, kubectl=kubectl, proxy=proxy, moto=moto,
-                                       cluster=cluster, workdir=workdir))
+                                       cluster=cluster, workdir=workdir, server_roots=roots))
         print_table(results, database)
     log(f"logs in {workdir}")
 
