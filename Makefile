@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHART := charts/prefect-workpool-operator
 
-.PHONY: help venv test unit integration e2e lint crds docs chart bench demo cluster-up cluster-down tools run \
+.PHONY: help venv test unit integration e2e lint crds docs chart bench bench-fleet demo cluster-up cluster-down tools run \
 	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
@@ -51,8 +51,12 @@ chart: venv tools ## lint the chart and run its tests (rendering, schema, Argo C
 	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
 	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py
 
-bench: venv ## benchmarks that print figures: recovery write methods racing a worker
+bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; the fleet (before/after)
 	$(BIN)/python bench/recovery_write_race.py
+	$(BIN)/python bench/fleet.py
+
+bench-fleet: venv tools ## the fleet benchmark only (BENCH_POLICIES=200, BENCH_LARGE=1000, BENCH_SECONDS=180)
+	$(BIN)/python bench/fleet.py
 
 install-crds: venv ## install or upgrade the CRD in the cluster KUBECONFIG names (Helm never upgrades crds/)
 	$(BIN)/kubectl apply --server-side --force-conflicts -f crds/

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 
 from .config import load_config, quiet_libraries
@@ -11,6 +13,8 @@ def main() -> None:
     config = load_config()
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat[config.log_format.upper()])
     quiet_libraries()
+    if not config.verbose:
+        quiet_routine_logs()
     from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
@@ -20,6 +24,19 @@ def main() -> None:
         peering_name=config.peering,
         liveness_endpoint=config.liveness_endpoint,
     )
+
+
+class _DropTimerSuccess(logging.Filter):
+    """kopf logs "Timer 'reconcile' succeeded." at INFO on every tick of every policy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).startswith("Timer ")
+                    and str(record.msg).endswith(" succeeded."))
+
+
+def quiet_routine_logs() -> None:
+    """No INFO line when nothing changed: no per-tick lines (per-request ones: quiet_libraries)."""
+    logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
 
 
 if __name__ == "__main__":

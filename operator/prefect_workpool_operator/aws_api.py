@@ -16,6 +16,7 @@ tests/integration/test_aws_api.py for what is and is not covered.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import threading
@@ -123,6 +124,80 @@ class AwsCredentials:
         return [s for s in (self.access_key_id, self.secret_access_key, self.session_token) if s]
 
 
+class SharedBotoClients:
+    """One boto3 Session for every policy, and one botocore client per distinct service,
+    region, endpoint, identity and client settings, shared by the policies that use it.
+
+    A Session loads each service's model once; a session and client per policy cost
+    ≈12 MiB each. Clients are thread-safe; the Session is not, so clients are made under
+    a lock. Identities are keyed by a digest of the credentials, never the values.
+    A client is closed when the last ``AwsClient`` using it releases it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[tuple[Any, ...], list[Any]] = {}  # key -> [client, users]
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __repr__(self) -> str:  # identities appear as digests only
+        return f"SharedBotoClients({sorted(map(repr, self._clients))})"
+
+    def acquire(
+        self, service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials | None, config: Config
+    ) -> tuple[tuple[Any, ...], Any]:
+        key = (service, region, endpoint_url, _identity(credentials), _config_key(config))
+        with self._lock:
+            entry = self._clients.get(key)
+            if entry is None:
+                if self._session is None:
+                    self._session = boto3.session.Session()
+                client = self._session.client(
+                    service, region_name=region, endpoint_url=endpoint_url, config=config,
+                    aws_access_key_id=credentials.access_key_id if credentials else None,
+                    aws_secret_access_key=credentials.secret_access_key if credentials else None,
+                    aws_session_token=credentials.session_token if credentials else None,
+                )
+                client.meta.events.register("before-send", _route_send)
+                entry = self._clients[key] = [client, 0]
+            entry[1] += 1
+            return key, entry[0]
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            entry = self._clients.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._clients[key]
+        entry[0].close()
+
+
+SHARED_CLIENTS = SharedBotoClients()
+_calling = threading.local()  # the AwsClient whose call runs on this thread (requests are counted per policy)
+
+
+def _route_send(event_name: str = "", **kwargs: Any) -> None:
+    owner = getattr(_calling, "client", None)
+    if owner is not None:
+        owner._on_send(event_name, **kwargs)
+
+
+def _identity(credentials: AwsCredentials | None) -> str:
+    if credentials is None:
+        return "default-chain"
+    return hashlib.sha256("\n".join(credentials.secrets()).encode()).hexdigest()
+
+
+def _config_key(config: Config) -> tuple[Any, ...]:
+    return (repr(sorted((config.retries or {}).items())), config.connect_timeout, config.read_timeout,
+            config.user_agent_extra)
+
+
 class CallBudget:
     """Requests one policy may send to AWS per cycle. Retries count: each is a request
     AWS rate-limits. A call starts only while budget remains, so a cycle overshoots by
@@ -184,6 +259,7 @@ class AwsClient:
         read_timeout: float = 20.0,
         calls_per_cycle: int = DEFAULT_CALLS_PER_CYCLE,
         max_list_pages: int = DEFAULT_MAX_LIST_PAGES,
+        shared: SharedBotoClients | None = None,
     ) -> None:
         self.region = region
         self.endpoint_url = endpoint_url or None
@@ -200,8 +276,9 @@ class AwsClient:
             user_agent_extra="prefect-workpool-operator",
         )
         self._lock = threading.Lock()  # clients are created and counters bumped in worker threads
-        self._session: boto3.session.Session | None = None
+        self._shared = shared if shared is not None else SHARED_CLIENTS
         self._clients: dict[str, Any] = {}
+        self._keys: dict[str, tuple[Any, ...]] = {}
 
     def __repr__(self) -> str:
         return f"AwsClient(region={self.region!r}, endpoint={self._endpoint_label()!r})"
@@ -211,10 +288,11 @@ class AwsClient:
         self.last_error = None
 
     def close(self) -> None:
+        """Release this policy's share of the clients (the last user closes them)."""
         with self._lock:
-            clients, self._clients = self._clients, {}
-        for client in clients.values():
-            client.close()
+            keys, self._keys, self._clients = self._keys, {}, {}
+        for key in keys.values():
+            self._shared.release(key)
 
     # -- ECS service and scaling ------------------------------------------------------
 
@@ -371,6 +449,7 @@ class AwsClient:
 
     def _call_blocking(self, service: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         operation = method
+        _calling.client = self  # the shared client's before-send hook counts this policy's requests
         try:
             client = self._client(service)
             operation = client.meta.method_to_api_mapping.get(method, method)
@@ -400,6 +479,8 @@ class AwsClient:
             raise AwsError(THROTTLED, f"{operation}: the client's retry capacity is spent", operation=operation) from None
         except boto.BotoCoreError as exc:
             raise AwsError(AWS_ERROR, self._safe(f"{operation}: {type(exc).__name__}: {exc}"), operation=operation) from None
+        finally:
+            _calling.client = None
 
     def _check_is_aws(self, answer: Mapping[str, Any], operation: str, service: str) -> None:
         """An HTML page parses as an empty answer ("no such service"): name it for what it is."""
@@ -425,15 +506,8 @@ class AwsClient:
             if client is not None:
                 return client
             try:
-                if self._session is None:
-                    creds = self._credentials
-                    self._session = boto3.session.Session(
-                        aws_access_key_id=creds.access_key_id if creds else None,
-                        aws_secret_access_key=creds.secret_access_key if creds else None,
-                        aws_session_token=creds.session_token if creds else None,
-                        region_name=self.region,
-                    )
-                client = self._session.client(service, endpoint_url=self.endpoint_url, config=self._config)
+                key, client = self._shared.acquire(service, self.region, self.endpoint_url, self._credentials,
+                                                   self._config)
             except (ValueError, boto.BotoCoreError) as exc:
                 # Bad region or endpoint URL: botocore refuses to build the client.
                 raise AwsError(
@@ -442,8 +516,7 @@ class AwsClient:
                                + (f", endpoint {self._endpoint_label()}" if self.endpoint_url else "")
                                + f"): {exc}"),
                 ) from None
-            client.meta.events.register("before-send", self._on_send)
-            self._clients[service] = client
+            self._clients[service], self._keys[service] = client, key
             return client
 
     def _on_send(self, event_name: str = "", **_: Any) -> None:

@@ -19,8 +19,9 @@ QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpc
 class OperatorConfig:
     # PWO_NAMESPACES: comma-separated namespaces to watch; empty = the whole cluster.
     namespaces: tuple[str, ...]
-    # PWO_TICK_SECONDS: how often each policy's timer wakes to check whether its
-    # spec.interval has passed; bounds how late a cycle can start.
+    # PWO_TICK_SECONDS: how often each policy's timer wakes to check whether its next
+    # start is near; a start less than one tick away is slept to exactly. Bounds how late
+    # a spec edit is handled and how long a deletion waits for a sleeping timer.
     tick_seconds: float
     # PWO_LIVENESS_ENDPOINT: kopf liveness probe endpoint, e.g. http://0.0.0.0:8080/healthz.
     liveness_endpoint: str | None
@@ -32,6 +33,14 @@ class OperatorConfig:
     verbose: bool
     # PWO_METRICS_PORT: Prometheus /metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
+    # PWO_PREFECT_MAX_CONNECTIONS: connections to Prefect shared by every policy, and so the
+    # requests in flight at once; more wait in the operator, within their request timeout.
+    prefect_max_connections: int = 50
+    # PWO_SECRET_CACHE_SECONDS: how long a Secret read stays cached; 0 reads it every cycle.
+    secret_cache_seconds: float = 300.0
+    # PWO_STATUS_HEARTBEAT_SECONDS: status.lastReconcileTime is refreshed at least this often
+    # even when nothing else in the status changed (which is otherwise not written).
+    status_heartbeat_seconds: float = 300.0
 
 
 def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
@@ -51,6 +60,9 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         log_format=log_format,
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
+        prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
+        secret_cache_seconds=_non_negative(env, "PWO_SECRET_CACHE_SECONDS", "300"),
+        status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "300"),
     )
 
 
@@ -65,3 +77,17 @@ def quiet_libraries() -> None:
     """Hold credential- and URL-bearing library loggers at WARNING (call after logging is configured)."""
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _positive_int(env: dict[str, str], name: str, default: str) -> int:
+    value = int(env.get(name, default))
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return value
+
+
+def _non_negative(env: dict[str, str], name: str, default: str) -> float:
+    value = float(env.get(name, default))
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return value

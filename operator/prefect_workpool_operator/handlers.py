@@ -9,27 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import httpx
 import kopf
 
 from . import GROUP, PLURAL, VERSION
 from .config import load_config, quiet_libraries
-from .core import claims, health
+from .core import claims, health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions, unobserved
+from .core.durations import parse_duration
 from .kube_api import KubernetesSecrets
 from .metrics import OperatorMetrics
-from .reconcile import PolicyRuntime, next_due, run_cycle
+from .models import PolicySpec
+from .prefect_http import PrefectHttp
+from .reconcile import PolicyRuntime, run_cycle
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
 # An invalid spec has no interval of its own; a spec edit retries at once anyway.
 FALLBACK_INTERVAL = timedelta(seconds=30)
 _connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
+_STARTED = time.time()
 
 
 async def _unless_stopped(cycle: asyncio.Future[Any], runtime: PolicyRuntime, stopped: kopf.DaemonStopped) -> Any:
@@ -90,8 +92,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.metrics = OperatorMetrics()
     if CONFIG.metrics_port:
         memo.metrics.serve(CONFIG.metrics_port)
-    memo.http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+    memo.http = PrefectHttp(
+        max_connections=CONFIG.prefect_max_connections,
         event_hooks={"response": [memo.metrics.on_prefect_response]},
     )
     # Per-object memos are shallow copies of this one: a dict here is shared by all
@@ -143,18 +145,36 @@ def _claimant(meta: kopf.Meta) -> claims.Claimant:
 @kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
 async def reconcile(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
-    policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, **_: Any
+    policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, **_: Any,
 ) -> None:
-    runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime(extra={"jitter": random.random()}))
-    now = datetime.now(timezone.utc)
+    runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime())
     generation = meta.get("generation")
-    if not runtime.is_due(generation, now):
-        return
+    interval = _interval_seconds(body.spec)
+    offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
+    if runtime.next_start is None and runtime.last_generation is None and time.time() - _STARTED < interval:
+        # The operator just started: spread the fleet's first cycles over one interval rather
+        # than starting them all at once. Policies created or edited later run at once.
+        runtime.last_generation = generation
+        runtime.next_start = schedule.next_start(time.time(), interval, offset)
+    # A scheduled start, or None when the spec is new or changed (run at once).
+    due = runtime.next_start if generation == runtime.last_generation else None
+    if due is not None:
+        wait = schedule.wait_before_start(time.time(), due, CONFIG.tick_seconds)
+        if wait is None:
+            return
+        if wait:
+            await stopped.wait(wait)  # at most one tick, and cut short by deletion or shutdown
+            if stopped:
+                return
     if _connection and memo.shared.get("secrets_login") is not _connection[0]:
         # First cycle, or kopf logged in again (a rotated ServiceAccount token): new credentials.
-        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0])
+        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0], cache_seconds=CONFIG.secret_cache_seconds)
         memo.shared["secrets_login"] = _connection[0]
     started = time.monotonic()
+    now = datetime.now(timezone.utc)
+    runtime.last_generation = generation
+    # The next start is on the policy's phase, whenever this one ends: the gap is the interval.
+    runtime.next_start = schedule.next_start(max(now.timestamp(), due or 0.0), interval, offset)
     try:
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})
@@ -166,6 +186,8 @@ async def reconcile(
             logger.info("cycle cancelled: the policy is being deleted or suspended")
             return
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
+        if stopped:
+            return  # shutting down: the shared clients are being closed under the cycle
         # The traceback once per distinct error (kopf's logger also posts it as an Event), then reminders.
         verdict = runtime.log_gate.decide(f"InternalError:{type(exc).__name__}:{_where(exc)}", now)
         if verdict == "full":
@@ -177,17 +199,39 @@ async def reconcile(
         failed += unobserved(body.status.get("conditions"), failed, frozenset(), failed[0].message)
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(datetime.now(timezone.utc))
-        runtime.next_due = next_due(now, FALLBACK_INTERVAL, runtime.extra["jitter"])
-        runtime.last_generation = generation
         return
-    for key, value in outcome.status.items():
+    if outcome.spec is not None and _not_ready(outcome.status):
+        # Whatever failed (a refused or missing key, a bad value), the next cycle reads the Secrets afresh.
+        _forget_secrets(memo.shared.get("secrets"), meta.get("namespace") or "", outcome.spec)
+    for key, value in report.status_changes(body.status, outcome.status, now, CONFIG.status_heartbeat_seconds).items():
         patch.status[key] = value
     memo.metrics.record_cycle(meta, body.spec, outcome.status, time.monotonic() - started)
     if runtime.ecs.client is not None:
         memo.metrics.record_aws_calls(runtime.ecs.take_call_counts())
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    interval = outcome.spec.interval_delta if outcome.spec else FALLBACK_INTERVAL
-    runtime.last_generation = generation
-    runtime.next_due = next_due(now, interval, runtime.extra["jitter"])
 
+
+def _not_ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == health.READY and c.get("status") != "True" for c in status.get("conditions") or [])
+
+
+def _forget_secrets(secrets: KubernetesSecrets | None, namespace: str, spec: PolicySpec) -> None:
+    """Read the policy's Secrets again next cycle (a fixed or rotated key is picked up at once)."""
+    if secrets is None:
+        return
+    auth = spec.prefect.auth
+    refs = [auth.api_key_secret_ref, auth.basic_auth_secret_ref] if auth else []
+    refs.append(spec.ecs.credentials_secret_ref if spec.ecs else None)
+    for ref in refs:
+        if ref is not None:
+            secrets.forget(namespace, ref.name)
+
+
+def _interval_seconds(spec: Any) -> float:
+    """The spec's interval; the fallback for one that does not parse (the cycle reports it)."""
+    try:
+        seconds = parse_duration(str((spec or {}).get("interval") or "30s")).total_seconds()
+    except ValueError:
+        return FALLBACK_INTERVAL.total_seconds()
+    return seconds if seconds > 0 else FALLBACK_INTERVAL.total_seconds()

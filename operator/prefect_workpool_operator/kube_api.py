@@ -4,14 +4,21 @@ kopf brings no general-purpose client, and the operator needs exactly one read
 (a Secret key), so a small httpx client over kopf's ``ConnectionInfo`` does it
 rather than a second Kubernetes library. Secret values never leave this module
 except as the return value of ``read_secret_key``.
+
+A Secret read is cached for ``cache_seconds`` (whole Secret, so the AWS key id and
+secret key cost one GET together), which makes the steady state cost no Kubernetes
+requests for Secrets. ``forget`` drops an entry early, e.g. when the credentials it
+held were refused; a failed read is never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import ssl
 import tempfile
+import time
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -39,12 +46,16 @@ class SecretError(Exception):
 class KubernetesSecrets:
     """Reads one key of a Secret in a namespace."""
 
-    def __init__(self, http: httpx.AsyncClient, server: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, server: str, *, cache_seconds: float = 0.0) -> None:
         self._http = http
         self._server = server.rstrip("/")
+        self._cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._reading: dict[tuple[str, str], asyncio.Future[dict[str, str]]] = {}
+        self.gets = 0  # GET requests sent (for tests and the benchmark)
 
     @classmethod
-    def from_connection(cls, info: Any) -> KubernetesSecrets:
+    def from_connection(cls, info: Any, *, cache_seconds: float = 0.0) -> KubernetesSecrets:
         """Build from a kopf ``ConnectionInfo`` (token, basic, or client-certificate auth)."""
         context = ssl.create_default_context()
         if info.insecure:
@@ -61,11 +72,54 @@ class KubernetesSecrets:
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
         auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
         http = httpx.AsyncClient(verify=context, headers=headers, auth=auth, timeout=10.0)
-        return cls(http, info.server)
+        return cls(http, info.server, cache_seconds=cache_seconds)
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        data = await self._secret_data(namespace, name)
+        where = f"Secret {namespace}/{name}"
+        if key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} has no key {key!r} (keys: {keys})")
+        try:
+            return decode_secret(base64.b64decode(data[key]))
+        except (SecretValueError, ValueError) as exc:  # ValueError: not base64 (never from a real API server)
+            raise SecretError(health.SECRET_INVALID, f"{where} key {key!r} {_problem(exc)}") from None
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._cache.pop((namespace, name), None)
+
+    async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """The Secret's data (base64 values), from the cache while fresh; one GET for concurrent readers."""
+        entry = self._cache.get((namespace, name))
+        if entry is not None and time.monotonic() < entry[0]:
+            return entry[1]
+        pending = self._reading.get((namespace, name))
+        if pending is not None and not pending.cancelled():
+            return await asyncio.shield(pending)
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._reading[(namespace, name)] = future
+        try:
+            data = await self._get(namespace, name)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        else:
+            future.set_result(data)
+        finally:
+            if self._reading.get((namespace, name)) is future:
+                del self._reading[(namespace, name)]
+        if self._cache_seconds > 0:
+            self._cache[(namespace, name)] = (time.monotonic() + self._cache_seconds, data)
+        return data
+
+    async def _get(self, namespace: str, name: str) -> dict[str, str]:
         url = f"{self._server}/api/v1/namespaces/{quote(namespace, safe='')}/secrets/{quote(name, safe='')}"
         where = f"Secret {namespace}/{name}"
+        self.gets += 1
         try:
             response = await self._http.get(url)
         except httpx.HTTPError as exc:
@@ -76,14 +130,7 @@ class KubernetesSecrets:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} is not readable by the operator (RBAC: 403)")
         if response.status_code != 200:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: HTTP {response.status_code}")
-        data = (response.json().get("data") or {})
-        if key not in data:
-            keys = ", ".join(sorted(data)) or "none"
-            raise SecretError(health.SECRET_KEY_NOT_FOUND, f"{where} has no key {key!r} (keys: {keys})")
-        try:
-            return decode_secret(base64.b64decode(data[key]))
-        except (SecretValueError, ValueError) as exc:  # ValueError: not base64 (never from a real API server)
-            raise SecretError(health.SECRET_INVALID, f"{where} key {key!r} {_problem(exc)}") from None
+        return dict(response.json().get("data") or {})
 
     async def aclose(self) -> None:
         await self._http.aclose()

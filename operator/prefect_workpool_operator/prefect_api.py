@@ -1,7 +1,7 @@
 """Async adapter for the Prefect 3 REST API.
 
-One shared ``httpx.AsyncClient`` (one connection pool) serves every policy; a
-``PrefectClient`` adds a policy's base URL, credentials and timeout. Errors become
+One shared ``PrefectHttp`` (one bounded connection pool, see prefect_http.py) serves
+every policy; a ``PrefectClient`` adds a policy's base URL, credentials and timeout. Errors become
 ``PrefectError`` with a stable reason from ``core.health`` and a message that never
 contains credentials.
 """
@@ -20,11 +20,11 @@ import httpx
 
 from .core import health
 from .core.health import Failure, PoolObservation
+from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
-MAX_RETRY_AFTER = 30.0
 BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 FLOW_RUN_PREFIX = "prefect.flow-run."
@@ -61,7 +61,7 @@ class PrefectClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | PrefectHttp,
         api_url: str,
         *,
         auth_header: str | None = None,
@@ -69,7 +69,8 @@ class PrefectClient:
         attempts: int = 4,
         backoff: float = 0.5,
     ) -> None:
-        self._http = http
+        # A bare httpx client (tests, benchmarks) gets its own slots; the operator passes its shared PrefectHttp.
+        self._http = http if isinstance(http, PrefectHttp) else PrefectHttp(client=http)
         self.api_url = api_url.rstrip("/")
         self._headers = {"Authorization": auth_header} if auth_header else {}
         self._timeout = timeout
@@ -89,6 +90,10 @@ class PrefectClient:
                 await asyncio.sleep(self._delay(attempt, last))
             try:
                 response = await self._http.request(method, url, json=json, headers=self._headers, timeout=self._timeout)
+            except SlotTimeout:
+                # Overloaded here, not there: retrying would only queue more. The next cycle tries again.
+                raise PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
+                                   f"connections to Prefect were all busy for {self._timeout:g}s") from None
             except httpx.InvalidURL as exc:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} is not a valid URL: {exc}") from None
             except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -100,7 +105,7 @@ class PrefectClient:
                 reason = health.RATE_LIMITED if response.status_code == 429 else health.SERVER_ERROR
                 last = PrefectError(
                     reason, f"{method} {self._safe(path)} answered {_received(response)}",
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after_seconds(response),
                 )
                 continue
             self._raise_for_status(method, path, response)
@@ -383,14 +388,6 @@ def _received(response: httpx.Response) -> str:
         parts = urlsplit(location)
         text += f" redirecting to {parts.hostname or 'a relative path'}{parts.path[:64] if parts.hostname else ''}"
     return text
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return min(float(value), MAX_RETRY_AFTER) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _quote(segment: str) -> str:

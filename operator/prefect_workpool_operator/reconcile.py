@@ -11,7 +11,7 @@ import base64
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import httpx
@@ -27,6 +27,7 @@ from .core.secret_values import Use
 from .kube_api import SecretError, SecretReader, read_secret_for
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
+from .prefect_http import PrefectHttp
 from .recovery import RequeueMemory, recover_stale_runs
 from .workers_scaling import EcsRuntime
 
@@ -57,7 +58,7 @@ class PolicyRuntime:
     client_key: str | None = None
     queues_checked_generation: int | None = None
     last_generation: int | None = None
-    next_due: datetime | None = None
+    next_start: float | None = None  # epoch seconds (core.schedule), set by the kopf glue
     requeues: RequeueMemory = field(default_factory=RequeueMemory)
     ecs: EcsRuntime = field(default_factory=EcsRuntime)
     log_gate: LogGate = field(default_factory=LogGate)  # a persisting failure is logged once, then reminded
@@ -70,17 +71,11 @@ class PolicyRuntime:
         elif verdict == "reminder":
             log.warning("policy %s: still failing (%d cycles): %s", policy, self.log_gate.repeats, what[:200])
 
-    def is_due(self, generation: int | None, now: datetime) -> bool:
-        """Run at once on a new spec, otherwise when the interval has passed."""
-        if generation != self.last_generation or self.next_due is None:
-            return True
-        return now >= self.next_due
-
 
 async def run_cycle(
     body: Mapping[str, Any],
     *,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
@@ -129,7 +124,7 @@ async def _observe(
     spec: PolicySpec,
     meta: Mapping[str, Any],
     previous_status: Mapping[str, Any],
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
     now: datetime,
@@ -367,7 +362,7 @@ async def _auth_header(spec: PolicySpec, namespace: str, secrets: SecretReader) 
 
 
 def _client_for(
-    spec: PolicySpec, auth_header: str | None, http: httpx.AsyncClient, runtime: PolicyRuntime
+    spec: PolicySpec, auth_header: str | None, http: httpx.AsyncClient | PrefectHttp, runtime: PolicyRuntime
 ) -> PrefectClient:
     """Reuse the policy's client until its URL, credentials or timeout change."""
     digest = hashlib.sha256(f"{spec.prefect.api_url}\n{auth_header}\n{spec.prefect.request_timeout}".encode()).hexdigest()
@@ -386,8 +381,3 @@ def _describe(exc: ValidationError) -> str:
         path = ".".join(str(p) for p in err["loc"]) or "spec"
         problems.append(f"spec.{path}: {err['msg']}")
     return "Invalid spec: " + "; ".join(problems[:5])
-
-
-def next_due(now: datetime, interval: timedelta, jitter: float) -> datetime:
-    """Spread cycles of many policies: up to 10% of the interval later, fixed per policy."""
-    return now + interval + interval * 0.1 * jitter

@@ -217,3 +217,17 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
+
+
+@pytest.mark.parametrize("heartbeat", [None, "2026-11-30T12:00:00Z", "2020-01-01T00:00:00Z"])
+@pytest.mark.parametrize("case", ["healthy", "degraded"])
+def test_health_does_not_depend_on_the_status_heartbeat(lua: Any, heartbeat: str | None, case: str) -> None:
+    """The status is written only on change, with lastReconcileTime as a heartbeat: an
+    old or missing heartbeat must not change what Argo CD shows."""
+    conditions = observed_pool() if case == "healthy" else failed(health.UNAUTHORIZED, "401")
+    obj = policy(conditions=conditions)
+    expected = run_health(lua, obj)
+    if heartbeat is not None:
+        obj["status"]["lastReconcileTime"] = heartbeat
+    assert run_health(lua, obj) == expected
+    assert expected["status"] == ("Healthy" if case == "healthy" else "Degraded")

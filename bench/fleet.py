@@ -1,0 +1,438 @@
+"""Fleet benchmark: the real operator process with N policies, before and after, side by side.
+
+Starts a local control plane (kube-apiserver + etcd from `make tools`), a Prefect server
+(on PostgreSQL when Debian's `postgresql` is installed or installable, else SQLite —
+the table says which), moto, and a small recording proxy in front of Prefect (it sees
+each cycle's `GET /work_pools/<pool>`, which is how cycle starts are timed). Then, for
+each variant, one operator process watches its own namespace, N policies (interval
+30 s, each with its AWS keys in a Secret, DesiredCount scaling of its own ECS service)
+are applied at once, and the run is measured for BENCH_SECONDS:
+
+- failed cycles (pwo_reconcile_errors), mean cycle time (pwo_reconcile_duration_seconds);
+- p99 gap between a policy's consecutive cycle starts, against the interval;
+- the most cycle starts in one second, against the average per second;
+- operator CPU (% of one core) and RSS, and RSS per policy over the idle process;
+- Prefect requests per minute per (idle) policy, requests per second the server served,
+  and the CPU of the Prefect server and its database (where the local server saturates
+  first, these say so); Kubernetes API requests per policy-cycle (the API server's own
+  apiserver_request_total, watches excluded).
+
+The proxy runs in this process: its CPU is not the operator's, but it shares the machine.
+
+Steady-state figures skip the first interval (the fleet's first cycles).
+
+Variants: "before" runs the operator source of BENCH_BASELINE (default a83d7ad, taken
+with `git archive`), "after" this checkout, "after, shared identity" this checkout with
+no Secret (the pod's identity), for memory per policy. Environment: BENCH_POLICIES
+(default 200), BENCH_LARGE=1000 adds an "after" run at that size, BENCH_SECONDS (180),
+BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
+
+from sandbox.kube import LocalControlPlane, free_port  # noqa: E402
+from sandbox.moto_server import MotoServer  # noqa: E402
+from sandbox.prefect_seed import PrefectSeeder  # noqa: E402
+from sandbox.prefect_server import PrefectServer  # noqa: E402
+from sandbox.processes import stop_process_group  # noqa: E402
+from tests.ecs_sandbox import REGION, EcsSandbox  # noqa: E402
+from tests.kubectl import Kubectl  # noqa: E402
+
+N = int(os.environ.get("BENCH_POLICIES", "200"))
+LARGE = int(os.environ.get("BENCH_LARGE", "0"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "180"))
+BASELINE = os.environ.get("BENCH_BASELINE", "a83d7ad")
+VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large" if LARGE else "")).split(",")
+INTERVAL = 30.0
+CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# -- PostgreSQL for the Prefect server -------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@contextlib.contextmanager
+def postgres(workdir: pathlib.Path) -> Iterator[str | None]:
+    """A throw-away PostgreSQL; yields its asyncpg URL, or None (then Prefect uses SQLite)."""
+    if _pg_bin("initdb") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing Debian postgresql (once)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        log("no PostgreSQL available: the Prefect server runs on SQLite")
+        yield None
+        return
+    data = workdir / "pg"
+    data.mkdir(parents=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        os.chmod(workdir, 0o755)
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, stdout=subprocess.DEVNULL)
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(data / "log"), "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run([*as_user, _pg_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port),
+                        "-U", "postgres", "prefect"], check=True)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
+                       stdout=subprocess.DEVNULL)
+
+
+# -- a recording proxy in front of Prefect ---------------------------------------------
+
+
+class Proxy:
+    """Forwards to Prefect and records (time, pool, method, path) of each request."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = free_port()
+        self.records: list[tuple[float, str, str]] = []  # (time, method, path)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(30)
+
+    def _run(self) -> None:
+        from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.records.append((time.time(), request.method, request.path))
+            body = await request.read()
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
+            async with session.request(request.method, self.upstream + request.path_qs.removeprefix("/api"),
+                                       data=body, headers=headers) as answer:
+                data = await answer.read()
+                return web.Response(status=answer.status, body=data,
+                                    headers={k: v for k, v in answer.headers.items()
+                                             if k.lower() in ("content-type", "retry-after")})
+
+        async def main() -> None:
+            nonlocal session
+            session = ClientSession(connector=TCPConnector(limit=200), timeout=ClientTimeout(total=60))
+            app = web.Application(client_max_size=50 * 2**20)
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            self._ready.set()
+            await asyncio.Event().wait()
+
+        session = None
+        self._loop.run_until_complete(main())
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value}."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values
+
+
+def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(prefix) and where in k)
+
+
+def apiserver_requests(kubectl: Kubectl) -> float:
+    """Requests to resources (not watches) the API server counted, all clients."""
+    metrics = parse_metrics(kubectl("get", "--raw", "/metrics"))
+    count = 0.0
+    for key, value in metrics.items():
+        if not key.startswith("apiserver_request_total{"):
+            continue
+        verb = re.search(r'verb="([A-Z]+)"', key)
+        resource = re.search(r'resource="([^"]+)"', key)
+        if verb and resource and verb.group(1) not in ("WATCH", "CONNECT") and \
+                resource.group(1) in ("secrets", "prefectworkpoolpolicies", "events"):
+            count += value
+    return count
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> list[str] | None:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def server_cpu_seconds(roots: list[int]) -> float:
+    """CPU of the Prefect server (its process group) and of PostgreSQL (the postmaster and its children)."""
+    total_ticks = 0
+    for pid in os.listdir("/proc"):
+        fields = _stat(pid) if pid.isdigit() else None
+        if fields is None:
+            continue
+        ppid, pgrp = int(fields[1]), int(fields[2])
+        if pgrp in roots or ppid in roots or int(pid) in roots:
+            total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Result:
+    name: str
+    policies: int
+    figures: dict[str, str] = field(default_factory=dict)
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+# -- one variant ----------------------------------------------------------------------------
+
+
+def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
+    docs = []
+    for i in range(n):
+        ecs = {"region": REGION, "cluster": cluster, "service": f"worker-{i}", "endpointUrl": moto_url}
+        if own_keys:
+            ecs["credentialsSecretRef"] = {"name": f"aws-{i}"}
+            docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"aws-{i}", "namespace": namespace},
+                         "stringData": {"aws-access-key-id": f"AKIABENCH{i:011d}",
+                                        "aws-secret-access-key": f"bench-secret-{i:08d}-{'x' * 20}"}})
+        docs.append({
+            "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy",
+            "metadata": {"name": f"policy-{i}", "namespace": namespace},
+            "spec": {"prefect": {"apiUrl": api_url, "workPool": f"bench-pool-{i}"}, "interval": f"{INTERVAL:g}s",
+                     "ecs": ecs, "scaling": {"mode": "DesiredCount", "minWorkers": 0, "maxWorkers": 2}},
+        })
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, kubectl: Kubectl, proxy: Proxy,
+                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int]) -> Result:
+    namespace = f"bench-{name.replace(' ', '-').replace(',', '')}-{n}"
+    kubectl("create", "namespace", namespace)
+    port = free_port()
+    env = {
+        **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+    }
+    env.pop("PWO_VERBOSE", None)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = workdir / f"operator-{namespace}.log"
+    log(f"{name}: starting the operator ({'baseline ' + BASELINE if src else 'this checkout'}), {n} policies")
+    with out.open("ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scrape(metrics_url)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"operator did not start; see {out}") from None
+                time.sleep(0.5)
+        time.sleep(3)
+        idle_rss = rss_mib(proc.pid)
+        kubectl.apply(manifest(namespace, n, proxy.api_url, moto.endpoint_url, cluster, own_keys))
+        applied = time.time()
+        log(f"{name}: {n} policies applied; measuring for {SECONDS:.0f}s")
+        time.sleep(INTERVAL)
+        steady = time.time()
+        cpu0, kube0, metrics0 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        server0 = server_cpu_seconds(server_roots)
+        peak = 0.0
+        while time.time() < applied + SECONDS:
+            time.sleep(5)
+            if proc.poll() is not None:
+                raise RuntimeError(f"operator exited; see {out}")
+            peak = max(peak, rss_mib(proc.pid))
+        end = time.time()
+        cpu1, kube1, metrics1 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        server1 = server_cpu_seconds(server_roots)
+        rss = rss_mib(proc.pid)
+    finally:
+        stop_process_group(proc, grace=10)
+        log_lines = sum(1 for _ in out.open("rb"))
+    starts: dict[str, list[float]] = defaultdict(list)
+    requests_steady = 0
+    for t, method, path in list(proxy.records):
+        if t < applied:
+            continue
+        match = re.fullmatch(r"/api/work_pools/(bench-pool-\d+)", path)
+        if method == "GET" and match and int(match.group(1).rsplit("-", 1)[1]) < n:
+            starts[match.group(1)].append(t)
+        if steady <= t <= end:
+            requests_steady += 1
+    gaps = [b - a for times in starts.values() for a, b in zip(times, times[1:])]
+    per_second = Counter(int(t) for times in starts.values() for t in times if steady <= t <= end)
+    seconds_in_window = max(int(end) - int(steady), 1)
+    average = sum(per_second.values()) / seconds_in_window
+    cycles = total(metrics1, "pwo_reconcile_duration_seconds_count") - total(metrics0, "pwo_reconcile_duration_seconds_count")
+    all_cycles = total(metrics1, "pwo_reconcile_duration_seconds_count")
+    failed = total(metrics1, "pwo_reconcile_errors_total")
+    mean = total(metrics1, "pwo_reconcile_duration_seconds_sum") / all_cycles if all_cycles else float("nan")
+    minutes = (end - steady) / 60
+    figures = {
+        "cycles (all / steady)": f"{all_cycles:.0f} / {cycles:.0f}",
+        "failed cycles": f"{failed:.0f}",
+        "p99 gap between starts (s)": f"{p99(gaps):.1f} (interval {INTERVAL:g})",
+        "policies that ever started a cycle": f"{len(starts)} / {n}",
+        "max starts in 1 s / average": f"{max(per_second.values(), default=0)} / {average:.1f}",
+        "mean cycle (s)": f"{mean:.2f}",
+        "operator CPU (% of a core)": f"{100 * (cpu1 - cpu0) / (end - steady):.1f}",
+        "RSS end / peak (MiB)": f"{rss:.0f} / {max(peak, rss):.0f}",
+        "RSS per policy (MiB)": f"{(rss - idle_rss) / n:.2f}",
+        "Prefect requests/min per idle policy": f"{requests_steady / minutes / n:.1f}",
+        "Prefect requests/s served (all policies)": f"{requests_steady / (end - steady):.0f}",
+        "Prefect server + DB CPU (% of a core)": f"{100 * (server1 - server0) / (end - steady):.0f}",
+        "K8s API requests per policy-cycle": f"{(kube1 - kube0) / cycles:.2f}" if cycles else "n/a",
+        "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
+    }
+    log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
+    return Result(name, n, figures)
+
+
+def print_table(results: list[Result], database: str) -> None:
+    rows = list(results[0].figures)
+    names = [f"{r.name} ({r.policies})" for r in results]
+    width = max(len(r) for r in rows) + 2
+    cols = [max(len(names[i]), *(len(r.figures.get(k, "")) for k in rows)) + 2 for i, r in enumerate(results)]
+    print()
+    print(f"Fleet benchmark: interval {INTERVAL:g}s, {SECONDS:.0f}s per run, Prefect on {database}, "
+          f"{os.cpu_count()} CPUs (shared)")
+    print("".ljust(width) + "".join(n.ljust(c) for n, c in zip(names, cols)))
+    for row in rows:
+        print(row.ljust(width) + "".join(r.figures.get(row, "").ljust(c) for r, c in zip(results, cols)))
+
+
+def _built_tools() -> pathlib.Path | None:
+    """The cached kube-apiserver and etcd when `make tools` built them (helm is not needed here)."""
+    cache = pathlib.Path(os.environ.get("PWO_TOOLS_CACHE") or pathlib.Path(
+        os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "prefect-workpool-operator" / "bin")
+    return cache if all((cache / name).exists() for name in ("kube-apiserver", "etcd")) else None
+
+
+def baseline_source(workdir: pathlib.Path) -> pathlib.Path:
+    target = workdir / "baseline"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "operator"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "operator"
+
+
+def main() -> None:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="pwo-fleet-"))
+    log(f"work dir {workdir}")
+    largest = max(N, LARGE)
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(postgres(workdir))
+        database = "PostgreSQL" if database_url else "SQLite"
+        server = stack.enter_context(PrefectServer(
+            workdir / "prefect", database_url=database_url,
+            services={"LATE_RUNS": False, "EVENT_PERSISTER": False}, log=log))
+        moto = stack.enter_context(MotoServer(workdir / "moto"))
+        plane = stack.enter_context(LocalControlPlane(workdir / "kube", bin_dir=_built_tools()))
+        kubectl = Kubectl(plane.kubeconfig)
+        kubectl("apply", "--server-side", "-f", str(CRD))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
+        log(f"seeding {largest} work pools and ECS services")
+        with PrefectSeeder(server.api_url) as seeder:
+            for i in range(largest):
+                seeder.create_ecs_pool(f"bench-pool-{i}")
+        sandbox = EcsSandbox(moto)
+        cluster = sandbox.cluster()
+        for i in range(largest):
+            sandbox.service(cluster, f"worker-{i}")
+        proxy = Proxy(server.api_url)
+        proxy.start()
+        roots = [server._proc.pid] if server._proc else []
+        if database_url:
+            roots.append(int((workdir / "pg" / "postmaster.pid").read_text().split()[0]))
+        plan = {
+            "before": ("before", N, baseline_source(workdir) if "before" in VARIANTS else None, True),
+            "after": ("after", N, None, True),
+            "shared": ("after, shared identity", N, None, False),
+            "large": ("after", LARGE, None, True),
+        }
+        results = []
+        for key in VARIANTS:
+            name, n, src, own = plan[key]
+            if key == "before" and src is None:
+                continue
+            results.append(run_variant(name, n, src=src, own_keys=own, kubectl=kubectl, proxy=proxy, moto=moto,
+                                       cluster=cluster, workdir=workdir, server_roots=roots))
+        print_table(results, database)
+    log(f"logs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

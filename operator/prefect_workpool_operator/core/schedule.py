@@ -1,0 +1,45 @@
+"""When a policy's cycles start: on a fixed phase of its interval, on the wall clock.
+
+A policy's cycles start at ``phase + k * interval`` (epoch seconds), with the phase a
+stable hash of the policy's uid. So the gap between two cycle starts is the interval
+itself (not the interval plus the cycle plus the timer's lateness), and many policies'
+cycles spread evenly over the interval instead of staying in step with the moment
+they were created or the operator started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+
+def phase(key: str, interval: float) -> float:
+    """A stable offset in ``[0, interval)`` for ``key`` (a policy uid), uniform over keys."""
+    if interval <= 0:
+        raise ValueError("interval must be positive")
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return (digest / 2**64) * interval
+
+
+SLOT_TOLERANCE = 1e-3  # seconds: a start this close to ``after`` is the one just run
+
+
+def next_start(after: float, interval: float, offset: float) -> float:
+    """The first start after ``after``: the smallest ``offset + k * interval`` more than
+    ``SLOT_TOLERANCE`` later (so float rounding at a slot never yields the same slot twice)."""
+    if interval <= 0:
+        raise ValueError("interval must be positive")
+    k = math.floor((after - offset) / interval)
+    start = offset + k * interval
+    while start <= after + SLOT_TOLERANCE:
+        start = offset + (k := k + 1) * interval
+    return start
+
+
+def wait_before_start(now: float, due: float, tick: float) -> float | None:
+    """How long a timer waking at ``now`` sleeps before starting the cycle due at ``due``;
+    None when the start is more than one ``tick`` away (a later wake will take it)."""
+    wait = due - now
+    if wait > tick:
+        return None
+    return max(wait, 0.0)

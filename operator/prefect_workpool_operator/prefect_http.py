@@ -1,0 +1,170 @@
+"""The connection pool to Prefect that every policy shares, made so it cannot wedge.
+
+httpcore (1.0.9) leaks a connection for good when a request's pool wait expires just
+as the pool hands it a new connection (httpcore issue 1093): once every slot has
+leaked, every request answers ``PoolTimeout`` forever (FACTS.md "A shared httpx
+client that wedges"). So:
+
+- requests wait for a slot here (an ``asyncio.Semaphore`` of ``max_connections``)
+  *before* httpx sees them: httpx always finds a free connection and nothing waits in
+  httpcore's pool queue;
+- keep-alive = max connections, so idle connections are reused rather than closed and
+  reopened for nearly every request;
+- a client that still answers ``PoolTimeout`` (which only leaked connections can cause
+  now) is replaced by a new one and the old one closed;
+- one Retry-After pause per Prefect server or Cloud account: a 429 holds back every
+  policy on that server, not only the one that got it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS = 50
+REPLACE_AFTER_POOL_TIMEOUTS = 3  # in a row, with no answer between them
+CLOSE_TIMEOUT = 5.0
+DEFAULT_PAUSE = 1.0  # a 429 without Retry-After
+
+
+class SlotTimeout(httpx.TimeoutException):
+    """No slot freed up within the request's deadline: the operator is busier than its pool."""
+
+
+class PrefectHttp:
+    """One bounded, self-healing ``httpx.AsyncClient`` for every ``PrefectClient``."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        event_hooks: dict[str, list[Callable[..., Any]]] | None = None,
+        client: httpx.AsyncClient | None = None,
+        client_factory: Callable[[], httpx.AsyncClient] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self._event_hooks = event_hooks or {}
+        self._factory = client_factory or self._default_client
+        # A client handed in (tests, benchmarks) is the caller's: used, never replaced or closed.
+        self._owned = client is None
+        self._client = client if client is not None else self._new_client()
+        self._slots = asyncio.Semaphore(max_connections)
+        self._clock = clock
+        self._paused_until: dict[str, float] = {}
+        self._pool_timeouts_in_a_row = 0
+        self._closing: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+        self.replacements = 0
+        self.pool_timeouts = 0  # PoolTimeout from httpx itself: a leak, never a queue, now
+        self.slot_timeouts = 0
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return self._factory()
+
+    def _default_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+        return httpx.AsyncClient(limits=limits, event_hooks=self._event_hooks)
+
+    async def request(
+        self, method: str, url: str, *, timeout: float, json: Any = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """One request: waits out a Retry-After pause, then for a slot (at most ``timeout``), then sends."""
+        key = budget_key(url)
+        await self._wait_for_pause(key)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except asyncio.TimeoutError:
+            self.slot_timeouts += 1
+            raise SlotTimeout(f"no free connection to Prefect within {timeout:g}s") from None
+        client = self._client
+        self.in_flight += 1
+        try:
+            response = await client.request(method, url, json=json, headers=headers, timeout=timeout)
+        except httpx.PoolTimeout:
+            self.pool_timeouts += 1
+            self._pool_timeouts_in_a_row += 1
+            if self._pool_timeouts_in_a_row >= REPLACE_AFTER_POOL_TIMEOUTS:
+                self._replace(client)
+            raise
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+        self._pool_timeouts_in_a_row = 0
+        if response.status_code == 429:
+            hint = retry_after_seconds(response)
+            self.pause(key, DEFAULT_PAUSE if hint is None else hint)
+        return response
+
+    def pause(self, key: str, seconds: float) -> None:
+        """Hold back every request to this server or account for ``seconds``."""
+        until = self._clock() + seconds
+        if until > self._paused_until.get(key, 0.0):
+            self._paused_until[key] = until
+
+    async def _wait_for_pause(self, key: str) -> None:
+        remaining = self._paused_until.get(key, 0.0) - self._clock()
+        if remaining > 0:
+            # Wait out the server's own hint; the request's timeout starts after it.
+            await asyncio.sleep(min(remaining, MAX_PAUSE))
+
+    def _replace(self, wedged: httpx.AsyncClient) -> None:
+        if not self._owned or wedged is not self._client:
+            return  # not ours, or another request already replaced it
+        log.warning("The Prefect connection pool stopped handing out connections; replacing it")
+        self._client = self._new_client()
+        self._pool_timeouts_in_a_row = 0
+        self.replacements += 1
+        task = asyncio.get_running_loop().create_task(_close_quietly(wedged))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()
+        for task in list(self._closing):
+            await task
+
+
+MAX_PAUSE = 30.0  # the longest Retry-After honoured (Cloud answers seconds)
+
+
+async def _close_quietly(client: httpx.AsyncClient) -> None:
+    try:
+        await asyncio.wait_for(client.aclose(), CLOSE_TIMEOUT)
+    except Exception:  # a wedged pool may not close cleanly; it is dropped either way
+        log.debug("closing a replaced Prefect client failed", exc_info=True)
+
+
+def budget_key(url: str) -> str:
+    """What Prefect rate-limits together: a Cloud account, else the server (scheme, host, port)."""
+    parts = urlsplit(url)
+    key = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+    segments = parts.path.split("/")
+    if "accounts" in segments:
+        index = segments.index("accounts")
+        if index + 1 < len(segments):
+            key += f"/accounts/{segments[index + 1]}"
+    return key
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return min(float(value), MAX_PAUSE) if value is not None else None
+    except ValueError:
+        return None
