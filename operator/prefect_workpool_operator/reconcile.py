@@ -25,7 +25,7 @@ from .core.health import Failure, PoolObservation
 from .kube_api import SecretError, SecretReader
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
-from .recovery import RequeueMemory, recover_stale_runs
+from .recovery import RecoveryMemory, recover_stale_runs
 from .workers_scaling import EcsRuntime
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class PolicyRuntime:
     queues_checked_generation: int | None = None
     last_generation: int | None = None
     next_due: datetime | None = None
-    requeues: RequeueMemory = field(default_factory=RequeueMemory)
+    recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
     ecs: EcsRuntime = field(default_factory=EcsRuntime)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -87,9 +87,7 @@ async def run_cycle(
     except ValidationError as exc:
         conditions = health.health_conditions(None, Failure(health.INVALID_SPEC, _describe(exc)), pool="", api_url="")
     else:
-        conditions, figures, acted = await _observe(
-            spec, meta, body.get("status") or {}, http, secrets, runtime, now
-        )
+        conditions, figures, acted = await _observe(spec, meta, http, secrets, runtime, now)
 
     retired = _retired_conditions(spec)
     status: dict[str, Any] = {
@@ -113,7 +111,6 @@ async def run_cycle(
 async def _observe(
     spec: PolicySpec,
     meta: Mapping[str, Any],
-    previous_status: Mapping[str, Any],
     http: httpx.AsyncClient,
     secrets: SecretReader,
     runtime: PolicyRuntime,
@@ -146,7 +143,7 @@ async def _observe(
     )
     aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now)
     if spec.stale_runs is not None:
-        await _recovery_step(spec, policy, client, aws, runtime, observation, previous_status, cycle, now)
+        await _recovery_step(spec, policy, client, aws, runtime, observation, _created(meta), cycle, now)
     if spec.job_template is not None or spec.stale_runs is not None:
         await _template_step(spec, client, observation, cycle)
     if spec.ecs is not None:
@@ -201,7 +198,7 @@ async def _aws_step(
 
 async def _recovery_step(
     spec: PolicySpec, policy: str, client: PrefectClient, aws: AwsClient | None, runtime: PolicyRuntime,
-    observation: PoolObservation, previous_status: Mapping[str, Any], cycle: _Cycle, now: datetime,
+    observation: PoolObservation, created: datetime | None, cycle: _Cycle, now: datetime,
 ) -> None:
     stale_spec = spec.stale_runs
     assert stale_spec is not None
@@ -217,9 +214,10 @@ async def _recovery_step(
             policy=policy,
             online_workers=observation.online_workers,
             dry_run=spec.dry_run,
-            memory=runtime.requeues,
+            memory=runtime.recovery,
             now=now,
-            total_before=int(((previous_status.get("staleRuns") or {}).get("totalRecovered")) or 0),
+            interval=spec.interval_delta,
+            counting_since=created,
             infrastructure_check=check,
         )
     except PrefectError as exc:
@@ -234,6 +232,8 @@ async def _recovery_step(
         cycle.figures["lastRecovery"] = outcome.last_recovery
     if outcome.event_message:
         cycle.events.append(Event("Normal", "RunsRecovered", outcome.event_message, covers=stale.STALE_RUNS_RECOVERED))
+    if outcome.warning:
+        cycle.events.append(Event("Warning", "RecoveredDespiteLiveClaimer", outcome.warning))
 
 
 async def _template_step(spec: PolicySpec, client: PrefectClient, observation: PoolObservation, cycle: _Cycle) -> None:
@@ -276,6 +276,14 @@ def _retired_conditions(spec: PolicySpec | None) -> set[str]:
     if spec.stale_runs is None:
         retired.add(job_template.CONFIG_CONSISTENT)
     return retired
+
+
+def _created(meta: Mapping[str, Any]) -> datetime | None:
+    """The policy's creationTimestamp: totals count from there."""
+    try:
+        return datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
 
 
 def status_figures(o: PoolObservation) -> dict[str, Any]:
