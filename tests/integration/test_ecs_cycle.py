@@ -168,11 +168,17 @@ async def test_runs_with_live_tasks_are_not_recovered(seeder: PrefectSeeder, poo
     sandbox.run(cluster, run_id=tagged_alive)  # worker died right after RunTask: only the tag says so
     sandbox.stop(cluster, sandbox.run(cluster, run_id=tagged_stopped)[0])
 
-    outcome = await Cycles(body(seeder.api_url, pool_name, moto, cluster, None,
-                                staleRuns={"pendingTimeout": "30s"})).run(clock_after(seeder, runs))
+    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, None, staleRuns={"pendingTimeout": "30s"}))
+    now = clock_after(seeder, runs)
+    first = await cycles.run(now)
+    assert first.status["staleRuns"]["recovered"] == 0  # one observation never acts
+    outcome = await cycles.run(now + dt.timedelta(seconds=30))  # one interval later
     got = states(seeder, runs)
     assert {got[r] for r in alive + [tagged_alive]} == {("PENDING", "Pending")}
     assert {got[r] for r in stopped + [tagged_stopped]} == {("SCHEDULED", "Requeued")}
+    # The proof is in the run's state message: the stopped task and why ECS stopped it.
+    assert "stoppedReason 'test'" in seeder.read_run(stopped[0])["state"]["message"]
+    assert "no ECS task exists" in seeder.read_run(tagged_stopped)["state"]["message"]
     assert outcome.status["staleRuns"]["skipped"]["infrastructureAlive"] == 3
 
 
