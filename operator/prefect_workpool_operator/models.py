@@ -327,7 +327,8 @@ class JobTemplateSpec(_Model):
     variables: dict[str, Any] = Field(
         default_factory=dict,
         description=(
-            "Variable name -> default value, e.g. task_start_timeout_seconds: 600. Only these defaults are "
+            "Variable name -> default value, e.g. match_latest_revision_in_family: true (the variables a "
+            "pool has depend on its prefect-aws version; 0.6 and later have no ECS start timeout). Only these defaults are "
             "managed; everything else in the template is left untouched."
         ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
