@@ -6,8 +6,9 @@ Stdlib only, like ``prefect_server.py``: the worker lives in its own pinned virt
 cached), driven as a subprocess in its own process group so a test can SIGKILL it the
 way an OOM kill or a node loss would.
 
-moto has no EventBridge→SQS, so the worker's ECS observer is switched off: exactly the
-set-up in which a task that fails to start leaves its run PENDING (FACTS.md).
+moto has no EventBridge→SQS queue, so the worker's ECS observer only warns and never
+moves a run on: exactly the set-up in which a task that fails to start leaves its run
+PENDING (FACTS.md). prefect-aws 0.7.12 has no setting that turns the observer off.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def worker_env(api_url: str, aws_endpoint: str, home: pathlib.Path, **settings: 
         # Quick pickup and a short heartbeat: OFFLINE 3 heartbeats after a kill.
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_WORKER_HEARTBEAT_SECONDS="5",
-        # No EventBridge→SQS in moto: nothing for the observer to read.
-        PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_ENABLED="false",
         AWS_ENDPOINT_URL=aws_endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",

@@ -177,6 +177,8 @@ def _with_defaults(template: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     out = copy.deepcopy(template)
     for key, value in defaults.items():
         out["variables"]["properties"][key]["default"] = value
+    # moto's RunTask adds up container-level memory (ECS accepts task-level only).
+    out["job_configuration"]["task_definition"]["containerDefinitions"][0]["memory"] = 512
     return out
 
 
