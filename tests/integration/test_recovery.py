@@ -84,6 +84,8 @@ async def test_requeue_cap_survives_an_operator_restart(
 
     assert {s for s in states(seeder, runs).values()} == {("CRASHED", "Crashed")}
     assert second.condition.reason == "CapExhausted" and second.figures["exhausted"] == 3
+    # The restarted operator's total comes from Prefect's Requeued events, not from memory.
+    assert first.figures["totalRecovered"] == 3 and second.figures["totalRecovered"] == 3
 
 
 @pytest.mark.parametrize("mode", ["dryRun", "ReportOnly"])
