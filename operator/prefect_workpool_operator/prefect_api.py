@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
 MAX_RETRY_AFTER = 30.0
 BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
+PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 FLOW_RUN_PREFIX = "prefect.flow-run."
 SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
@@ -243,17 +244,21 @@ class PrefectClient:
         }
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
-        runs: list[dict[str, Any]] = []
-        for page in range(max_pages):
+        runs: dict[str, dict[str, Any]] = {}
+        offset = 0
+        for _ in range(max_pages):
             body = {**scope, "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": page_size, "offset": page * page_size}
+                    "limit": page_size, "offset": offset}
             batch = await self._json("POST", "/flow_runs/filter", body)
             if not isinstance(batch, list):
                 raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
-            runs.extend(batch)
+            runs.update((str(r.get("id")), r) for r in batch)
             if len(batch) < page_size:
                 break
-        return runs
+            # Runs leave PENDING while we page (workers start them): the rest shift left.
+            # Overlapping pages keep such a shift from skipping a run past a page boundary.
+            offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+        return list(runs.values())
 
     async def claims(self, run_ids: list[str], since: datetime) -> dict[str, Claim]:
         """Who claimed each run (its latest prefect.worker.submitted-flow-run event) and whether

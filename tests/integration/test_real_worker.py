@@ -343,12 +343,33 @@ def restarted_same_name(world: World) -> dict[str, Any]:
     return {"proof_to_recovery_s": round(recovered_at - proof, 1)}
 
 
+def stopped_cleanly(world: World) -> dict[str, Any]:
+    """A worker stopped cleanly (SIGTERM) while retrying a throttled RunTask emits
+    prefect.worker.stopped: its claims are released, and the message says so."""
+    world.throttle_run_task(10**6)
+    worker = world.worker(**RETRY_FOR_LONG)
+    run = world.run()
+    wait(lambda: world.state(run)[0] == "PENDING", 60, "the claim")
+    wait(lambda: "Creating ECS task run" in worker.log_tail(20000), 60, "a RunTask attempt")
+    worker.stop()
+    stopped = time.monotonic()
+    world.throttle_run_task(0)
+    if world.state(run)[0] != "PENDING":  # the worker itself moved it on while stopping: nothing to recover
+        return {"left_pending_by_clean_stop": False, "state": world.state(run)}
+    since = pending_since(world, run)
+    recovered_at = world.cycles_until(lambda: requeued(world, run), 120)
+    (message,) = requeue_messages(world, run)
+    assert f"{worker.name!r} stopped since the claim" in message, message
+    return {"proof_to_recovery_s": round(recovered_at - max(since + PENDING_TIMEOUT, stopped), 1)}
+
+
 SCENARIOS: dict[str, Callable[[World], dict[str, Any]]] = {
     "seed-incident": seed_incident,
     "stopped-live-worker": stopped_task_live_worker,
     "killed-after-runtask": killed_after_run_task,
     "live-retrying": live_worker_retrying,
     "restarted-same-name": restarted_same_name,
+    "stopped-cleanly": stopped_cleanly,
 }
 
 
