@@ -23,7 +23,7 @@ from .core.conditions import Condition, format_time
 from .core.durations import format_duration
 from .core.stale import InfraReading, Observations, PendingRun, RecoveryPlan, RecoveryRules
 from .models import StaleRunsSpec
-from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, pool_scope
+from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, PrefectError, pool_scope
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,15 @@ async def recover_stale_runs(
     plan = stale.plan_recovery(stale_runs, claimers=claimers, infrastructure=infra, rules=rules,
                                observations=memory.observations, now=now)
     if memory.total_requeued is None:
-        since = counting_since or now - REQUEUE_LOOKBACK
-        memory.total_requeued = await client.requeued_total(pool, max(since, now - REQUEUE_LOOKBACK))
+        since = max(counting_since or now - REQUEUE_LOOKBACK, now - REQUEUE_LOOKBACK)
+        try:
+            memory.total_requeued = await client.requeued_total(pool, since)
+        except PrefectError as exc:
+            if exc.status_code is None:
+                raise  # unreachable, auth: the cycle reports it
+            # A server that cannot count events: count from this start on, ask again next start.
+            log.warning("policy %s: cannot count earlier requeues: %s", policy, exc.message)
+            memory.total_requeued = 0
 
     moved_on = 0
     changed: dict[str, list[str]] = {}
