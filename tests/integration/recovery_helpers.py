@@ -47,8 +47,15 @@ def spec(**fields: Any) -> StaleRunsSpec:
 
 
 def pending_since(seeder: PrefectSeeder, run_ids: list[str]) -> list[dt.datetime]:
-    runs = seeder.filter_runs({"flow_runs": {"id": {"any_": run_ids}}, "limit": 200})
-    return [dt.datetime.fromisoformat(r["state"]["timestamp"]) for r in runs]
+    """Every run's state timestamp, 200 per read (the server's page limit): a clock taken
+    from a partial read could lie before some runs' thresholds."""
+    out = []
+    for start in range(0, len(run_ids), 200):
+        chunk = run_ids[start : start + 200]
+        runs = seeder.filter_runs({"flow_runs": {"id": {"any_": chunk}}, "limit": 200})
+        out += [dt.datetime.fromisoformat(r["state"]["timestamp"]) for r in runs]
+    assert len(out) == len(run_ids), "some runs were not found"
+    return out
 
 
 def clock_after(seeder: PrefectSeeder, run_ids: list[str], seconds: float = 31) -> dt.datetime:
