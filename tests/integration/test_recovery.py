@@ -13,7 +13,7 @@ import datetime as dt
 import httpx
 import pytest
 
-from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.prefect_api import PrefectClient, pool_scope
 from prefect_workpool_operator.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
@@ -193,3 +193,27 @@ async def test_ownership_decides(seeder: PrefectSeeder, pool_name: str, deployme
     forced = await recover(client, pool_name, later, hardTimeout="1h", hardTimeoutOverridesLiveClaimer=True)
     assert forced.figures["recovered"] == 6
     assert forced.warning is not None and "may run twice" in forced.warning
+
+
+async def test_candidates_survive_runs_leaving_pending_between_pages(
+    seeder: PrefectSeeder, pool_name: str, deployment: str
+) -> None:
+    """Workers start runs while recovery pages through the candidates: the runs behind
+    them shift to earlier offsets. Overlapping pages must not skip any of them."""
+    runs = seeder.create_runs_bulk(deployment, 120, {"type": "PENDING"})
+    started: list[str] = []
+
+    async def start_ten_of_the_first_page(response: httpx.Response) -> None:
+        if started or not response.request.url.path.endswith("/flow_runs/filter"):
+            return
+        await response.aread()
+        started.extend(r["id"] for r in response.json()[:10])
+        for run in started:
+            seeder.set_state(run, {"type": "RUNNING"})
+
+    async with httpx.AsyncClient(event_hooks={"response": [start_ten_of_the_first_page]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+        found = await client.pending_candidates(pool_scope(pool_name, []), utcnow() + dt.timedelta(minutes=1), [],
+                                                page_size=50)
+    assert len(started) == 10
+    assert set(runs) - set(started) <= {r["id"] for r in found}
