@@ -14,6 +14,7 @@ StopTask call, or the later of "PENDING for pendingTimeout" and "claimer offline
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import pathlib
 import threading
@@ -25,12 +26,19 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from prefect_workpool_operator.reconcile import CycleOutcome, PolicyRuntime, run_cycle
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from sandbox.prefect_server import PrefectServer
-from sandbox.prefect_worker import PrefectWorker, default_ecs_template, ensure_worker_venv, worker_env
+from sandbox.prefect_worker import (
+    PrefectWorker,
+    create_ecs_pool,
+    default_ecs_template,
+    ensure_worker_venv,
+    worker_env,
+)
 from tests.ecs_sandbox import REGION, EcsSandbox
 from tests.integration.recovery_helpers import NoSecrets
 
@@ -172,8 +180,6 @@ class World:
 
 
 def _with_defaults(template: dict[str, Any], **defaults: Any) -> dict[str, Any]:
-    import copy
-
     out = copy.deepcopy(template)
     for key, value in defaults.items():
         out["variables"]["properties"][key]["default"] = value
@@ -409,8 +415,6 @@ EXAMPLES = sorted((pathlib.Path(__file__).parents[2] / "examples").glob("*/polic
 
 
 def example_job_templates() -> list[tuple[str, dict[str, Any]]]:
-    import yaml
-
     out = []
     for path in EXAMPLES:
         for doc in yaml.safe_load_all(path.read_text()):
@@ -424,8 +428,6 @@ def test_example_job_templates_apply_to_a_real_ecs_pool(example: str, spec: dict
                                                         worker_prefect: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """Each example's jobTemplate against a pool made by `prefect work-pool create --type ecs`
     (prefect-aws 0.7.12): every variable exists, the operator sets it, ConfigConsistent tells the truth."""
-    from sandbox.prefect_worker import create_ecs_pool
-
     pool = f"example-{uuid.uuid4().hex[:6]}"
     create_ecs_pool(worker_prefect, worker_env(prefect_server.api_url, "http://127.0.0.1:1", tmp_path / "home"), pool)
     declared = spec["jobTemplate"]["variables"]
