@@ -89,4 +89,4 @@ kind-down: ## delete the kind cluster
 	hack/kind-deploy.sh down
 
 clean: ## remove virtualenvs and local state (the Go build cache is kept)
-	rm -rf $(VENV) .venv-prefect .cluster
+	rm -rf $(VENV) .venv-prefect .venv-worker .cluster

@@ -54,11 +54,10 @@ def example_manifests(api_url: str, moto_url: str, cluster: str, service: str) -
         spec = doc["spec"]
         spec["prefect"]["apiUrl"] = api_url
         spec["ecs"].update(cluster=cluster, service=service, endpointUrl=moto_url)
-        # The demo can't wait minutes: short thresholds, and a start timeout to match.
+        # The demo can't wait minutes: short thresholds.
         spec["interval"] = "10s"
         spec["staleRuns"]["pendingTimeout"] = "30s"
         spec["scaling"].update(backlogPerWorker=2, maxWorkers=5, scaleDownStabilization="30s", scaleDownCooldown="0s")
-        spec["jobTemplate"]["variables"]["task_start_timeout_seconds"] = 30
     return yaml.safe_dump_all(docs)
 
 

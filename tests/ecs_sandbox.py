@@ -25,7 +25,7 @@ class EcsSandbox:
         self.autoscaling = boto3.client("application-autoscaling", **kwargs)
         self.cloudwatch = boto3.client("cloudwatch", **kwargs)
         ec2 = boto3.client("ec2", **kwargs)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        self.vpc = vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
         self.subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         self.task_definition = self.ecs.register_task_definition(

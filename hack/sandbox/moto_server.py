@@ -128,10 +128,11 @@ class MotoServer:
 
     # -- test controls --------------------------------------------------------------
 
-    def throttle(self, action: str, count: int) -> None:
+    def throttle(self, action: str, count: int, match: str | None = None) -> None:
         """Answer the next ``count`` requests for ``action`` (``DescribeTasks`` or a full
-        ``X-Amz-Target``) with ThrottlingException. JSON-protocol services only."""
-        self._control("POST", "throttle", {"action": action, "count": count})
+        ``X-Amz-Target``) with ThrottlingException; with ``match``, only requests whose
+        body contains it (e.g. a cluster name). JSON-protocol services only."""
+        self._control("POST", "throttle", {"action": action, "count": count, "match": match or ""})
 
     def calls(self) -> dict[str, int]:
         """Requests received per operation since start (or ``reset_calls``), throttled ones too.

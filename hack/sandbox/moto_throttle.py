@@ -8,7 +8,9 @@ middleware that adds two control endpoints:
   whose ``X-Amz-Target`` is ``<prefix>.DescribeTasks`` (or exactly ``action``) get
   HTTP 400 ``{"__type": "ThrottlingException", "message": "Rate exceeded"}``, the way
   AWS JSON-protocol services (ECS, Application Auto Scaling) throttle. botocore
-  parses that as error code ThrottlingException and retries it.
+  parses that as error code ThrottlingException and retries it. With ``"match": "s"``
+  only requests whose body contains ``s`` (a cluster name, say) are throttled, so
+  tests sharing the server don't throttle each other.
 - ``GET /_pwo/calls`` — requests seen per operation (``X-Amz-Target``, the
   ``<service>.<operation>`` of an RPC-v2 path, or a query-protocol ``Action``),
   throttled ones included: each is one request the AWS account would have paid for.
@@ -74,7 +76,7 @@ class FaultInjector:
     def __init__(self, app: Callable[[Environ, StartResponse], Iterable[bytes]]) -> None:
         self.app = app
         self._lock = threading.Lock()
-        self._armed: dict[str, int] = {}
+        self._armed: dict[tuple[str, str], int] = {}  # (action, body substring or "") -> count
         self._calls: Counter[str] = Counter()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -84,8 +86,11 @@ class FaultInjector:
         operation = operation_of(environ)
         if operation is not None:
             with self._lock:
+                need_body = any(m for _, m in self._armed)
+            body = _read_body(environ) if need_body else b""
+            with self._lock:
                 self._calls[operation] += 1
-                throttled = self._take(operation, json_protocol=bool(environ.get("HTTP_X_AMZ_TARGET")))
+                throttled = self._take(operation, body, json_protocol=bool(environ.get("HTTP_X_AMZ_TARGET")))
             if throttled:
                 start_response("400 Bad Request", [
                     ("Content-Type", "application/x-amz-json-1.1"),
@@ -95,13 +100,13 @@ class FaultInjector:
                 return [THROTTLE_BODY]
         return self.app(environ, start_response)
 
-    def _take(self, operation: str, *, json_protocol: bool) -> bool:
+    def _take(self, operation: str, body: bytes, *, json_protocol: bool) -> bool:
         # Only JSON-protocol answers are faked: a CBOR or XML client could not parse this body.
         if not json_protocol:
             return False
-        for key in (operation, operation.rpartition(".")[2]):
-            if self._armed.get(key, 0) > 0:
-                self._armed[key] -= 1
+        for (action, match), left in self._armed.items():
+            if left > 0 and action in (operation, operation.rpartition(".")[2]) and match.encode() in body:
+                self._armed[(action, match)] -= 1
                 return True
         return False
 
@@ -110,12 +115,12 @@ class FaultInjector:
         if command == "throttle" and method == "POST":
             try:
                 body = json.loads(_read_body(environ) or b"{}")
-                action, count = str(body["action"]), int(body["count"])
+                action, count, match = str(body["action"]), int(body["count"]), str(body.get("match") or "")
             except (ValueError, KeyError, TypeError) as exc:
                 return _json(start_response, "400 Bad Request", {"error": f"expected {{action, count}}: {exc}"})
             with self._lock:
-                self._armed[action] = max(count, 0)
-                armed = dict(self._armed)
+                self._armed[(action, match)] = max(count, 0)
+                armed = {f"{a}:{m}" if m else a: n for (a, m), n in self._armed.items()}
             return _json(start_response, "200 OK", {"armed": armed})
         if command == "calls" and method == "GET":
             with self._lock:

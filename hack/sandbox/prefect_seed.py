@@ -396,6 +396,28 @@ class PrefectSeeder:
             "payload": {},
         }
 
+    def worker_event(self, event: str, worker_name: str, worker_type: str, pool: str) -> dict[str, Any]:
+        """``prefect.worker.started`` / ``stopped`` as prefect 3.8.8's BaseWorker emits them:
+        the worker as resource, its work pool as the related resource, occurring now."""
+        wp = self.read_pool(pool)
+        return {
+            "id": str(uuid.uuid4()),
+            "occurred": iso(utcnow()),
+            "event": event,
+            "resource": {
+                "prefect.resource.id": f"prefect.worker.{worker_type}.{slugify(worker_name)}",
+                "prefect.resource.name": worker_name,
+                "prefect.version": self._worker_version(),
+                "prefect.worker-type": worker_type,
+            },
+            "related": [{
+                "prefect.resource.id": f"prefect.work-pool.{wp['id']}",
+                "prefect.resource.role": "work-pool",
+                "prefect.resource.name": wp["name"],
+            }],
+            "payload": {},
+        }
+
     def read_events(self, event_filter: dict[str, Any], limit: int = 50) -> list[dict[str, Any]]:
         """``POST /events/filter``; events show up a few seconds after they occur."""
         body = {"filter": event_filter, "limit": limit}

@@ -80,16 +80,21 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
     """Create (or reuse) the server venv; return the path of its ``prefect`` executable."""
     if venv_dir is None:
         venv_dir = pathlib.Path(os.environ.get("PWO_PREFECT_VENV") or REPO_ROOT / ".venv-prefect")
+    return ensure_venv(venv_dir, REQUIREMENTS, "Prefect server", log=log) / "bin" / "prefect"
+
+
+def ensure_venv(venv_dir: pathlib.Path, requirements: pathlib.Path, what: str, log: Log = print) -> pathlib.Path:
+    """Create (or reuse) a venv pinned by ``requirements``; rebuilt when the file changes."""
     venv_dir = venv_dir.resolve()
     prefect = venv_dir / "bin" / "prefect"
     stamp = venv_dir / STAMP_NAME
-    digest = _requirements_digest(REQUIREMENTS)
+    digest = _requirements_digest(requirements)
 
     def up_to_date() -> bool:
         return prefect.exists() and stamp.exists() and stamp.read_text().strip() == digest
 
     if up_to_date():
-        return prefect
+        return venv_dir
 
     # Parallel test processes may all get here; one builds, the others wait.
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -97,15 +102,15 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if up_to_date():
-            return prefect
+            return venv_dir
         started = time.monotonic()
         # Never delete: the dir may be a venv someone made by hand (PWO_PREFECT_VENV);
         # installing the full pin list on top brings it to the pinned set anyway.
         if not (venv_dir / "bin" / "python").exists():
-            log(f"creating Prefect server venv at {venv_dir} (takes a minute or two)")
+            log(f"creating {what} venv at {venv_dir} (takes a minute or two)")
             subprocess.run([_base_python(), "-m", "venv", str(venv_dir)], check=True)
         else:
-            log(f"syncing Prefect server venv at {venv_dir} with {REQUIREMENTS.name}")
+            log(f"syncing {what} venv at {venv_dir} with {requirements.name}")
         pip_log = venv_dir / "pip-install.log"
         with open(pip_log, "w") as out:
             proc = subprocess.run(
@@ -116,7 +121,7 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
                     "install",
                     "--disable-pip-version-check",
                     "-r",
-                    str(REQUIREMENTS),
+                    str(requirements),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -127,8 +132,8 @@ def ensure_prefect_venv(venv_dir: pathlib.Path | None = None, log: Log = print) 
             raise RuntimeError(f"pip install into {venv_dir} failed (see {pip_log}):\n{tail}")
         # Written last so an interrupted install is retried next time.
         stamp.write_text(digest + "\n")
-        log(f"Prefect server venv ready in {time.monotonic() - started:.0f}s")
-    return prefect
+        log(f"{what} venv ready in {time.monotonic() - started:.0f}s")
+    return venv_dir
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ from botocore import exceptions as boto
 from botocore.config import Config
 
 from .core.health import Failure
-from .core.stale import Infrastructure, PendingRun
+from .core.stale import InfraReading, Infrastructure, PendingRun
 
 log = logging.getLogger(__name__)
 
@@ -340,55 +340,61 @@ class AwsClient:
 
     # -- infrastructure checks (never raise: failures answer UNKNOWN) -----------------
 
-    async def task_states(self, pids: Iterable[str]) -> dict[str, Infrastructure]:
-        """Liveness of the task behind each prefect-aws pid (``"{cluster}::{task_arn}"``).
+    async def task_states(self, pids: Iterable[str]) -> dict[str, InfraReading]:
+        """What became of the task behind each prefect-aws pid (``"{cluster}::{task_arn}"``).
 
-        DescribeTasks per cluster, ≤100 tasks per call. STOPPED, or reported MISSING /
-        absent from the answer → GONE; any other known status → ALIVE. A pid that is not
+        DescribeTasks per cluster, ≤100 tasks per call. STOPPED → GONE with its stopCode
+        and stoppedReason as the proof; reported MISSING or absent from the answer → GONE,
+        "task unknown to ECS"; any other known status → ALIVE. A pid that is not
         ``cluster::arn``, names another region, or could not be checked (error, budget
-        spent) → UNKNOWN. After a Throttled answer no further call is made this check.
+        spent) → UNKNOWN with the reason. After a Throttled answer no further call is
+        made this check.
         """
-        answers: dict[str, Infrastructure] = {}
+        answers: dict[str, InfraReading] = {}
         by_cluster: dict[str, dict[str, list[str]]] = {}
         for pid in dict.fromkeys(pids):
             parsed = parse_pid(pid)
             if parsed is None or not self._in_region(*parsed):
-                answers[pid] = Infrastructure.UNKNOWN
+                answers[pid] = InfraReading(Infrastructure.UNKNOWN, "its pid names no task in this region")
                 continue
             cluster, task_arn = parsed
             by_cluster.setdefault(cluster, {}).setdefault(task_arn, []).append(pid)
 
-        stop_all = False
+        stop_all: AwsError | None = None
         for cluster, tasks in by_cluster.items():
             skip = stop_all
             for batch in _chunks(list(tasks), DESCRIBE_TASKS_MAX):
-                states: dict[str, Infrastructure] = {}
-                if not skip:
+                states: dict[str, InfraReading] = {}
+                if skip is None:
                     try:
                         answer = await self._call("ecs", "describe_tasks", {"cluster": cluster, "tasks": batch})
-                        states = _task_liveness(batch, answer)
+                        states = _task_readings(batch, answer)
                     except AwsError as exc:
                         # Skip the rest of this cluster; after throttling (or with the budget spent) stop calling at all.
-                        skip = True
-                        stop_all = stop_all or exc.reason in (THROTTLED, CALL_BUDGET_EXHAUSTED)
+                        skip = exc
+                        if exc.reason in (THROTTLED, CALL_BUDGET_EXHAUSTED):
+                            stop_all = exc
+                unknown = InfraReading(Infrastructure.UNKNOWN, _unknown_detail(skip))
                 for arn in batch:
                     for pid in tasks[arn]:
-                        answers[pid] = states.get(arn, Infrastructure.UNKNOWN)
+                        answers[pid] = states.get(arn, unknown)
         return answers
 
-    async def tasks_for_runs(self, cluster: str, run_ids: Iterable[str]) -> dict[str, Infrastructure]:
+    async def tasks_for_runs(self, cluster: str, run_ids: Iterable[str]) -> dict[str, InfraReading]:
         """For runs without a pid: is a live task tagged ``prefect.io/flow-run-id=<run>``?
 
         One scan serves every run: ListTasks (desiredStatus RUNNING, ≤``max_list_pages``
         pages of 100) then DescribeTasks with tags, 100 per call. Runs with a live tagged
-        task → ALIVE; others → GONE, but only when the scan saw every running task: on an
-        error, a spent budget or more running tasks than the page bound, they are UNKNOWN.
+        task → ALIVE; others → NONE_FOUND, but only when the scan saw every running task:
+        on an error, a spent budget or more running tasks than the page bound, UNKNOWN.
         """
         wanted = set(run_ids)
         if not wanted:
             return {}
         alive: set[str] = set()
         unsure: set[str] = set()
+        failure: AwsError | None = None
+        detail = f"more than {self.max_list_pages * LIST_TASKS_MAX} running tasks to scan"
         complete = False
         try:
             arns = await self._running_task_arns(cluster)
@@ -407,13 +413,21 @@ class AwsClient:
                         elif liveness is Infrastructure.UNKNOWN:
                             unsure.add(run_id)
                 complete = True
-        except AwsError:
-            pass  # recorded in last_error (or the budget); the runs not seen alive stay UNKNOWN
-        rest = Infrastructure.GONE if complete else Infrastructure.UNKNOWN
-        return {
-            r: Infrastructure.ALIVE if r in alive else Infrastructure.UNKNOWN if r in unsure else rest
-            for r in wanted
-        }
+        except AwsError as exc:
+            failure = exc  # recorded in last_error (or the budget); the runs not seen alive stay UNKNOWN
+            detail = _unknown_detail(exc)
+        # A STOPPED task found by its tag is no proof either way: the worker may have started another.
+        rest = InfraReading(Infrastructure.NONE_FOUND) if complete and failure is None else \
+            InfraReading(Infrastructure.UNKNOWN, detail)
+        answers: dict[str, InfraReading] = {}
+        for r in wanted:
+            if r in alive:
+                answers[r] = InfraReading(Infrastructure.ALIVE)
+            elif r in unsure:
+                answers[r] = InfraReading(Infrastructure.UNKNOWN, "its task has a status this operator does not know")
+            else:
+                answers[r] = rest
+        return answers
 
     async def _running_task_arns(self, cluster: str) -> list[str] | None:
         """Every task ARN with desiredStatus RUNNING, or None when there are more than the bound."""
@@ -597,19 +611,19 @@ class EcsInfrastructureCheck:
         self.client = client
         self.cluster = cluster or None
 
-    async def check(self, runs: list[PendingRun]) -> dict[str, Infrastructure]:
+    async def check(self, runs: list[PendingRun]) -> dict[str, InfraReading]:
         with_pid = {r.id: r.infrastructure_pid for r in runs if r.infrastructure_pid and parse_pid(r.infrastructure_pid)}
-        answers: dict[str, Infrastructure] = {}
+        answers: dict[str, InfraReading] = {}
         if with_pid:
             states = await self.client.task_states(pid for pid in with_pid.values() if pid)
-            answers = {run_id: states.get(pid or "", Infrastructure.UNKNOWN) for run_id, pid in with_pid.items()}
+            answers = {run_id: states.get(pid or "", InfraReading(Infrastructure.UNKNOWN)) for run_id, pid in with_pid.items()}
         pidless = {r.id for r in runs if r.id not in with_pid}
         if not pidless or not self.cluster:
             return answers
         error = self.client.last_error
         if error is not None and error.reason == THROTTLED:
-            # ECS just throttled us: a scan would only add to it. Hands off until next cycle.
-            answers.update(dict.fromkeys(pidless, Infrastructure.UNKNOWN))
+            # ECS just throttled us: a scan would only add to it. Hold until next cycle.
+            answers.update(dict.fromkeys(pidless, InfraReading(Infrastructure.UNKNOWN, _unknown_detail(error))))
         else:
             answers.update(await self.client.tasks_for_runs(self.cluster, pidless))
         return answers
@@ -637,22 +651,48 @@ def task_liveness(last_status: object) -> Infrastructure:
     return Infrastructure.UNKNOWN  # a status ECS may add later: don't guess
 
 
-def _task_liveness(batch: list[str], answer: Mapping[str, Any]) -> dict[str, Infrastructure]:
-    found: dict[str, Infrastructure] = {}
+def _task_readings(batch: list[str], answer: Mapping[str, Any]) -> dict[str, InfraReading]:
+    found: dict[str, InfraReading] = {}
     for task in answer.get("tasks") or []:
         arn = str(task.get("taskArn") or "")
-        found[arn] = found[_task_id(arn)] = task_liveness(task.get("lastStatus"))
+        found[arn] = found[_task_id(arn)] = _reading(task)
     failures = {str(f.get("arn") or ""): str(f.get("reason") or "") for f in answer.get("failures") or []}
-    states: dict[str, Infrastructure] = {}
+    states: dict[str, InfraReading] = {}
     for arn in batch:
         state = found.get(arn) or found.get(_task_id(arn))
         if state is None:
             reason = failures.get(arn, failures.get(_task_id(arn), "MISSING"))
             # MISSING (or silently absent) means ECS no longer knows the task; other
             # failure reasons say nothing about it.
-            state = Infrastructure.GONE if reason == "MISSING" else Infrastructure.UNKNOWN
+            state = InfraReading(Infrastructure.GONE, "task unknown to ECS") if reason == "MISSING" else \
+                InfraReading(Infrastructure.UNKNOWN, f"DescribeTasks failure {reason!r}")
         states[arn] = state
     return states
+
+
+def _reading(task: Mapping[str, Any]) -> InfraReading:
+    """A described task's liveness; for a stopped one, what ECS says stopped it (the proof)."""
+    liveness = task_liveness(task.get("lastStatus"))
+    if liveness is not Infrastructure.GONE:
+        return InfraReading(liveness, "" if liveness is Infrastructure.ALIVE else f"lastStatus {task.get('lastStatus')!r}")
+    proof = [f"task {_task_id(str(task.get('taskArn') or ''))} {str(task.get('lastStatus')).upper()}"]
+    if task.get("stopCode"):
+        proof.append(f"stopCode {task['stopCode']}")
+    if task.get("stoppedReason"):
+        proof.append(f"stoppedReason {_clip(str(task['stoppedReason']))!r}")
+    return InfraReading(Infrastructure.GONE, ", ".join(proof))
+
+
+def _unknown_detail(exc: AwsError | None) -> str:
+    if exc is None:
+        return ""
+    if exc.reason == CALL_BUDGET_EXHAUSTED:
+        return "the AWS call budget of this cycle is spent"
+    return f"ECS {exc.operation or 'call'}: {exc.reason}"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _plain(message: str) -> str:

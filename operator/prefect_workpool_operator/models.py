@@ -153,19 +153,25 @@ class PrefectConnection(_Model):
 class StaleRunsSpec(_Model):
     """Recover flow runs stuck in PENDING: claimed by a worker that died before their infrastructure started.
 
-    A stale run is touched only when no one can act on it any more: its claiming worker is
-    offline or unknown and no infrastructure for it is known to be alive.
+    A stale run is touched only on proof that no one can still act on it: its ECS task is
+    gone, or its claiming worker is gone and no task exists, seen so on two cycles.
     """
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
+                    "!has(self.hardTimeout) || "
                     "!self.hardTimeout.matches('" + DURATION_SAFE_PATTERN + "') || "
                     "!self.pendingTimeout.matches('" + DURATION_SAFE_PATTERN + "') || "
                     "duration(self.hardTimeout) > duration(self.pendingTimeout)",
                     "hardTimeout must be longer than pendingTimeout",
-                )
+                ),
+                _cel(
+                    "!has(self.hardTimeoutOverridesLiveClaimer) || !self.hardTimeoutOverridesLiveClaimer "
+                    "|| has(self.hardTimeout)",
+                    "hardTimeoutOverridesLiveClaimer needs hardTimeout",
+                ),
             ]
         }
     )
@@ -174,18 +180,27 @@ class StaleRunsSpec(_Model):
         default="10m",
         description=(
             f"A run PENDING at least this long is stale (Go duration, at least {MIN_PENDING_TIMEOUT}). "
-            "Keep it longer than the ECS task start timeout of the pool."
+            "Keep it longer than the time your workers need to start a task (RunTask retries included)."
         ),
         json_schema_extra=_duration_rules(
             "pendingTimeout",
             (f"duration(self) >= duration('{MIN_PENDING_TIMEOUT}')", f"pendingTimeout must be at least {MIN_PENDING_TIMEOUT}"),
         ),
     )
-    hard_timeout: Duration = Field(
-        default="1h",
+    hard_timeout: Duration | None = Field(
+        default=None,
         description=(
-            "A stale run whose claiming worker is still online, or whose infrastructure could not be "
-            "verified, is left alone until it has been PENDING this long."
+            "Opt-in. A stale run PENDING this long whose claiming worker is gone may be recovered even though "
+            "the task it reported cannot be verified (no spec.ecs, or verifyInfrastructure false). It never "
+            "overrides a live task, an unanswered ECS check, or a claimer that is still online (unless "
+            "hardTimeoutOverridesLiveClaimer). Unset by default."
+        ),
+    )
+    hard_timeout_overrides_live_claimer: bool = Field(
+        default=False,
+        description=(
+            "Past hardTimeout, recover runs even while their claiming worker is online (no live task found). "
+            "That worker may still start the flow: the run can execute twice. A Warning Event says so each time."
         ),
         json_schema_extra=_duration_rules("hardTimeout"),
     )
@@ -214,8 +229,9 @@ class StaleRunsSpec(_Model):
     verify_infrastructure: bool = Field(
         default=True,
         description=(
-            "Ask ECS (spec.ecs) whether a run's task is alive before touching it; a live task means hands off. "
-            "When false, or without spec.ecs, runs that show signs of infrastructure wait for hardTimeout."
+            "Ask ECS (spec.ecs) what became of a run's task before touching it; a live task means hands off. "
+            "When false, or without spec.ecs, infrastructure counts as unknown: only runs whose claimer is "
+            "gone and that never reported a task are recovered (others wait for hardTimeout, if set)."
         ),
     )
     tags: list[Tag] = Field(
@@ -236,13 +252,17 @@ class StaleRunsSpec(_Model):
         return parse_duration(self.pending_timeout)
 
     @property
-    def hard_timeout_delta(self) -> timedelta:
-        return parse_duration(self.hard_timeout)
+    def hard_timeout_delta(self) -> timedelta | None:
+        return parse_duration(self.hard_timeout) if self.hard_timeout is not None else None
 
     @model_validator(mode="after")
     def _hard_after_pending(self) -> StaleRunsSpec:
-        if self.hard_timeout_delta <= self.pending_timeout_delta:
+        # The same rules as the CEL above.
+        hard = self.hard_timeout_delta
+        if hard is not None and hard <= self.pending_timeout_delta:
             raise ValueError("hardTimeout must be longer than pendingTimeout")
+        if self.hard_timeout_overrides_live_claimer and hard is None:
+            raise ValueError("hardTimeoutOverridesLiveClaimer needs hardTimeout")
         return self
 
 
@@ -346,7 +366,8 @@ class JobTemplateSpec(_Model):
     variables: dict[str, Any] = Field(
         default_factory=dict,
         description=(
-            "Variable name -> default value, e.g. task_start_timeout_seconds: 600. Only these defaults are "
+            "Variable name -> default value, e.g. match_latest_revision_in_family: true (the variables a "
+            "pool has depend on its prefect-aws version; 0.6 and later have no ECS start timeout). Only these defaults are "
             "managed; everything else in the template is left untouched."
         ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
@@ -451,11 +472,16 @@ class RunFigures(_Model):
 class SkippedFigures(_Model):
     """Stale runs left alone this cycle, by reason."""
 
-    claimer_online: int = Field(default=0, ge=0, description="Its claiming worker is still online (until hardTimeout).")
+    claimer_alive: int = Field(default=0, ge=0, description="Its claiming worker (the same process) is online.")
     infrastructure_alive: int = Field(default=0, ge=0, description="Its infrastructure (ECS task) is alive.")
-    infrastructure_unknown: int = Field(default=0, ge=0, description="Its infrastructure could not be checked.")
+    infrastructure_unknown: int = Field(
+        default=0, ge=0, description="ECS could not be asked (throttled, call budget spent, unreachable): hold."
+    )
     infrastructure_unverified: int = Field(
-        default=0, ge=0, description="It has infrastructure that no check is configured for (until hardTimeout)."
+        default=0, ge=0, description="A task was reported for it and no ECS check is configured (until hardTimeout, if set)."
+    )
+    awaiting_confirmation: int = Field(
+        default=0, ge=0, description="Recoverable on this observation; acted on only if still so one interval later."
     )
     batch_limit: int = Field(default=0, ge=0, description="Over maxRunsPerCycle: waits for the next cycle.")
     moved_on: int = Field(default=0, ge=0, description="It left PENDING before the operator's write.")
@@ -469,7 +495,11 @@ class StaleRunFigures(_Model):
     would_recover: int = Field(default=0, ge=0, description="Recoverable runs left unchanged (dryRun or ReportOnly).")
     exhausted: int = Field(default=0, ge=0, description="Runs that reached maxRequeuesPerRun this cycle.")
     skipped: SkippedFigures | None = Field(default=None, description="Stale runs left alone, by reason.")
-    total_recovered: int = Field(default=0, ge=0, description="Runs changed since the policy was created.")
+    total_recovered: int = Field(
+        default=0, ge=0,
+        description="Runs of the pool requeued by the operator since the policy was created, counted from Prefect's "
+                    "prefect.flow-run.Requeued events (within its event retention), so operator restarts lose nothing.",
+    )
 
 
 class LastRecovery(_Model):

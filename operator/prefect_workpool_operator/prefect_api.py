@@ -21,22 +21,27 @@ import httpx
 from .core import health
 from .core.health import Failure, PoolObservation
 from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
+from .core.stale import WorkerLifecycle
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
 BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
+PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 FLOW_RUN_PREFIX = "prefect.flow-run."
 SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
 EXECUTED_EVENT = "prefect.worker.executed-flow-run"
 REQUEUED_STATE_NAME = "Requeued"  # the server emits prefect.flow-run.Requeued for each requeue
+WORKER_STARTED_EVENT = "prefect.worker.started"
+WORKER_STOPPED_EVENT = "prefect.worker.stopped"
 
 
 @dataclass(frozen=True)
 class Claim:
     worker: str | None
     executed: bool = False
+    at: datetime | None = None  # when the worker emitted submitted-flow-run (its own clock)
 
 
 class PrefectError(Exception):
@@ -255,17 +260,21 @@ class PrefectClient:
         }
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
-        runs: list[dict[str, Any]] = []
-        for page in range(max_pages):
+        runs: dict[str, dict[str, Any]] = {}
+        offset = 0
+        for _ in range(max_pages):
             body = {**scope, "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": page_size, "offset": page * page_size}
+                    "limit": page_size, "offset": offset}
             batch = await self._json("POST", "/flow_runs/filter", body)
             if not isinstance(batch, list):
                 raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
-            runs.extend(batch)
+            runs.update((str(r.get("id")), r) for r in batch)
             if len(batch) < page_size:
                 break
-        return runs
+            # Runs leave PENDING while we page (workers start them): the rest shift left.
+            # Overlapping pages keep such a shift from skipping a run past a page boundary.
+            offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+        return list(runs.values())
 
     async def claims(self, run_ids: list[str], since: datetime) -> dict[str, Claim]:
         """Who claimed each run (its latest prefect.worker.submitted-flow-run event) and whether
@@ -308,6 +317,56 @@ class PrefectClient:
             for row in await self._json("POST", "/events/count-by/resource", body):
                 counts[str(row["value"]).removeprefix(FLOW_RUN_PREFIX)] = int(row["count"])
         return counts
+
+    async def worker_lifecycle(self, names: list[str], since: datetime) -> dict[str, WorkerLifecycle]:
+        """The latest ``prefect.worker.started`` / ``stopped`` event of each named worker since
+        ``since``: one query (workers are few), paged if needed."""
+        if not names:
+            return {}
+        body = {
+            "filter": {
+                "event": {"name": [WORKER_STARTED_EVENT, WORKER_STOPPED_EVENT]},
+                "resource": {"id_prefix": ["prefect.worker."], "labels": {"prefect.resource.name": sorted(names)}},
+                "occurred": {"since": since.isoformat()},
+                "order": "ASC",
+            },
+            "limit": 50,
+        }
+        found: dict[str, WorkerLifecycle] = {}
+        page = await self._json("POST", "/events/filter", body)
+        while True:
+            for event in page.get("events") or []:
+                name = str((event.get("resource") or {}).get("prefect.resource.name") or "")
+                at = _occurred(event)
+                if name not in names or at is None:
+                    continue  # the server matches labels with LIKE: keep exact names only
+                life = found.get(name, WorkerLifecycle())
+                if event.get("event") == WORKER_STARTED_EVENT:
+                    found[name] = WorkerLifecycle(started=max(filter(None, (life.started, at))), stopped=life.stopped)
+                else:
+                    found[name] = WorkerLifecycle(started=life.started, stopped=max(filter(None, (life.stopped, at))))
+            next_page = page.get("next_page")
+            if not next_page:
+                return found
+            page = await self._json("GET", "/events/filter/next?" + urlsplit(next_page).query)
+
+    async def requeued_total(self, pool: str, since: datetime) -> int:
+        """Requeues of the pool's runs since ``since``: one count of their Requeued events.
+
+        The operator is what names a state "Requeued", so this is its own tally, kept by
+        Prefect (within its event retention): an operator restart cannot lose it.
+        """
+        body = {
+            "filter": {
+                "event": {"name": [f"prefect.flow-run.{REQUEUED_STATE_NAME}"]},
+                "related": {"role": ["work-pool"], "labels": {"prefect.resource.name": [pool]}},
+                "occurred": {"since": since.isoformat()},
+            },
+        }
+        rows = await self._json("POST", "/events/count-by/event", body)
+        if not isinstance(rows, list):
+            raise PrefectError(health.BAD_RESPONSE, "events/count-by/event answered an unexpected body")
+        return sum(int(row.get("count") or 0) for row in rows if isinstance(row, dict))
 
     async def bulk_set_pending_runs(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, str] | None:
         """Set ``state`` on those of ``run_ids`` still PENDING; None when the server lacks the endpoint.
@@ -369,10 +428,18 @@ def _record_claim(claims: dict[str, Claim], event: dict[str, Any]) -> None:
     worker = (event.get("resource") or {}).get("prefect.resource.name")
     for run_id in runs:
         if event.get("event") == SUBMITTED_EVENT:  # ascending order: the latest claim wins
-            claims[run_id] = Claim(worker=worker, executed=False)
+            claims[run_id] = Claim(worker=worker, executed=False, at=_occurred(event))
         elif event.get("event") == EXECUTED_EVENT:
             previous = claims.get(run_id)
-            claims[run_id] = Claim(worker=previous.worker if previous else worker, executed=True)
+            claims[run_id] = Claim(worker=previous.worker if previous else worker, executed=True,
+                                   at=previous.at if previous else None)
+
+
+def _occurred(event: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(event["occurred"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

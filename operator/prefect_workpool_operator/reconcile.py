@@ -28,7 +28,7 @@ from .kube_api import SecretError, SecretReader, read_secret_for
 from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
 from .prefect_http import PrefectHttp
-from .recovery import RequeueMemory, recover_stale_runs
+from .recovery import RecoveryMemory, recover_stale_runs
 from .workers_scaling import EcsRuntime
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class PolicyRuntime:
     queues_checked_generation: int | None = None
     last_generation: int | None = None
     next_start: float | None = None  # epoch seconds (core.schedule), set by the kopf glue
-    requeues: RequeueMemory = field(default_factory=RequeueMemory)
+    recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
     ecs: EcsRuntime = field(default_factory=EcsRuntime)
     log_gate: LogGate = field(default_factory=LogGate)  # a persisting failure is logged once, then reminded
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +98,7 @@ async def run_cycle(
             conditions = [Condition(health.READY, "False", claims.CONFLICT, claims.conflict_message(rival))]
         else:
             conditions, figures, acted = await _observe(
-                spec, meta, body.get("status") or {}, http, secrets, runtime, now
+                spec, meta, http, secrets, runtime, now
             )
 
     retired = _retired_conditions(spec)
@@ -123,7 +123,6 @@ async def run_cycle(
 async def _observe(
     spec: PolicySpec,
     meta: Mapping[str, Any],
-    previous_status: Mapping[str, Any],
     http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
@@ -165,7 +164,7 @@ async def _observe(
         cycle.fail(fit.reason, fit.message)
     aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now) if features.ecs else None
     if spec.stale_runs is not None and features.recovery:
-        await _recovery_step(spec, policy, client, aws, runtime, observation, previous_status, cycle, now)
+        await _recovery_step(spec, policy, client, aws, runtime, observation, _created(meta), cycle, now)
     if spec.job_template is not None or (spec.stale_runs is not None and features.ecs):
         await _template_step(spec, client, observation, cycle, ecs_checks=features.ecs)
     if spec.ecs is not None and features.ecs:
@@ -237,7 +236,7 @@ async def _aws_step(
 
 async def _recovery_step(
     spec: PolicySpec, policy: str, client: PrefectClient, aws: AwsClient | None, runtime: PolicyRuntime,
-    observation: PoolObservation, previous_status: Mapping[str, Any], cycle: _Cycle, now: datetime,
+    observation: PoolObservation, created: datetime | None, cycle: _Cycle, now: datetime,
 ) -> None:
     stale_spec = spec.stale_runs
     assert stale_spec is not None
@@ -253,9 +252,10 @@ async def _recovery_step(
             policy=policy,
             online_workers=observation.online_workers,
             dry_run=spec.dry_run,
-            memory=runtime.requeues,
+            memory=runtime.recovery,
             now=now,
-            total_before=int(((previous_status.get("staleRuns") or {}).get("totalRecovered")) or 0),
+            interval=spec.interval_delta,
+            counting_since=created,
             infrastructure_check=check,
         )
     except PrefectError as exc:
@@ -270,6 +270,8 @@ async def _recovery_step(
         cycle.figures["lastRecovery"] = outcome.last_recovery
     if outcome.event_message:
         cycle.events.append(Event("Normal", "RunsRecovered", outcome.event_message, covers=stale.STALE_RUNS_RECOVERED))
+    if outcome.warning:
+        cycle.events.append(Event("Warning", "RecoveredDespiteLiveClaimer", outcome.warning))
 
 
 async def _template_step(
@@ -334,6 +336,14 @@ def _retired_conditions(spec: PolicySpec | None) -> set[str]:
     if spec.stale_runs is None and spec.ecs is None and spec.scaling is None and spec.job_template is None:
         retired.add(pool_types.POOL_TYPE_SUPPORTED)
     return retired
+
+
+def _created(meta: Mapping[str, Any]) -> datetime | None:
+    """The policy's creationTimestamp: totals count from there."""
+    try:
+        return datetime.fromisoformat(str(meta["creationTimestamp"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return None
 
 
 def status_figures(o: PoolObservation) -> dict[str, Any]:

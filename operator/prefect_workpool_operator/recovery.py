@@ -1,10 +1,13 @@
 """Stale-run recovery for one policy and cycle: read, decide (core.stale), write in batches.
 
-Reads: the stale candidates (paginated), who claimed them (worker labels on the run,
-else the worker's submitted-flow-run event), and how often each was requeued before
-(``prefect.flow-run.Requeued`` events: the count lives in Prefect, so an operator
-restart cannot reset it). Writes: ``bulk_set_state`` with a PENDING guard, ≤50 runs
-per call; servers without it get re-read + ``set_state`` per run. Never ``force``.
+Reads: the stale candidates (paginated); who claimed them and when (worker labels on
+the run, the worker's submitted-flow-run event); whether that worker has started or
+stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often each
+was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
+Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
+``bulk_set_state`` with a PENDING guard, ≤50 runs per call, one group per reason so
+each run's state message tells its own; servers without it get re-read +
+``set_state`` per run. Never ``force``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Any, Protocol
 from .core import stale
 from .core.conditions import Condition, format_time
 from .core.durations import format_duration
-from .core.stale import Infrastructure, PendingRun, RecoveryPlan, RecoveryRules
+from .core.stale import InfraReading, Observations, PendingRun, RecoveryPlan, RecoveryRules
 from .models import StaleRunsSpec
-from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, pool_scope
+from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, PrefectError, pool_scope
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +34,13 @@ SAMPLE_SIZE = 10
 
 
 class InfrastructureCheck(Protocol):
-    """Answers "is this run's infrastructure alive?"; the ECS check plugs in here."""
+    """Answers "what became of this run's infrastructure?"; the ECS check plugs in here."""
 
-    async def check(self, runs: list[PendingRun]) -> dict[str, Infrastructure]: ...
+    async def check(self, runs: list[PendingRun]) -> dict[str, InfraReading]: ...
 
 
 class NoInfrastructureCheck:
-    async def check(self, runs: list[PendingRun]) -> dict[str, Infrastructure]:
+    async def check(self, runs: list[PendingRun]) -> dict[str, InfraReading]:
         return {}
 
 
@@ -47,6 +50,7 @@ class RecoveryOutcome:
     figures: dict[str, Any]
     last_recovery: dict[str, Any] | None = None
     event_message: str | None = None  # set when the cycle changed runs
+    warning: str | None = None  # set when runs were changed despite a live claimer (opt-in)
     writes: int = 0
 
 
@@ -69,10 +73,23 @@ class RequeueMemory:
         return {**from_events, **{k: max(n, from_events.get(k, 0)) for k, (n, _) in self.counts.items()}}
 
 
-def rules_from(spec: StaleRunsSpec) -> RecoveryRules:
+@dataclass
+class RecoveryMemory:
+    """What recovery keeps between a policy's cycles, in memory only."""
+
+    requeues: RequeueMemory = field(default_factory=RequeueMemory)
+    observations: Observations = field(default_factory=Observations)
+    # Requeues of the pool counted from Prefect once (first cycle after a start), then
+    # advanced by this process's own: the events of a requeue show up seconds later.
+    total_requeued: int | None = None
+
+
+def rules_from(spec: StaleRunsSpec, interval: timedelta) -> RecoveryRules:
     return RecoveryRules(
         pending_timeout=spec.pending_timeout_delta,
         hard_timeout=spec.hard_timeout_delta,
+        hard_timeout_overrides_live_claimer=spec.hard_timeout_overrides_live_claimer,
+        confirm_after=interval,
         action=spec.action,
         max_requeues=spec.max_requeues_per_run,
         on_exhausted=spec.on_exhausted,
@@ -89,46 +106,57 @@ async def recover_stale_runs(
     policy: str,
     online_workers: frozenset[str],
     dry_run: bool,
-    memory: RequeueMemory,
+    memory: RecoveryMemory,
     now: datetime,
-    total_before: int = 0,
+    interval: timedelta = timedelta(seconds=30),
+    counting_since: datetime | None = None,
     infrastructure_check: InfrastructureCheck | None = None,
 ) -> RecoveryOutcome:
-    rules = rules_from(spec)
+    rules = rules_from(spec, interval)
     scope = pool_scope(pool, list(spec.work_queues) or queues)
     raw = await client.pending_candidates(scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
 
+    claimers: dict[str, stale.Claimer] = {}
+    infra: dict[str, InfraReading] = {}
     if stale_runs:
-        stale_runs = await _with_claims_and_counts(client, stale_runs, memory, now)
-    infra = await (infrastructure_check or NoInfrastructureCheck()).check(stale_runs) if stale_runs else {}
-    plan = stale.plan_recovery(stale_runs, online_workers=set(online_workers), infrastructure=infra, rules=rules, now=now)
+        stale_runs = await _with_claims_and_counts(client, stale_runs, memory.requeues, now)
+        claimers = await _claimer_statuses(client, stale_runs, online_workers)
+        infra = await (infrastructure_check or NoInfrastructureCheck()).check(stale_runs)
+    plan = stale.plan_recovery(stale_runs, claimers=claimers, infrastructure=infra, rules=rules,
+                               observations=memory.observations, now=now)
+    if memory.total_requeued is None:
+        since = max(counting_since or now - REQUEUE_LOOKBACK, now - REQUEUE_LOOKBACK)
+        try:
+            memory.total_requeued = await client.requeued_total(pool, since)
+        except PrefectError as exc:
+            if exc.status_code is None:
+                raise  # unreachable, auth: the cycle reports it
+            # A server that cannot count events: count from this start on, ask again next start.
+            log.warning("policy %s: cannot count earlier requeues: %s", policy, exc.message)
+            memory.total_requeued = 0
 
     moved_on = 0
     changed: dict[str, list[str]] = {}
     failed = 0
     writes = 0
     if not dry_run and plan.to_write:
-        message = (
-            f"{{verb}} by prefectops.dev policy {policy}: PENDING for at least {format_duration(rules.pending_timeout)}"
-            " and no live worker or infrastructure owns it"
-        )
         for action, ids in plan.by_action().items():
-            if not ids:
-                continue
-            result = await _apply(client, ids, _target_state(action, message))
-            changed[action] = result.accepted
-            moved_on += result.moved_on
-            failed += result.failed
-            writes += result.writes
+            for message, group in _by_message(ids, plan, policy, rules).items():
+                result = await _apply(client, group, _target_state(action, message))
+                changed.setdefault(action, []).extend(result.accepted)
+                moved_on += result.moved_on
+                failed += result.failed
+                writes += result.writes
         requeues_before = {r.id: r.requeues for r in stale_runs}
         for run_id in changed.get(stale.RESCHEDULE, []):
-            memory.record(run_id, requeues_before.get(run_id, 0) + 1, now)
+            memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
+        memory.total_requeued += len(changed.get(stale.RESCHEDULE, []))
 
     recovered = sum(len(v) for v in changed.values())
     condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
-    figures = _figures(plan, recovered, moved_on, dry_run, total_before + recovered)
+    figures = _figures(plan, recovered, moved_on, dry_run, memory.total_requeued)
     if not recovered:
         return RecoveryOutcome(condition, figures, writes=writes)
     sample = [i for ids in changed.values() for i in ids][:SAMPLE_SIZE]
@@ -141,11 +169,29 @@ async def recover_stale_runs(
     }
     verbs = [f"{last['rescheduled']} rescheduled", f"{last['crashed']} marked Crashed", f"{last['cancelled']} cancelled"]
     summary = ", ".join(v for v in verbs if not v.startswith("0 "))
+    reasons = Counter(plan.decisions[i].reason for ids in changed.values() for i in ids)
+    why = "; ".join(f"{n} {reason}: {plan.example(reason)}" for reason, n in sorted(reasons.items()))
     skipped = sum(plan.skipped.values()) + moved_on
-    event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary}" + (
+    event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary} ({why})" + (
         f"; {skipped} left alone (see status.staleRuns.skipped)" if skipped else ""
     )
-    return RecoveryOutcome(condition, figures, last_recovery=last, event_message=event, writes=writes)
+    risky = [i for ids in changed.values() for i in ids if plan.decisions[i].double_run_risk]
+    warning = None
+    if risky:
+        warning = (f"{len(risky)} run(s) changed past hardTimeout while their claiming worker was still online "
+                   f"(hardTimeoutOverridesLiveClaimer): each may run twice if that worker still starts it, "
+                   f"e.g. {risky[0]}")
+    return RecoveryOutcome(condition, figures, last_recovery=last, event_message=event, warning=warning, writes=writes)
+
+
+def _by_message(ids: list[str], plan: RecoveryPlan, policy: str, rules: RecoveryRules) -> dict[str, list[str]]:
+    """Runs grouped by the state message they get: each names its run's true reason."""
+    groups: dict[str, list[str]] = {}
+    for run_id in ids:
+        message = ("{verb}" f" by prefectops.dev policy {policy}: PENDING for at least "
+                   f"{format_duration(rules.pending_timeout)} and {plan.decisions[run_id].message}")
+        groups.setdefault(message, []).append(run_id)
+    return groups
 
 
 @dataclass
@@ -185,10 +231,15 @@ async def _apply(client: PrefectClient, ids: list[str], state: dict[str, Any]) -
 def _target_state(action: str, message: str) -> dict[str, Any]:
     if action == stale.RESCHEDULE:
         # No scheduled_time: the server stamps its own "now", so clock skew can't delay the run.
-        return {"type": "SCHEDULED", "name": REQUEUED_STATE_NAME, "message": message.format(verb="Requeued")}
+        return {"type": "SCHEDULED", "name": REQUEUED_STATE_NAME, "message": _verb(message, "Requeued")}
     if action == stale.MARK_CRASHED:
-        return {"type": "CRASHED", "name": "Crashed", "message": message.format(verb="Marked Crashed")}
-    return {"type": "CANCELLED", "name": "Cancelled", "message": message.format(verb="Cancelled")}
+        return {"type": "CRASHED", "name": "Crashed", "message": _verb(message, "Marked Crashed")}
+    return {"type": "CANCELLED", "name": "Cancelled", "message": _verb(message, "Cancelled")}
+
+
+def _verb(message: str, verb: str) -> str:
+    # Not str.format: the reason may quote ECS's stoppedReason, braces and all.
+    return message.replace("{verb}", verb, 1)
 
 
 async def _with_claims_and_counts(
@@ -196,23 +247,32 @@ async def _with_claims_and_counts(
 ) -> list[PendingRun]:
     ids = [r.id for r in runs]
     counts = memory.merged(await client.requeue_counts(ids, now - REQUEUE_LOOKBACK), now)
-    unlabelled = [r.id for r in runs if r.claimer is None]
-    claims = {}
-    if unlabelled:
-        since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
-        claims = await client.claims(unlabelled, since)
+    # Every run's claim event: its time is what a later worker start is compared with.
+    since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
+    claims = await client.claims(ids, since)
     out = []
     for r in runs:
         claim = claims.get(r.id)
+        same_worker = claim is not None and (r.claimer is None or claim.worker == r.claimer)
         out.append(PendingRun(
             id=r.id,
             pending_since=r.pending_since,
             infrastructure_pid=r.infrastructure_pid,
             claimer=r.claimer or (claim.worker if claim else None),
+            claimed_at=claim.at if claim and same_worker else None,
             submission_reported=bool(claim and claim.executed),
             requeues=counts.get(r.id, 0),
         ))
     return out
+
+
+async def _claimer_statuses(
+    client: PrefectClient, runs: list[PendingRun], online_workers: frozenset[str]
+) -> dict[str, stale.Claimer]:
+    names = sorted({r.claimer for r in runs if r.claimer})
+    since = min((r.claimed_at or r.pending_since) for r in runs) - CLAIM_LOOKBACK_MARGIN
+    lifecycle = await client.worker_lifecycle(names, since) if names else {}
+    return {r.id: stale.claimer_status(r, online_workers, lifecycle) for r in runs}
 
 
 def _pending_run(raw: dict[str, Any]) -> PendingRun:
@@ -229,10 +289,11 @@ def _pending_run(raw: dict[str, Any]) -> PendingRun:
 def _figures(plan: RecoveryPlan, recovered: int, moved_on: int, dry_run: bool, total: int) -> dict[str, Any]:
     skipped: Counter[str] = Counter(plan.skipped)
     keys = {
-        stale.CLAIMER_ONLINE: "claimerOnline",
+        stale.CLAIMER_ALIVE: "claimerAlive",
         stale.INFRASTRUCTURE_ALIVE: "infrastructureAlive",
         stale.INFRASTRUCTURE_UNKNOWN: "infrastructureUnknown",
         stale.INFRASTRUCTURE_UNVERIFIED: "infrastructureUnverified",
+        stale.AWAITING_CONFIRMATION: "awaitingConfirmation",
         stale.BATCH_LIMIT: "batchLimit",
     }
     return {

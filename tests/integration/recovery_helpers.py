@@ -9,7 +9,7 @@ import httpx
 
 from prefect_workpool_operator.models import StaleRunsSpec
 from prefect_workpool_operator.prefect_api import PrefectClient
-from prefect_workpool_operator.recovery import RequeueMemory, recover_stale_runs
+from prefect_workpool_operator.recovery import RecoveryMemory, RecoveryOutcome, recover_stale_runs
 from sandbox.prefect_seed import PrefectSeeder
 
 WRITE_PATHS = ("/set_state", "/bulk_set_state", "/labels")
@@ -47,8 +47,15 @@ def spec(**fields: Any) -> StaleRunsSpec:
 
 
 def pending_since(seeder: PrefectSeeder, run_ids: list[str]) -> list[dt.datetime]:
-    runs = seeder.filter_runs({"flow_runs": {"id": {"any_": run_ids}}, "limit": 200})
-    return [dt.datetime.fromisoformat(r["state"]["timestamp"]) for r in runs]
+    """Every run's state timestamp, 200 per read (the server's page limit): a clock taken
+    from a partial read could lie before some runs' thresholds."""
+    out = []
+    for start in range(0, len(run_ids), 200):
+        chunk = run_ids[start : start + 200]
+        runs = seeder.filter_runs({"flow_runs": {"id": {"any_": chunk}}, "limit": 200})
+        out += [dt.datetime.fromisoformat(r["state"]["timestamp"]) for r in runs]
+    assert len(out) == len(run_ids), "some runs were not found"
+    return out
 
 
 def clock_after(seeder: PrefectSeeder, run_ids: list[str], seconds: float = 31) -> dt.datetime:
@@ -66,12 +73,23 @@ def states(seeder: PrefectSeeder, run_ids: list[str]) -> dict[str, tuple[str, st
 
 
 async def recover(
-    client: PrefectClient, pool: str, now: dt.datetime, *, memory: RequeueMemory | None = None,
-    dry_run: bool = False, online: frozenset[str] | None = None, **fields: Any,
-):
-    if online is None:
-        online = frozenset(w["name"] for w in await client.read_workers(pool) if w.get("status") == "ONLINE")
-    return await recover_stale_runs(
-        client, spec(**fields), pool=pool, queues=[], policy="ns/policy", online_workers=online,
-        dry_run=dry_run, memory=memory or RequeueMemory(), now=now,
-    )
+    client: PrefectClient, pool: str, now: dt.datetime, *, memory: RecoveryMemory | None = None,
+    dry_run: bool = False, online: frozenset[str] | None = None, observations: int = 2,
+    interval: dt.timedelta = dt.timedelta(seconds=1), **fields: Any,
+) -> RecoveryOutcome:
+    """``observations`` cycles of recovery ``interval`` apart, the last at ``now``; the last outcome.
+
+    A run is acted on only when seen recoverable twice an interval apart, so the default
+    is two; the first is ``interval`` before ``now`` (the runs must be stale by then).
+    """
+    memory = memory or RecoveryMemory()
+    outcome = None
+    for k in range(observations - 1, -1, -1):
+        workers = online if online is not None else frozenset(
+            w["name"] for w in await client.read_workers(pool) if w.get("status") == "ONLINE")
+        outcome = await recover_stale_runs(
+            client, spec(**fields), pool=pool, queues=[], policy="ns/policy", online_workers=workers,
+            dry_run=dry_run, memory=memory, now=now - k * interval, interval=interval,
+        )
+    assert outcome is not None
+    return outcome

@@ -32,7 +32,7 @@ import pytest
 
 from prefect_workpool_operator import aws_api
 from prefect_workpool_operator.aws_api import AwsClient, AwsCredentials, AwsError, EcsInfrastructureCheck
-from prefect_workpool_operator.core.stale import Infrastructure, PendingRun
+from prefect_workpool_operator.core.stale import InfraReading, Infrastructure, PendingRun
 from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
 from tests.ecs_sandbox import REGION, EcsSandbox
@@ -41,6 +41,11 @@ pytestmark = pytest.mark.integration
 
 CREDENTIALS = AwsCredentials("testing", "testing")
 ALIVE, GONE, UNKNOWN = Infrastructure.ALIVE, Infrastructure.GONE, Infrastructure.UNKNOWN
+NONE_FOUND = Infrastructure.NONE_FOUND
+
+
+def kinds(readings: dict[str, InfraReading]) -> dict[str, Infrastructure]:
+    return {k: v.state for k, v in readings.items()}
 
 
 @pytest.fixture
@@ -102,11 +107,15 @@ async def test_task_states_follow_the_tasks(sandbox: EcsSandbox, make_client, co
     client = make_client()
 
     counter.mark()
-    states = await client.task_states([
+    readings = await client.task_states([
         pid(cluster, stopped), pid(cluster, running), by_arn, missing, "not-an-ecs-pid", elsewhere,
     ])
 
-    assert states == {
+    # The proof of a gone task: what ECS says stopped it, or that it no longer knows it.
+    assert "STOPPED" in readings[pid(cluster, stopped)].detail
+    assert "stoppedReason 'test'" in readings[pid(cluster, stopped)].detail
+    assert readings[missing].detail == "task unknown to ECS"
+    assert kinds(readings) == {
         pid(cluster, stopped): GONE,
         pid(cluster, running): ALIVE,
         by_arn: ALIVE,
@@ -128,7 +137,7 @@ async def test_300_pids_take_three_describe_tasks_calls(sandbox: EcsSandbox, mak
 
     counter.mark()
     started = time.monotonic()
-    states = await client.task_states([pid(cluster, a) for a in arns])
+    states = kinds(await client.task_states([pid(cluster, a) for a in arns]))
     elapsed = time.monotonic() - started
 
     assert [states[pid(cluster, a)] for a in arns] == [GONE] * 30 + [ALIVE] * 270
@@ -152,7 +161,7 @@ async def test_stopping_tasks_stay_alive_until_stopped(
     finally:
         moto.hold_tasks()
     assert seen == [("DEACTIVATING", ALIVE), ("STOPPING", ALIVE), ("DEPROVISIONING", ALIVE), ("STOPPED", GONE)]
-    assert (await client.task_states([pid(cluster, task)])) == {pid(cluster, task): GONE}
+    assert kinds(await client.task_states([pid(cluster, task)])) == {pid(cluster, task): GONE}
 
 
 # -- runs without a pid: the run-id tag -----------------------------------------------
@@ -171,9 +180,10 @@ async def test_tasks_for_runs_finds_live_tasks_by_their_run_tag(
     client = make_client()
 
     counter.mark()
-    found = await client.tasks_for_runs(cluster, {alive_run, stopped_run, no_task_run})
+    found = kinds(await client.tasks_for_runs(cluster, {alive_run, stopped_run, no_task_run}))
 
-    assert found == {alive_run: ALIVE, stopped_run: GONE, no_task_run: GONE}
+    # The scan sees running tasks only: a stopped tagged task is no task found, not a proof.
+    assert found == {alive_run: ALIVE, stopped_run: NONE_FOUND, no_task_run: NONE_FOUND}
     assert (counter.since("ListTasks"), counter.since("DescribeTasks")) == (1, 1)
     assert client.last_error is None
 
@@ -188,7 +198,7 @@ async def test_tasks_for_runs_describes_running_tasks_100_at_a_time(
     client = make_client()
 
     counter.mark()
-    assert await client.tasks_for_runs(cluster, {run_id}) == {run_id: ALIVE}
+    assert kinds(await client.tasks_for_runs(cluster, {run_id})) == {run_id: ALIVE}
     assert (counter.since("ListTasks"), counter.since("DescribeTasks")) == (1, 3)
 
 
@@ -210,15 +220,15 @@ async def test_infrastructure_check_combines_pids_and_tags(sandbox: EcsSandbox, 
     ]
     client = make_client()
 
-    answers = await EcsInfrastructureCheck(client, cluster).check(runs)
+    answers = kinds(await EcsInfrastructureCheck(client, cluster).check(runs))
     assert answers == {
-        ids["pid_alive"]: ALIVE, ids["pid_stopped"]: GONE, ids["tag_alive"]: ALIVE, ids["nothing"]: GONE,
+        ids["pid_alive"]: ALIVE, ids["pid_stopped"]: GONE, ids["tag_alive"]: ALIVE, ids["nothing"]: NONE_FOUND,
         ids["odd_pid"]: ALIVE,
     }
     assert dict(client.calls) == {"DescribeTasks": 2, "ListTasks": 1}
 
     # Without a cluster to scan, pid-less runs are not checked at all (recovery treats them as NOT_CHECKED).
-    answers = await EcsInfrastructureCheck(client, None).check(runs)
+    answers = kinds(await EcsInfrastructureCheck(client, None).check(runs))
     assert answers == {ids["pid_alive"]: ALIVE, ids["pid_stopped"]: GONE}
 
 
@@ -298,7 +308,7 @@ async def test_throttled_describe_tasks_is_retried(
             await asyncio.sleep(0.05)
 
     beat = asyncio.create_task(ticker())
-    states = await client.task_states([pid(cluster, a) for a in arns])
+    states = kinds(await client.task_states([pid(cluster, a) for a in arns]))
     beat.cancel()
 
     assert set(states.values()) == {ALIVE}
@@ -318,7 +328,7 @@ async def test_throttling_beyond_the_retries_is_reported_as_throttled(
 
     counter.mark()
     moto.throttle("DescribeTasks", 10)
-    states = await client.task_states([pid(cluster, a) for a in arns])
+    states = kinds(await client.task_states([pid(cluster, a) for a in arns]))
     assert set(states.values()) == {UNKNOWN}
     assert client.last_error is not None and client.last_error.reason == aws_api.THROTTLED
     assert "DescribeTasks was throttled" in client.last_error.message
@@ -330,7 +340,7 @@ async def test_throttling_beyond_the_retries_is_reported_as_throttled(
     runs = [PendingRun("with-pid", now, infrastructure_pid=pid(cluster, arns[0])), PendingRun("no-pid", now)]
     counter.mark()
     moto.throttle("DescribeTasks", 10)
-    assert await EcsInfrastructureCheck(client, cluster).check(runs) == {"with-pid": UNKNOWN, "no-pid": UNKNOWN}
+    assert kinds(await EcsInfrastructureCheck(client, cluster).check(runs)) == {"with-pid": UNKNOWN, "no-pid": UNKNOWN}
     assert (counter.since("DescribeTasks"), counter.since("ListTasks")) == (2, 0)
 
     moto.throttle("DescribeServices", 10)
@@ -357,11 +367,11 @@ async def test_not_found_reasons(sandbox: EcsSandbox, make_client) -> None:
     assert err.value.reason == aws_api.SERVICE_NOT_FOUND
 
     client.start_cycle()
-    states = await client.task_states([pid("no-such-cluster", missing_arn("no-such-cluster"))])
+    states = kinds(await client.task_states([pid("no-such-cluster", missing_arn("no-such-cluster"))]))
     assert set(states.values()) == {UNKNOWN}  # maybe the wrong region or account: hands off
     assert client.last_error is not None and client.last_error.reason == aws_api.CLUSTER_NOT_FOUND
 
-    assert set((await client.tasks_for_runs("no-such-cluster", {"r1"})).values()) == {UNKNOWN}
+    assert set(kinds(await client.tasks_for_runs("no-such-cluster", {"r1"})).values()) == {UNKNOWN}
 
 
 async def test_a_spent_budget_answers_unknown_without_calling(
@@ -373,13 +383,13 @@ async def test_a_spent_budget_answers_unknown_without_calling(
     client = make_client(calls_per_cycle=2)
 
     counter.mark()
-    states = await client.task_states([pid(cluster, a) for a in arns])
+    states = kinds(await client.task_states([pid(cluster, a) for a in arns]))
     assert [states[pid(cluster, a)] for a in arns] == [ALIVE] * 200 + [UNKNOWN] * 100
     assert counter.since("DescribeTasks") == 2
     assert client.budget.exhausted and client.budget.refused == 1
 
     counter.mark()
-    assert await client.tasks_for_runs(cluster, {"r1", "r2"}) == {"r1": UNKNOWN, "r2": UNKNOWN}
+    assert kinds(await client.tasks_for_runs(cluster, {"r1", "r2"})) == {"r1": UNKNOWN, "r2": UNKNOWN}
     with pytest.raises(AwsError) as err:
         await client.describe_service(cluster, service)
     assert err.value.reason == aws_api.CALL_BUDGET_EXHAUSTED
@@ -458,6 +468,6 @@ async def test_refused_credentials_give_access_denied(iam_moto, make_client) -> 
     assert "AKIAUNKNOWNKEY000000" not in err.value.message
 
     # An infrastructure check with refused credentials answers UNKNOWN and records why.
-    states = await no_permission.task_states([pid("c", missing_arn("c"))])
+    states = kinds(await no_permission.task_states([pid("c", missing_arn("c"))]))
     assert set(states.values()) == {UNKNOWN}
     assert no_permission.last_error is not None and no_permission.last_error.reason == aws_api.ACCESS_DENIED

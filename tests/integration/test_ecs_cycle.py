@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prefect_workpool_operator import aws_api
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
 from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
@@ -168,11 +169,17 @@ async def test_runs_with_live_tasks_are_not_recovered(seeder: PrefectSeeder, poo
     sandbox.run(cluster, run_id=tagged_alive)  # worker died right after RunTask: only the tag says so
     sandbox.stop(cluster, sandbox.run(cluster, run_id=tagged_stopped)[0])
 
-    outcome = await Cycles(body(seeder.api_url, pool_name, moto, cluster, None,
-                                staleRuns={"pendingTimeout": "30s"})).run(clock_after(seeder, runs))
+    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, None, staleRuns={"pendingTimeout": "30s"}))
+    now = clock_after(seeder, runs)
+    first = await cycles.run(now)
+    assert first.status["staleRuns"]["recovered"] == 0  # one observation never acts
+    outcome = await cycles.run(now + dt.timedelta(seconds=30))  # one interval later
     got = states(seeder, runs)
     assert {got[r] for r in alive + [tagged_alive]} == {("PENDING", "Pending")}
     assert {got[r] for r in stopped + [tagged_stopped]} == {("SCHEDULED", "Requeued")}
+    # The proof is in the run's state message: the stopped task and why ECS stopped it.
+    assert "stoppedReason 'test'" in seeder.read_run(stopped[0])["state"]["message"]
+    assert "no ECS task exists" in seeder.read_run(tagged_stopped)["state"]["message"]
     assert outcome.status["staleRuns"]["skipped"]["infrastructureAlive"] == 3
 
 
@@ -288,3 +295,63 @@ async def test_static_credentials_from_a_secret(seeder: PrefectSeeder, pool_name
     assert cond(bad.status, "Ready") == ("False", "SecretKeyNotFound")
     assert cond(bad.status, "AwsConnected") == ("False", "SecretKeyNotFound")
     assert "s3cr3t" not in str(bad.status) and "AKIAEXAMPLE" not in str(bad.status)
+
+
+def stale_condition(status: dict) -> tuple[str, str, str]:
+    c = next(c for c in status["conditions"] if c["type"] == "StaleRunsRecovered")
+    return c["status"], c["reason"], c["message"]
+
+
+async def test_throttled_describe_tasks_holds_then_acts_one_interval_after(
+    seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox
+) -> None:
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name)
+    cluster = sandbox.cluster()
+    (run,) = seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    arn = sandbox.run(cluster, run_id=run)[0]
+    seeder._request("PATCH", f"/flow_runs/{run}", json={"infrastructure_pid": f"{cluster}::{arn}"})
+    sandbox.stop(cluster, arn)
+    interval = dt.timedelta(seconds=30)
+    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, None, staleRuns={"pendingTimeout": "30s"}))
+    t0 = clock_after(seeder, [run])
+
+    first = await cycles.run(t0)  # the stopped task, seen once
+    assert stale_condition(first.status)[1] == "AwaitingConfirmation"
+    moto.throttle("DescribeTasks", 10**6, match=cluster)
+    try:
+        for k in (1, 2):
+            held = await cycles.run(t0 + k * interval)
+            status, reason, message = stale_condition(held.status)
+            assert (status, reason) == ("Unknown", "InfrastructureUnknown") and "Throttled" in message
+            assert held.status["staleRuns"]["recovered"] == 0
+    finally:
+        moto.throttle("DescribeTasks", 0, match=cluster)
+    lifted = await cycles.run(t0 + 3 * interval)  # the first answer after the throttle: acts at once
+    assert lifted.status["staleRuns"]["recovered"] == 1
+    assert states(seeder, [run])[run] == ("SCHEDULED", "Requeued")
+
+
+async def test_a_one_off_task_gone_reading_never_acts(
+    seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox
+) -> None:
+    # The task's run-id tag vanishes from every other answer (what moto can do under
+    # concurrent DescribeTasks): the run never reads gone twice in a row.
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name)
+    cluster = sandbox.cluster()
+    (run,) = seeder.create_runs(deployment, 1, {"type": "PENDING"})  # no claim: claimer unknown
+    arn = sandbox.run(cluster, run_id=run)[0]
+    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, None, staleRuns={"pendingTimeout": "30s"}))
+    t0 = clock_after(seeder, [run])
+    reasons = []
+    for k in range(6):
+        if k % 2 == 0:
+            sandbox.ecs.untag_resource(resourceArn=arn, tagKeys=[aws_api.RUN_ID_TAG])
+        else:
+            sandbox.ecs.tag_resource(resourceArn=arn, tags=[{"key": aws_api.RUN_ID_TAG, "value": run}])
+        outcome = await cycles.run(t0 + k * dt.timedelta(seconds=30))
+        reasons.append(stale_condition(outcome.status)[1])
+        assert outcome.status["staleRuns"]["recovered"] == 0
+    assert reasons == ["AwaitingConfirmation", "InfrastructureAlive"] * 3
+    assert states(seeder, [run])[run] == ("PENDING", "Pending")

@@ -13,8 +13,8 @@ import datetime as dt
 import httpx
 import pytest
 
-from prefect_workpool_operator.prefect_api import PrefectClient
-from prefect_workpool_operator.recovery import RequeueMemory
+from prefect_workpool_operator.prefect_api import PrefectClient, pool_scope
+from prefect_workpool_operator.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
 
@@ -41,7 +41,7 @@ async def test_stale_runs_are_requeued_and_workers_pick_them_up(
     old = seeder.create_runs(deployment, 5, {"type": "PENDING"})
     await asyncio.sleep(2)
     young = seeder.create_runs(deployment, 3, {"type": "PENDING"})
-    now = clock_after(seeder, old, 30)  # old ones: exactly at the threshold; young ones: under it
+    now = clock_after(seeder, old, 31)  # old ones: stale at both observations (now - 1 s, now); young ones: not
     assert min(pending_since(seeder, young)) > now - dt.timedelta(seconds=30)
 
     mark = recorder.mark()
@@ -80,10 +80,12 @@ async def test_requeue_cap_survives_an_operator_restart(
         await asyncio.sleep(0.5)
     else:
         pytest.fail("Requeued events never became visible")
-    second = await recover(client, pool_name, clock_after(seeder, runs), memory=RequeueMemory(), maxRequeuesPerRun=1)
+    second = await recover(client, pool_name, clock_after(seeder, runs), memory=RecoveryMemory(), maxRequeuesPerRun=1)
 
     assert {s for s in states(seeder, runs).values()} == {("CRASHED", "Crashed")}
     assert second.condition.reason == "CapExhausted" and second.figures["exhausted"] == 3
+    # The restarted operator's total comes from Prefect's Requeued events, not from memory.
+    assert first.figures["totalRecovered"] == 3 and second.figures["totalRecovered"] == 3
 
 
 @pytest.mark.parametrize("mode", ["dryRun", "ReportOnly"])
@@ -133,28 +135,85 @@ async def test_fallback_when_the_bulk_endpoint_is_missing(seeder: PrefectSeeder,
 
 
 async def test_ownership_decides(seeder: PrefectSeeder, pool_name: str, deployment: str, recorded) -> None:
+    """Each group's claimer in a different state; the clock comes from all of these runs."""
     client, _ = recorded
-    labelled, by_event, orphan, gone = (seeder.create_runs(deployment, 2, {"type": "PENDING"}) for _ in range(4))
+    runs = seeder.create_runs(deployment, 14, {"type": "PENDING"})
+    labelled, by_event, orphan, offline, restarted, stopped, pid_only = (runs[i:i + 2] for i in range(0, 14, 2))
     seeder.heartbeat_worker(pool_name, "alive", interval_seconds=30)
     seeder.heartbeat_worker(pool_name, "dying", interval_seconds=1)
+    for name in ("restarting", "stopping"):
+        seeder.heartbeat_worker(pool_name, name, interval_seconds=30)
     for run in labelled:
         seeder.label_run_as_worker(run, "alive", "ecs", pool_name)
-    seeder.emit_events([seeder.submitted_event("alive", "ecs", run, pool_name) for run in by_event]
-                       + [seeder.submitted_event("dying", "ecs", run, pool_name) for run in gone])
-    # "dying" stops heartbeating; the foreman marks it OFFLINE.
+    claims = ([seeder.submitted_event("alive", "ecs", r, pool_name) for r in by_event + pid_only]
+              + [seeder.submitted_event("dying", "ecs", r, pool_name) for r in offline]
+              + [seeder.submitted_event("restarting", "ecs", r, pool_name) for r in restarted]
+              + [seeder.submitted_event("stopping", "ecs", r, pool_name) for r in stopped])
+    seeder.emit_events(claims)
+    for run in pid_only:  # a task was reported for it; nothing can check it (no spec.ecs)
+        seeder._request("PATCH", f"/flow_runs/{run}", json={"infrastructure_pid": "prefect::arn:task/x"})
+    # After the claims: a new process under the same name, and a clean stop.
+    seeder.emit_events([seeder.worker_event("prefect.worker.started", "restarting", "ecs", pool_name),
+                        seeder.worker_event("prefect.worker.stopped", "stopping", "ecs", pool_name)])
+    seeder.heartbeat_worker(pool_name, "restarting", interval_seconds=30)  # ONLINE, but not the claimer
     seeder.wait_for(lambda: any(w["name"] == "dying" and w["status"] == "OFFLINE" for w in seeder.read_workers(pool_name)),
                     timeout=30)
-    seeder.wait_for(lambda: len(seeder.read_events({"event": {"name": ["prefect.worker.submitted-flow-run"]},
-                                                    "related": {"id": [f"prefect.flow-run.{r}" for r in by_event + gone]}})) == 4,
-                    timeout=30)
-    all_runs = labelled + by_event + orphan + gone
-    outcome = await recover(client, pool_name, clock_after(seeder, all_runs))
+    seeder.wait_for(lambda: len(seeder.read_events({"event": {"name": ["prefect.worker.submitted-flow-run",
+                                                                       "prefect.worker.started", "prefect.worker.stopped"]},
+                                                    "occurred": {"since": min(pending_since(seeder, runs)).isoformat()},
+                                                    "any_resource": {"id_prefix": ["prefect.worker."]}},
+                                                   limit=50)) >= len(claims) + 2, timeout=30)
+    now = clock_after(seeder, runs)
+    memory = RecoveryMemory()
 
-    got = states(seeder, all_runs)
-    assert {got[r] for r in labelled + by_event} == {("PENDING", "Pending")}  # claimer online: hands off
-    assert {got[r] for r in orphan + gone} == {("SCHEDULED", "Requeued")}  # unknown / offline claimer
-    assert outcome.figures["skipped"]["claimerOnline"] == 4
+    first = await recover(client, pool_name, now, memory=memory, observations=1)
+    assert first.figures["recovered"] == 0  # one observation never acts
+    assert first.figures["skipped"]["awaitingConfirmation"] == 8
+    assert first.condition.reason == "AwaitingConfirmation"
 
-    # Past the hard timeout even an online claimer's runs are recovered.
-    late = await recover(client, pool_name, clock_after(seeder, labelled, 3601))
-    assert late.figures["recovered"] == 4
+    outcome = await recover(client, pool_name, now + dt.timedelta(seconds=1), memory=memory, observations=1)
+    got = states(seeder, runs)
+    assert {got[r] for r in labelled + by_event} == {("PENDING", "Pending")}  # same process online: hands off
+    assert {got[r] for r in pid_only} == {("PENDING", "Pending")}  # claimer online, a task reported
+    assert {got[r] for r in orphan + offline + restarted + stopped} == {("SCHEDULED", "Requeued")}
+    assert outcome.figures["skipped"]["claimerAlive"] == 6
+    # Each run's state message names its own reason.
+    message = {r: seeder.read_run(r)["state"]["message"] for r in orphan + offline + restarted + stopped}
+    assert all("no worker is known to have claimed it" in message[r] for r in orphan)
+    assert all("'dying' is offline" in message[r] for r in offline)
+    assert all("'restarting' restarted since the claim" in message[r] for r in restarted)
+    assert all("'stopping' stopped since the claim" in message[r] for r in stopped)
+    assert all("no live worker" not in m for m in message.values())
+
+    # hardTimeout never overrides a live claimer on its own ...
+    later = clock_after(seeder, labelled + by_event + pid_only, 3601)
+    held = await recover(client, pool_name, later, hardTimeout="1h")
+    assert held.figures["recovered"] == 0 and held.figures["skipped"]["claimerAlive"] == 6
+    # ... only with the explicit opt-in, and then it warns of the double run.
+    forced = await recover(client, pool_name, later, hardTimeout="1h", hardTimeoutOverridesLiveClaimer=True)
+    assert forced.figures["recovered"] == 6
+    assert forced.warning is not None and "may run twice" in forced.warning
+
+
+async def test_candidates_survive_runs_leaving_pending_between_pages(
+    seeder: PrefectSeeder, pool_name: str, deployment: str
+) -> None:
+    """Workers start runs while recovery pages through the candidates: the runs behind
+    them shift to earlier offsets. Overlapping pages must not skip any of them."""
+    runs = seeder.create_runs_bulk(deployment, 120, {"type": "PENDING"})
+    started: list[str] = []
+
+    async def start_ten_of_the_first_page(response: httpx.Response) -> None:
+        if started or not response.request.url.path.endswith("/flow_runs/filter"):
+            return
+        await response.aread()
+        started.extend(r["id"] for r in response.json()[:10])
+        for run in started:
+            seeder.set_state(run, {"type": "RUNNING"})
+
+    async with httpx.AsyncClient(event_hooks={"response": [start_ten_of_the_first_page]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+        found = await client.pending_candidates(pool_scope(pool_name, []), utcnow() + dt.timedelta(minutes=1), [],
+                                                page_size=50)
+    assert len(started) == 10
+    assert set(runs) - set(started) <= {r["id"] for r in found}

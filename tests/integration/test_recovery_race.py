@@ -81,6 +81,10 @@ async def test_live_worker_runs_are_never_requeued_offline_worker_runs_are(
     assert started, "the live worker should have started runs during recovery"
     assert started_then_requeued == [] and live_requeued == []
     assert len(dead_requeued) == DEAD_RUNS
-    assert outcomes[0].figures["skipped"]["claimerOnline"] == LIVE_RUNS
+    # The live worker's runs still PENDING were left alone as ClaimerAlive (offset paging
+    # can miss a run that left PENDING between pages: it is read again next cycle).
+    first = outcomes[0].figures
+    assert LIVE_RUNS - STARTED <= first["skipped"]["claimerAlive"] <= LIVE_RUNS
+    assert {k for k, n in first["skipped"].items() if n} <= {"claimerAlive", "awaitingConfirmation", "movedOn"}
     assert sum(o.figures["recovered"] for o in outcomes) == DEAD_RUNS
     assert len(writes) <= DEAD_RUNS // 50 + 1

@@ -67,23 +67,27 @@ async def test_500_stale_among_5000_pending(quiet_server: PrefectServer, pool_na
     deployment = seeder.create_deployment(pool_name)
     t0 = time.monotonic()
     stale_ids = seeder.create_runs_bulk(deployment, 500, {"type": "PENDING"})
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(11)  # young ones stay under the threshold through both observations
     young_ids = seeder.create_runs_bulk(deployment, 4500, {"type": "PENDING"})
     print(f"\ncreated 5000 PENDING runs in {time.monotonic() - t0:.0f}s")
-    now = clock_after(seeder, stale_ids[-200:], 30)
-    assert min(pending_since(seeder, young_ids[:200])) > now - dt.timedelta(seconds=30)
+    now = clock_after(seeder, stale_ids, 30)
+    later = now + dt.timedelta(seconds=10)  # the policy's interval
+    assert min(pending_since(seeder, young_ids[:200])) > later - dt.timedelta(seconds=30)
 
     recorder = Recorder()
     runtime = PolicyRuntime()
+    body = policy(seeder.api_url, pool_name, maxRunsPerCycle=500)
+    body["spec"]["interval"] = "10s"
     async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
         started = time.monotonic()
-        outcome = await run_cycle(policy(seeder.api_url, pool_name, maxRunsPerCycle=500), http=http,
-                                  secrets=NoSecrets(), runtime=runtime, now=now)
+        first = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=now)
+        assert first.status["staleRuns"]["skipped"]["awaitingConfirmation"] == 500  # seen once: no write
+        outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=later)
         took = time.monotonic() - started
     writes = Recorder.writes(recorder.requests)
     reads = [r for r in recorder.requests if r not in writes]
     figures = outcome.status["staleRuns"]
-    print(f"500 stale of 5000 PENDING: cycle took {took:.1f}s, {len(writes)} writes, {len(reads)} reads "
+    print(f"500 stale of 5000 PENDING: two cycles took {took:.1f}s, {len(writes)} writes, {len(reads)} reads "
           f"({summary(reads)}); figures {figures}")
     assert figures["stale"] == 500
     # A few bulk results may be aborted by SQLite's lock; they are retried next cycle.

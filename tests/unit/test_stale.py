@@ -1,30 +1,204 @@
-"""The stale-run decision on plain data: thresholds, ownership, caps, batches, actions."""
+"""The stale-run decision on plain data: the table row by row, the two-observation rule,
+claimer identity, caps, batches, actions, conditions; plus properties over any
+sequence of observations."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefect_workpool_operator.core import stale
-from prefect_workpool_operator.core.stale import Infrastructure, PendingRun, RecoveryRules, plan_recovery
+from prefect_workpool_operator.core.stale import (
+    Claimer,
+    InfraReading,
+    Infrastructure,
+    Observations,
+    PendingRun,
+    RecoveryRules,
+    WorkerLifecycle,
+    claimer_status,
+    decide,
+    plan_recovery,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-RULES = RecoveryRules(pending_timeout=timedelta(minutes=10), hard_timeout=timedelta(hours=1))
+INTERVAL = timedelta(seconds=30)
+RULES = RecoveryRules(pending_timeout=timedelta(minutes=10), confirm_after=INTERVAL)
+ALIVE = InfraReading(Infrastructure.ALIVE)
+STOPPED = InfraReading(Infrastructure.GONE, "task abc STOPPED, stopCode TaskFailedToStart, stoppedReason 'no capacity'")
+MISSING = InfraReading(Infrastructure.GONE, "task unknown to ECS")
+NONE_FOUND = InfraReading(Infrastructure.NONE_FOUND)
+UNKNOWN = InfraReading(Infrastructure.UNKNOWN, "ECS DescribeTasks: Throttled")
+NOT_CHECKED = stale.NOT_CHECKED
+GONE_CLAIMERS = [Claimer.OFFLINE, Claimer.RESTARTED, Claimer.STOPPED, Claimer.UNKNOWN]
 
 
 def run(id_: str, minutes: float, **kw) -> PendingRun:
     return PendingRun(id=id_, pending_since=NOW - timedelta(minutes=minutes), **kw)
 
 
-def plan(runs, online=(), infra=None, rules=RULES):
-    return plan_recovery(runs, online_workers=set(online), infrastructure=infra or {}, rules=rules, now=NOW)
+def plan(runs, claimers=None, infra=None, rules=RULES, observations=None, now=NOW):
+    """One cycle; with no Observations given, the run was already seen recoverable one interval ago."""
+    if observations is None:
+        observations = Observations()
+        plan_recovery(runs, claimers=claimers or {}, infrastructure=infra or {}, rules=rules,
+                      observations=observations, now=now - rules.confirm_after)
+    return plan_recovery(runs, claimers=claimers or {}, infrastructure=infra or {}, rules=rules,
+                         observations=observations, now=now)
+
+
+# -- the table, row by row ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("claimer", list(Claimer))
+def test_row_alive_infrastructure_is_hands_off_whoever_claimed(claimer: Claimer) -> None:
+    d = decide(run("r", 600), claimer, ALIVE, RecoveryRules(timedelta(minutes=10), timedelta(hours=1), True), NOW)
+    assert (d.reason, d.recover, d.hands_off) == (stale.INFRASTRUCTURE_ALIVE, False, True)
+
+
+@pytest.mark.parametrize("claimer", list(Claimer))
+@pytest.mark.parametrize("reading", [STOPPED, MISSING])
+def test_row_proven_gone_recovers_naming_the_proof(claimer: Claimer, reading: InfraReading) -> None:
+    d = decide(run("r", 11, claimer="w1"), claimer, reading, RULES, NOW)
+    assert (d.reason, d.recover) == (stale.TASK_GONE, True)
+    assert reading.detail in d.message and "no live worker" not in d.message
+
+
+@pytest.mark.parametrize("claimer", list(Claimer))
+def test_row_unknown_infrastructure_holds_even_past_the_hard_timeout(claimer: Claimer) -> None:
+    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
+    d = decide(run("r", 600, claimer="w1"), claimer, UNKNOWN, rules, NOW)
+    assert (d.reason, d.hold) == (stale.INFRASTRUCTURE_UNKNOWN, True)
+    assert "Throttled" in d.message
+
+
+@pytest.mark.parametrize("reading", [NONE_FOUND, NOT_CHECKED])
+def test_row_live_same_process_claimer_is_hands_off_with_the_age(reading: InfraReading) -> None:
+    d = decide(run("r", 42, claimer="w1", infrastructure_pid="c::t"), Claimer.ONLINE, reading, RULES, NOW)
+    assert (d.reason, d.hands_off) == (stale.CLAIMER_ALIVE, True)
+    assert "'w1'" in d.message and "42m" in d.message
+
+
+@pytest.mark.parametrize("claimer", GONE_CLAIMERS)
+def test_row_gone_claimer_and_no_task_recovers(claimer: Claimer) -> None:
+    d = decide(run("r", 11, claimer="w1"), claimer, NONE_FOUND, RULES, NOW)
+    assert (d.reason, d.recover) == (stale.CLAIMER_GONE, True)
+    assert "no ECS task exists" in d.message
+    assert {Claimer.OFFLINE: "offline", Claimer.RESTARTED: "restarted", Claimer.STOPPED: "stopped",
+            Claimer.UNKNOWN: "no worker"}[claimer] in d.message
+
+
+@pytest.mark.parametrize("claimer", GONE_CLAIMERS)
+def test_row_unchecked_infrastructure_recovers_only_without_a_reported_task(claimer: Claimer) -> None:
+    bare = decide(run("r", 11, claimer="w1"), claimer, NOT_CHECKED, RULES, NOW)
+    assert (bare.reason, bare.recover) == (stale.CLAIMER_GONE, True)
+    assert "not verified" in bare.message
+    for evidence in ({"infrastructure_pid": "c::t"}, {"submission_reported": True}):
+        held = decide(run("r", 11, claimer="w1", **evidence), claimer, NOT_CHECKED, RULES, NOW)
+        assert (held.reason, held.hold) == (stale.INFRASTRUCTURE_UNVERIFIED, True)
+
+
+def test_hard_timeout_is_opt_in_and_acts_only_without_a_live_claimer() -> None:
+    r = run("r", 61, claimer="w1", infrastructure_pid="c::t")
+    assert decide(r, Claimer.OFFLINE, NOT_CHECKED, RULES, NOW).reason == stale.INFRASTRUCTURE_UNVERIFIED  # unset
+    hard = RecoveryRules(timedelta(minutes=10), hard_timeout=timedelta(hours=1))
+    assert decide(run("r", 59, claimer="w1", infrastructure_pid="c::t"), Claimer.OFFLINE, NOT_CHECKED, hard,
+                  NOW).reason == stale.INFRASTRUCTURE_UNVERIFIED
+    d = decide(r, Claimer.OFFLINE, NOT_CHECKED, hard, NOW)
+    assert (d.reason, d.recover, d.double_run_risk) == (stale.HARD_TIMEOUT, True, False)
+    assert decide(r, Claimer.ONLINE, NOT_CHECKED, hard, NOW).reason == stale.CLAIMER_ALIVE
+    assert decide(r, Claimer.ONLINE, NONE_FOUND, hard, NOW).reason == stale.CLAIMER_ALIVE
+
+
+def test_overriding_a_live_claimer_needs_the_explicit_opt_in_and_names_the_risk() -> None:
+    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
+    young = decide(run("r", 59, claimer="w1"), Claimer.ONLINE, NONE_FOUND, rules, NOW)
+    assert young.reason == stale.CLAIMER_ALIVE
+    old = decide(run("r", 61, claimer="w1"), Claimer.ONLINE, NONE_FOUND, rules, NOW)
+    assert (old.reason, old.recover, old.double_run_risk) == (stale.HARD_TIMEOUT_OVERRIDE, True, True)
+    assert "may run twice" in old.message
+
+
+# -- who the claimer is ---------------------------------------------------------------
+
+
+def test_claimer_identity_follows_its_process() -> None:
+    claimed = NOW - timedelta(minutes=20)
+    r = PendingRun("r", pending_since=claimed, claimer="w1", claimed_at=claimed)
+    before, after = claimed - timedelta(minutes=5), claimed + timedelta(minutes=5)
+    online = {"w1"}
+    assert claimer_status(r, online, {}) is Claimer.ONLINE
+    assert claimer_status(r, set(), {}) is Claimer.OFFLINE
+    assert claimer_status(r, online, {"w1": WorkerLifecycle(started=before)}) is Claimer.ONLINE
+    assert claimer_status(r, online, {"w1": WorkerLifecycle(started=after)}) is Claimer.RESTARTED
+    assert claimer_status(r, online, {"w1": WorkerLifecycle(started=before, stopped=after)}) is Claimer.STOPPED
+    assert claimer_status(r, online, {"w2": WorkerLifecycle(started=after)}) is Claimer.ONLINE  # another worker
+    assert claimer_status(PendingRun("r", claimed), online, {}) is Claimer.UNKNOWN
+
+
+def test_claim_time_falls_back_to_the_pending_time() -> None:
+    r = PendingRun("r", pending_since=NOW - timedelta(minutes=20), claimer="w1")
+    assert claimer_status(r, {"w1"}, {"w1": WorkerLifecycle(started=NOW - timedelta(minutes=19))}) is Claimer.RESTARTED
+    assert claimer_status(r, {"w1"}, {"w1": WorkerLifecycle(started=NOW - timedelta(minutes=21))}) is Claimer.ONLINE
+
+
+# -- two observations -----------------------------------------------------------------
+
+
+def test_one_gone_reading_never_acts() -> None:
+    obs = Observations()
+    r = [run("r", 11, infrastructure_pid="c::t")]
+    first = plan(r, infra={"r": STOPPED}, observations=obs)
+    assert first.to_write == 0 and first.skipped == {stale.AWAITING_CONFIRMATION: 1}
+    assert "seen so once" in stale.recovery_condition(first, RULES, dry_run=False).message
+    alive = plan(r, infra={"r": ALIVE}, observations=obs, now=NOW + INTERVAL)  # the odd reading is forgotten
+    assert alive.to_write == 0
+    again = plan(r, infra={"r": STOPPED}, observations=obs, now=NOW + 2 * INTERVAL)
+    assert again.to_write == 0 and again.skipped == {stale.AWAITING_CONFIRMATION: 1}
+    confirmed = plan(r, infra={"r": STOPPED}, observations=obs, now=NOW + 3 * INTERVAL)
+    assert confirmed.reschedule == ["r"]
+
+
+def test_the_second_reading_must_be_an_interval_later() -> None:
+    obs = Observations()
+    r = [run("r", 11)]
+    claimers = {"r": Claimer.OFFLINE}
+    assert plan(r, claimers, {"r": NONE_FOUND}, observations=obs).to_write == 0
+    soon = plan(r, claimers, {"r": NONE_FOUND}, observations=obs, now=NOW + INTERVAL - timedelta(seconds=1))
+    assert soon.to_write == 0
+    assert plan(r, claimers, {"r": NONE_FOUND}, observations=obs, now=NOW + INTERVAL).reschedule == ["r"]
+
+
+def test_an_unknown_reading_in_between_keeps_the_first_one() -> None:
+    # DescribeTasks throttled for a while: hold, then act on the first answer after it lifts.
+    obs = Observations()
+    r = [run("r", 11, infrastructure_pid="c::t")]
+    plan(r, infra={"r": STOPPED}, observations=obs)
+    for k in range(1, 5):
+        held = plan(r, infra={"r": UNKNOWN}, observations=obs, now=NOW + k * INTERVAL)
+        assert held.to_write == 0 and held.skipped == {stale.INFRASTRUCTURE_UNKNOWN: 1}
+    assert plan(r, infra={"r": STOPPED}, observations=obs, now=NOW + 5 * INTERVAL).reschedule == ["r"]
+
+
+def test_a_new_claim_starts_afresh_and_runs_no_longer_stale_are_forgotten() -> None:
+    obs = Observations()
+    plan([run("r", 11), run("s", 11)], {"r": Claimer.OFFLINE, "s": Claimer.OFFLINE}, observations=obs)
+    assert set(obs.first) == {"r", "s"}
+    reclaimed = run("r", 10.5)  # requeued and claimed again: a different PENDING time
+    p = plan([reclaimed], {"r": Claimer.OFFLINE}, observations=obs, now=NOW + INTERVAL)
+    assert p.to_write == 0 and set(obs.first) == {"r"}  # "s" left PENDING: forgotten
+
+
+# -- plan: thresholds, order, caps, actions ---------------------------------------------
 
 
 def test_threshold_is_inclusive() -> None:
-    p = plan([run("at", 10), run("under", 9.99), run("over", 11)])
+    p = plan([run("at", 10), run("under", 9.99), run("over", 11)], observations=Observations())
     assert p.stale == 2
-    assert sorted(p.reschedule) == ["at", "over"]
+    assert sorted(p.decisions) == ["at", "over"]
 
 
 def test_prefilter_cutoff_admits_runs_claimed_early() -> None:
@@ -35,43 +209,10 @@ def test_prefilter_cutoff_admits_runs_claimed_early() -> None:
 
 
 def test_oldest_first_and_batch_limit_defers_the_rest() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), max_per_cycle=2)
+    rules = RecoveryRules(timedelta(minutes=10), max_per_cycle=2)
     p = plan([run("c", 20), run("a", 40), run("b", 30)], rules=rules)
     assert p.reschedule == ["a", "b"]
     assert p.skipped == {stale.BATCH_LIMIT: 1}
-
-
-def test_claimer_online_is_left_alone_until_the_hard_timeout() -> None:
-    p = plan([run("young", 30, claimer="w1"), run("old", 61, claimer="w1"), run("orphan", 30, claimer="w2")],
-             online={"w1"})
-    assert p.skipped == {stale.CLAIMER_ONLINE: 1}
-    assert sorted(p.reschedule) == ["old", "orphan"]
-
-
-def test_unknown_claimer_is_recoverable() -> None:
-    assert plan([run("r", 15, claimer=None)], online={"w1"}).reschedule == ["r"]
-
-
-@pytest.mark.parametrize(
-    ("infra", "skip"),
-    [(Infrastructure.ALIVE, stale.INFRASTRUCTURE_ALIVE), (Infrastructure.UNKNOWN, stale.INFRASTRUCTURE_UNKNOWN)],
-)
-def test_live_or_unknown_infrastructure_is_never_touched_even_past_hard_timeout(infra, skip) -> None:
-    p = plan([run("r", 600, infrastructure_pid="c::arn")], infra={"r": infra})
-    assert p.to_write == 0 and p.skipped == {skip: 1}
-
-
-def test_unverified_infrastructure_waits_for_the_hard_timeout() -> None:
-    runs = [run("pid", 30, infrastructure_pid="c::arn"), run("executed", 30, submission_reported=True),
-            run("old", 61, infrastructure_pid="c::arn"), run("none", 30)]
-    p = plan(runs)
-    assert p.skipped == {stale.INFRASTRUCTURE_UNVERIFIED: 2}
-    assert sorted(p.reschedule) == ["none", "old"]
-
-
-def test_infrastructure_gone_is_recoverable() -> None:
-    p = plan([run("r", 30, infrastructure_pid="c::arn")], infra={"r": Infrastructure.GONE})
-    assert p.reschedule == ["r"]
 
 
 @pytest.mark.parametrize(
@@ -79,29 +220,32 @@ def test_infrastructure_gone_is_recoverable() -> None:
     [(stale.MARK_CRASHED, "mark_crashed"), (stale.CANCEL, "cancel"), (stale.REPORT_ONLY, "report_only")],
 )
 def test_cap_exhaustion_applies_on_exhausted(on_exhausted: str, field: str) -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), max_requeues=2, on_exhausted=on_exhausted)
+    rules = RecoveryRules(timedelta(minutes=10), max_requeues=2, on_exhausted=on_exhausted)
     p = plan([run("fresh", 20, requeues=1), run("tired", 20, requeues=2)], rules=rules)
     assert p.reschedule == ["fresh"]
     assert getattr(p, field) == ["tired"] and p.exhausted == ["tired"]
 
 
 def test_zero_requeues_allowed_means_straight_to_on_exhausted() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), max_requeues=0)
+    rules = RecoveryRules(timedelta(minutes=10), max_requeues=0)
     assert plan([run("r", 20)], rules=rules).mark_crashed == ["r"]
 
 
 @pytest.mark.parametrize(("action", "field"), [(stale.MARK_CRASHED, "mark_crashed"), (stale.CANCEL, "cancel"),
                                                (stale.RESCHEDULE, "reschedule"), (stale.REPORT_ONLY, "report_only")])
 def test_each_action(action: str, field: str) -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), action=action)
+    rules = RecoveryRules(timedelta(minutes=10), action=action)
     p = plan([run("r", 20, requeues=5)] if action != stale.RESCHEDULE else [run("r", 20)], rules=rules)
     assert getattr(p, field) == ["r"]
     assert p.to_write == (0 if action == stale.REPORT_ONLY else 1)
 
 
 def test_report_only_does_not_consume_the_batch() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), action=stale.REPORT_ONLY, max_per_cycle=1)
+    rules = RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY, max_per_cycle=1)
     assert len(plan([run(str(i), 20) for i in range(5)], rules=rules).report_only) == 5
+
+
+# -- the condition tells the true reason ------------------------------------------------
 
 
 def cond(p, dry_run=False, failed=0):
@@ -114,10 +258,97 @@ def test_conditions() -> None:
     assert cond(plan([run("r", 20)])) == ("True", "Recovered")
     assert cond(plan([run("r", 20)]), dry_run=True) == ("False", "DryRun")
     assert cond(plan([run("r", 20)]), failed=1) == ("False", "RecoveryFailed")
-    assert cond(plan([run("r", 20, claimer="w")], online={"w"})) == ("True", "Protected")
+    assert cond(plan([run("r", 20, claimer="w")], {"r": Claimer.ONLINE})) == ("True", "ClaimerAlive")
+    assert cond(plan([run("r", 20)], infra={"r": UNKNOWN})) == ("Unknown", "InfrastructureUnknown")
+    assert cond(plan([run("r", 20)], infra={"r": ALIVE})) == ("True", "InfrastructureAlive")
+    assert cond(plan([run("r", 20, infrastructure_pid="c::t")])) == ("Unknown", "InfrastructureUnverified")
     exhausted = plan([run("r", 20, requeues=3)])
     assert cond(exhausted) == ("True", "CapExhausted")
-    report = plan([run("r", 20)], rules=RecoveryRules(timedelta(minutes=10), timedelta(hours=1), action=stale.REPORT_ONLY))
+    report = plan([run("r", 20)], rules=RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY))
     assert cond(report) == ("False", "ReportOnly")
-    message = stale.recovery_condition(plan([run("a", 20), run("b", 20, claimer="w")], online={"w"}), RULES, dry_run=False).message
-    assert message == "Reschedule 1 of 2 stale run(s). Skipped: 1 ClaimerOnline."
+
+
+def test_condition_messages_name_the_proof() -> None:
+    p = plan([run("a", 30, infrastructure_pid="c::t"), run("b", 20, claimer="w")],
+             {"a": Claimer.ONLINE, "b": Claimer.ONLINE}, {"a": STOPPED, "b": NONE_FOUND})
+    message = stale.recovery_condition(p, RULES, dry_run=False).message
+    assert p.reschedule == ["a"]
+    assert "TaskGone" in message and "stopCode TaskFailedToStart" in message
+    assert "Left alone: 1 ClaimerAlive." in message
+    assert "no live worker" not in message
+    held = plan([run("c", 25, claimer="w")], {"c": Claimer.ONLINE}, {"c": NONE_FOUND})
+    assert "'w' is online" in stale.recovery_condition(held, RULES, dry_run=False).message
+
+
+# -- properties over observation sequences ----------------------------------------------
+
+READINGS = st.sampled_from([ALIVE, STOPPED, MISSING, NONE_FOUND, UNKNOWN, NOT_CHECKED])
+CLAIMERS = st.sampled_from(list(Claimer))
+RULE_SETS = st.builds(
+    RecoveryRules,
+    pending_timeout=st.just(timedelta(minutes=10)),
+    hard_timeout=st.sampled_from([None, timedelta(minutes=15), timedelta(hours=1)]),
+    hard_timeout_overrides_live_claimer=st.booleans(),
+    confirm_after=st.just(INTERVAL),
+)
+# Gaps between observations: some shorter than an interval, some much longer.
+GAPS = st.sampled_from([timedelta(seconds=s) for s in (1, 15, 29, 30, 31, 60, 600, 3600)])
+
+
+def run_sequence(steps, rules, evidence) -> list[tuple[Claimer, InfraReading, stale.RecoveryPlan]]:
+    obs = Observations()
+    r = run("r", 11, claimer="w1", **evidence)
+    now = NOW
+    out = []
+    for claimer, reading, gap in steps:
+        now += gap
+        p = plan_recovery([r], claimers={"r": claimer}, infrastructure={"r": reading}, rules=rules,
+                          observations=obs, now=now)
+        out.append((claimer, reading, p))
+    return out
+
+
+EVIDENCE = st.sampled_from([{}, {"infrastructure_pid": "c::t"}, {"submission_reported": True}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(CLAIMERS, READINGS, GAPS), min_size=1, max_size=12), RULE_SETS, EVIDENCE)
+def test_no_sequence_acts_on_a_live_task(steps, rules, evidence) -> None:
+    for _, reading, p in run_sequence(steps, rules, evidence):
+        if reading.state is Infrastructure.ALIVE:
+            assert p.to_write == 0 and not p.report_only
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(CLAIMERS, READINGS, GAPS), min_size=1, max_size=12), RULE_SETS, EVIDENCE)
+def test_no_sequence_acts_on_a_live_same_process_claimer_without_proof(steps, rules, evidence) -> None:
+    for claimer, reading, p in run_sequence(steps, rules, evidence):
+        if claimer is Claimer.ONLINE and reading.state is not Infrastructure.GONE:
+            acted = p.to_write > 0
+            # Only the explicit opt-in may, and then its decision carries the double-run risk.
+            assert not acted or (rules.hard_timeout_overrides_live_claimer
+                                 and p.decisions["r"].double_run_risk)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(CLAIMERS, READINGS, GAPS), min_size=1, max_size=12), RULE_SETS, EVIDENCE)
+def test_every_action_follows_an_earlier_recoverable_reading_an_interval_before(steps, rules, evidence) -> None:
+    seen: list[tuple[timedelta, bool, bool]] = []  # (time, recoverable, hands off)
+    elapsed = timedelta(0)
+    for (claimer, reading, gap), (_, _, p) in zip(steps, run_sequence(steps, rules, evidence)):
+        elapsed += gap
+        d = p.decisions["r"]
+        if p.to_write:
+            # The streak since the last hands-off reading has a recoverable reading ≥ one interval earlier.
+            streak_start = max((t for t, _, off in seen if off), default=None)
+            earlier = [t for t, rec, _ in seen if rec and (streak_start is None or t > streak_start)]
+            assert earlier and elapsed - min(earlier) >= INTERVAL
+        seen.append((elapsed, d.recover, d.hands_off))
+
+
+@settings(max_examples=200, deadline=None)
+@given(CLAIMERS, READINGS, RULE_SETS, EVIDENCE)
+def test_a_single_reading_never_acts(claimer, reading, rules, evidence) -> None:
+    p = plan_recovery([run("r", 600, claimer="w1", **evidence)], claimers={"r": claimer},
+                      infrastructure={"r": reading}, rules=rules, observations=Observations(), now=NOW)
+    assert p.to_write == 0 and not p.report_only

@@ -102,17 +102,27 @@ def applied_condition(written: TemplatePlan, reread: dict[str, Any] | None, *, p
 def timeout_consistency(
     pending_timeout: timedelta | None, template: dict[str, Any] | None, declared: dict[str, Any]
 ) -> Condition | None:
-    """Warn when recovery would give up on runs ECS may still be starting."""
+    """Warn when recovery would give up on runs ECS may still be starting.
+
+    Only templates of prefect-aws 0.4.20–0.5.16 have ``task_start_timeout_seconds`` (the
+    worker then waits that long for the task to start). From 0.6 on the worker returns
+    right after RunTask and the template has no start timeout at all (FACTS.md lists
+    0.7.12's variables): nothing to compare, and the operator's ECS check of the task
+    takes its place.
+    """
     if pending_timeout is None:
         return None
     start_timeout = declared.get(TASK_START_TIMEOUT, variable_defaults(template).get(TASK_START_TIMEOUT))
     if not isinstance(start_timeout, (int, float)) or isinstance(start_timeout, bool):
         return Condition(CONFIG_CONSISTENT, "True", "NoTaskStartTimeout",
-                         f"The pool's template has no {TASK_START_TIMEOUT}; nothing to compare pendingTimeout with.")
+                         f"The pool's template has no {TASK_START_TIMEOUT} (prefect-aws 0.6 and later have no ECS "
+                         "start timeout: the worker returns right after RunTask), so nothing bounds pendingTimeout; "
+                         "the operator checks each stale run's task in ECS (spec.ecs) instead.")
     if pending_timeout.total_seconds() < start_timeout:
         return Condition(CONFIG_CONSISTENT, "False", "PendingTimeoutBelowTaskStartTimeout",
                          f"staleRuns.pendingTimeout ({int(pending_timeout.total_seconds())}s) is shorter than the pool's "
-                         f"{TASK_START_TIMEOUT} ({start_timeout}s): runs ECS is still starting could be requeued.")
+                         f"{TASK_START_TIMEOUT} ({start_timeout}s): runs ECS is still starting would be stale "
+                         "(recovery still waits for proof that their task is gone).")
     return Condition(CONFIG_CONSISTENT, "True", "Consistent",
                      f"staleRuns.pendingTimeout is at least the pool's {TASK_START_TIMEOUT} ({start_timeout}s).")
 

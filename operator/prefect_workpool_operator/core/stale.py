@@ -2,10 +2,10 @@
 
 The Prefect API has no compare-and-set: a run that starts RUNNING between our read
 and our write can still be moved back to SCHEDULED (FACTS.md measured it). So the
-decision rests on *ownership*, not timing: a run is touched only when whoever
-claimed it can no longer act on it — its claiming worker is offline or unknown and
-no infrastructure for it is alive. The infrastructure answer comes from outside
-(ECS, when configured) and may be "unknown", which means hands off.
+decision rests on *ownership*, not timing: a stale run is touched only on proof that
+no one can still act on it. ``decide`` is that rule, one table; ``Observations``
+adds that a recoverable reading must be seen on two cycles at least one interval
+apart, so one odd answer (a task whose tags ECS briefly lost) never acts.
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ PREFETCH = timedelta(seconds=10)
 
 RESCHEDULE, MARK_CRASHED, CANCEL, REPORT_ONLY = "Reschedule", "MarkCrashed", "Cancel", "ReportOnly"
 
-# Skip reasons, reported in status figures.
-CLAIMER_ONLINE = "ClaimerOnline"
-INFRASTRUCTURE_ALIVE = "InfrastructureAlive"
-INFRASTRUCTURE_UNKNOWN = "InfrastructureUnknown"
-INFRASTRUCTURE_UNVERIFIED = "InfrastructureUnverified"
+# Reasons of the decision: part of the interface (status figures, condition reasons).
+INFRASTRUCTURE_ALIVE = "InfrastructureAlive"  # hands off
+CLAIMER_ALIVE = "ClaimerAlive"  # hands off
+INFRASTRUCTURE_UNKNOWN = "InfrastructureUnknown"  # hold
+INFRASTRUCTURE_UNVERIFIED = "InfrastructureUnverified"  # hold
+TASK_GONE = "TaskGone"  # recover
+CLAIMER_GONE = "ClaimerGone"  # recover
+HARD_TIMEOUT = "HardTimeout"  # recover (opt-in)
+HARD_TIMEOUT_OVERRIDE = "HardTimeoutOverridesLiveClaimer"  # recover (explicit opt-in, double-run risk)
+# Not decisions: a recoverable run seen so once, and a run over the per-cycle limit.
+AWAITING_CONFIRMATION = "AwaitingConfirmation"
 BATCH_LIMIT = "BatchLimit"
 
 STALE_RUNS_RECOVERED = "StaleRunsRecovered"
@@ -37,18 +43,49 @@ STALE_RUNS_RECOVERED = "StaleRunsRecovered"
 class Infrastructure(enum.Enum):
     """What the infrastructure check said about a run's task."""
 
-    ALIVE = "alive"  # a task for the run is starting or running: never touch
-    GONE = "gone"  # checked: no live task
-    UNKNOWN = "unknown"  # the check failed: fail static
-    NOT_CHECKED = "not-checked"  # no check configured
+    ALIVE = "alive"  # a task for the run is starting or running (by its pid, or its run-id tag)
+    GONE = "gone"  # its known task is STOPPED or no longer known to ECS
+    NONE_FOUND = "none-found"  # no task known for the run, none found by its run-id tag
+    UNKNOWN = "unknown"  # the check failed (throttled, budget spent, AWS unreachable)
+    NOT_CHECKED = "not-checked"  # no check configured (no spec.ecs, or verifyInfrastructure false)
+
+
+@dataclass(frozen=True)
+class InfraReading:
+    state: Infrastructure
+    # GONE: the proof ("stopCode TaskFailedToStart: …", "task unknown to ECS");
+    # UNKNOWN: why it could not be checked.
+    detail: str = ""
+
+
+NOT_CHECKED = InfraReading(Infrastructure.NOT_CHECKED)
+
+
+class Claimer(enum.Enum):
+    """The worker that claimed a run, as far as Prefect tells."""
+
+    ONLINE = "online"  # heartbeating, and not started or stopped since the claim: the same process
+    OFFLINE = "offline"
+    RESTARTED = "restarted"  # a prefect.worker.started event after the claim: a new process, claims forgotten
+    STOPPED = "stopped"  # a prefect.worker.stopped event after the claim
+    UNKNOWN = "unknown"  # no worker label, no submitted-flow-run event
+
+
+@dataclass(frozen=True)
+class WorkerLifecycle:
+    """A worker name's latest ``prefect.worker.started`` / ``stopped`` events (worker clock)."""
+
+    started: datetime | None = None
+    stopped: datetime | None = None
 
 
 @dataclass(frozen=True)
 class PendingRun:
     id: str
-    pending_since: datetime  # the PENDING state's timestamp
+    pending_since: datetime  # the PENDING state's timestamp (server clock)
     infrastructure_pid: str | None = None
-    claimer: str | None = None  # worker named by its prefect.worker.submitted-flow-run event
+    claimer: str | None = None  # worker named by its label or prefect.worker.submitted-flow-run event
+    claimed_at: datetime | None = None  # that event's time (worker clock, as its started/stopped events)
     submission_reported: bool = False  # prefect.worker.executed-flow-run seen: infrastructure was created
     requeues: int = 0  # earlier requeues by this operator
 
@@ -63,11 +100,147 @@ class PendingRun:
 @dataclass(frozen=True)
 class RecoveryRules:
     pending_timeout: timedelta
-    hard_timeout: timedelta
+    hard_timeout: timedelta | None = None  # opt-in
+    hard_timeout_overrides_live_claimer: bool = False
+    confirm_after: timedelta = timedelta(seconds=30)  # the policy's interval: gap between the two observations
     action: str = RESCHEDULE
     max_requeues: int = 3
     on_exhausted: str = MARK_CRASHED
     max_per_cycle: int = 50
+
+
+@dataclass(frozen=True)
+class Decision:
+    reason: str
+    message: str  # the true reason, in words: goes into the run's state message, Events, the condition
+    recover: bool = False
+    hands_off: bool = False  # someone can still act on the run: forget any earlier recoverable reading
+    double_run_risk: bool = False
+
+    @property
+    def hold(self) -> bool:
+        return not self.recover and not self.hands_off
+
+
+def claimer_status(run: PendingRun, online_workers: set[str] | frozenset[str],
+                   lifecycle: dict[str, WorkerLifecycle]) -> Claimer:
+    """ONLINE only for the very process that claimed the run.
+
+    A worker restarted under the same name heartbeats under that name but has
+    forgotten its claims; its ``started`` event after the claim tells it apart.
+    Claim and lifecycle times both come from the worker's clock; without the
+    submitted-flow-run event the PENDING time (server clock) stands in.
+    """
+    if run.claimer is None:
+        return Claimer.UNKNOWN
+    claimed = run.claimed_at or run.pending_since
+    life = lifecycle.get(run.claimer) or WorkerLifecycle()
+    if life.stopped is not None and life.stopped > claimed:
+        return Claimer.STOPPED
+    if life.started is not None and life.started > claimed:
+        return Claimer.RESTARTED
+    return Claimer.ONLINE if run.claimer in online_workers else Claimer.OFFLINE
+
+
+def decide(run: PendingRun, claimer: Claimer, infra: InfraReading, rules: RecoveryRules, now: datetime) -> Decision:
+    """The recovery rule for one run PENDING past ``pendingTimeout``, on one observation.
+
+    ====================================  ==============================  =========================================
+    claimer                               infrastructure                  decision
+    ====================================  ==============================  =========================================
+    any                                   ALIVE (task starting/running)   hands off: InfrastructureAlive
+    any                                   GONE (known task STOPPED or     recover: TaskGone, naming the proof
+                                          unknown to ECS)                 (stopCode / stoppedReason / unknown)
+    any                                   UNKNOWN (throttled, budget,     hold: InfrastructureUnknown
+                                          unreachable)
+    ONLINE, same process                  NONE_FOUND or NOT_CHECKED       hands off: ClaimerAlive, with the age;
+                                                                          past hardTimeout *and* with
+                                                                          hardTimeoutOverridesLiveClaimer: recover,
+                                                                          HardTimeoutOverridesLiveClaimer (the
+                                                                          flow may run twice)
+    OFFLINE, RESTARTED, STOPPED, UNKNOWN  NONE_FOUND                      recover: ClaimerGone
+    OFFLINE, RESTARTED, STOPPED, UNKNOWN  NOT_CHECKED, no sign of a task  recover: ClaimerGone (not verified)
+    OFFLINE, RESTARTED, STOPPED, UNKNOWN  NOT_CHECKED, a task was         hold: InfrastructureUnverified;
+                                          reported (pid, executed event)  past hardTimeout: recover, HardTimeout
+    ====================================  ==============================  =========================================
+
+    A "recover" acts only once ``Observations.confirm`` saw it on two observations at
+    least ``confirm_after`` apart. hardTimeout is opt-in and never overrides a live
+    task or an unknown answer.
+    """
+    age = format_duration(run.pending_for(now))
+    state = infra.state
+    if state is Infrastructure.ALIVE:
+        return Decision(INFRASTRUCTURE_ALIVE, "its ECS task is alive", hands_off=True)
+    if state is Infrastructure.GONE:
+        return Decision(TASK_GONE, f"its ECS task is gone ({infra.detail or 'STOPPED'})", recover=True)
+    if state is Infrastructure.UNKNOWN:
+        why = f" ({infra.detail})" if infra.detail else ""
+        return Decision(INFRASTRUCTURE_UNKNOWN, f"its ECS task could not be checked{why}")
+    past_hard = rules.hard_timeout is not None and run.pending_for(now) >= rules.hard_timeout
+    unverified = " (infrastructure not verified: no ECS check configured)" if state is Infrastructure.NOT_CHECKED else ""
+    if claimer is Claimer.ONLINE:
+        if past_hard and rules.hard_timeout_overrides_live_claimer:
+            return Decision(
+                HARD_TIMEOUT_OVERRIDE,
+                f"PENDING for {age}, past hardTimeout, while its claimer {run.claimer!r} is still online "
+                "(hardTimeoutOverridesLiveClaimer): the flow may run twice if that worker still starts it",
+                recover=True, double_run_risk=True,
+            )
+        return Decision(CLAIMER_ALIVE, f"its claimer {run.claimer!r} is online and may still start it "
+                                       f"(PENDING for {age})", hands_off=True)
+    gone = _claimer_gone(run, claimer)
+    if state is Infrastructure.NONE_FOUND:
+        return Decision(CLAIMER_GONE, f"{gone} and no ECS task exists for it", recover=True)
+    if not run.has_infrastructure_evidence:
+        return Decision(CLAIMER_GONE, f"{gone} before creating any infrastructure{unverified}", recover=True)
+    if past_hard:
+        return Decision(HARD_TIMEOUT, f"PENDING for {age}, past hardTimeout; {gone} and its reported "
+                                      "infrastructure could not be verified", recover=True)
+    return Decision(INFRASTRUCTURE_UNVERIFIED,
+                    f"{gone}, but a task was reported for it and no ECS check is configured to verify it")
+
+
+def _claimer_gone(run: PendingRun, claimer: Claimer) -> str:
+    return {
+        Claimer.OFFLINE: f"its claimer {run.claimer!r} is offline",
+        Claimer.RESTARTED: f"its claimer {run.claimer!r} restarted since the claim",
+        Claimer.STOPPED: f"its claimer {run.claimer!r} stopped since the claim",
+    }.get(claimer, "no worker is known to have claimed it")
+
+
+@dataclass
+class Observations:
+    """When each stale run was first seen recoverable, kept between cycles in memory.
+
+    Keyed by run id and the PENDING state's time (a new claim starts afresh); runs no
+    longer stale are forgotten, so the map never outgrows the stale set. After an
+    operator restart the rule simply starts again.
+    """
+
+    first: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (pending_since, seen)
+
+    def confirm(self, run: PendingRun, decision: Decision, now: datetime, after: timedelta) -> bool:
+        """Whether this recoverable reading confirms an earlier one at least ``after`` ago.
+
+        A hands-off reading (live task, live claimer) wipes the earlier one; a hold
+        (unknown) keeps it, so a throttle that lifts needs no fresh pair.
+        """
+        seen = self.first.get(run.id)
+        if seen is not None and seen[0] != run.pending_since:
+            seen = None
+        if decision.hands_off:
+            self.first.pop(run.id, None)
+            return False
+        if not decision.recover:
+            return False
+        if seen is None:
+            self.first[run.id] = (run.pending_since, now)
+            return False
+        return now - seen[1] >= after
+
+    def keep_only(self, run_ids: set[str]) -> None:
+        self.first = {k: v for k, v in self.first.items() if k in run_ids}
 
 
 @dataclass
@@ -79,6 +252,9 @@ class RecoveryPlan:
     report_only: list[str] = field(default_factory=list)  # recoverable, but the action is ReportOnly
     exhausted: list[str] = field(default_factory=list)  # reached maxRequeuesPerRun (also in their action's list)
     skipped: Counter[str] = field(default_factory=Counter)
+    decisions: dict[str, Decision] = field(default_factory=dict)  # every stale run's decision
+    acting: Counter[str] = field(default_factory=Counter)  # reasons of the runs acted on (or reported)
+    notes: dict[str, str] = field(default_factory=dict)  # skip reason -> the oldest such run's words
 
     @property
     def to_write(self) -> int:
@@ -86,6 +262,10 @@ class RecoveryPlan:
 
     def by_action(self) -> dict[str, list[str]]:
         return {RESCHEDULE: self.reschedule, MARK_CRASHED: self.mark_crashed, CANCEL: self.cancel}
+
+    def example(self, reason: str) -> str:
+        """The words for the oldest stale run with this reason."""
+        return self.notes.get(reason) or next((d.message for d in self.decisions.values() if d.reason == reason), "")
 
 
 def candidate_cutoff(now: datetime, pending_timeout: timedelta) -> datetime:
@@ -107,24 +287,35 @@ def is_stale(run: PendingRun, now: datetime, pending_timeout: timedelta) -> bool
 def plan_recovery(
     runs: list[PendingRun],
     *,
-    online_workers: set[str],
-    infrastructure: dict[str, Infrastructure],
+    claimers: dict[str, Claimer],
+    infrastructure: dict[str, InfraReading],
     rules: RecoveryRules,
+    observations: Observations,
     now: datetime,
 ) -> RecoveryPlan:
     """Decide, run by run, oldest first; at most ``max_per_cycle`` runs are acted on."""
     plan = RecoveryPlan()
     stale = sorted((r for r in runs if is_stale(r, now, rules.pending_timeout)), key=lambda r: r.pending_since)
     plan.stale = len(stale)
+    observations.keep_only({r.id for r in stale})
     budget = rules.max_per_cycle
     for run in stale:
-        skip = ownership_skip(run, online_workers, infrastructure.get(run.id, Infrastructure.NOT_CHECKED), rules, now)
-        if skip:
-            plan.skipped[skip] += 1
+        decision = decide(run, claimers.get(run.id, Claimer.UNKNOWN), infrastructure.get(run.id, NOT_CHECKED),
+                          rules, now)
+        plan.decisions[run.id] = decision
+        confirmed = observations.confirm(run, decision, now, rules.confirm_after)
+        if not decision.recover:
+            plan.skipped[decision.reason] += 1
+            continue
+        if not confirmed:
+            plan.skipped[AWAITING_CONFIRMATION] += 1
+            plan.notes.setdefault(AWAITING_CONFIRMATION, f"{decision.message}, seen so once (acting if still so "
+                                                         f"{format_duration(rules.confirm_after)} later)")
             continue
         if budget <= 0:
             plan.skipped[BATCH_LIMIT] += 1
             continue
+        plan.acting[decision.reason] += 1
         action = rules.action
         if action == RESCHEDULE and run.requeues >= rules.max_requeues:
             action = rules.on_exhausted  # the cap only limits requeues; terminal actions need none
@@ -137,46 +328,51 @@ def plan_recovery(
     return plan
 
 
-def ownership_skip(
-    run: PendingRun, online_workers: set[str], infra: Infrastructure, rules: RecoveryRules, now: datetime
-) -> str | None:
-    """Why this stale run must be left alone, or None when no one can act on it any more."""
-    if infra is Infrastructure.ALIVE:
-        return INFRASTRUCTURE_ALIVE  # whatever the age: its task may still start user code
-    if infra is Infrastructure.UNKNOWN:
-        return INFRASTRUCTURE_UNKNOWN
-    past_hard_timeout = run.pending_for(now) >= rules.hard_timeout
-    if run.claimer is not None and run.claimer in online_workers and not past_hard_timeout:
-        return CLAIMER_ONLINE  # it may be retrying a throttled RunTask
-    if infra is Infrastructure.NOT_CHECKED and run.has_infrastructure_evidence and not past_hard_timeout:
-        return INFRASTRUCTURE_UNVERIFIED  # a task may exist and nobody checked it
-    return None
+# Nothing to write: the condition names the most telling reason runs were left alone.
+_HELD = (
+    (INFRASTRUCTURE_UNKNOWN, "Unknown", "ECS could not be asked (hold until it answers)"),
+    (INFRASTRUCTURE_UNVERIFIED, "Unknown", "a task was reported but spec.ecs is not set or verifyInfrastructure is false"),
+    (AWAITING_CONFIRMATION, "True", "seen recoverable once; acting if still so after one interval"),
+    (CLAIMER_ALIVE, "True", "its claimer is online and may still start it"),
+    (INFRASTRUCTURE_ALIVE, "True", "its ECS task is alive"),
+    (BATCH_LIMIT, "True", "over maxRunsPerCycle"),
+)
 
 
 def recovery_condition(plan: RecoveryPlan, rules: RecoveryRules, *, dry_run: bool, failed: int = 0) -> Condition:
     """StaleRunsRecovered for a cycle's plan (and how many of its writes failed)."""
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(plan.skipped.items()))
-    tail = f" Skipped: {skipped}." if skipped else ""
+    tail = f" Left alone: {skipped}." if skipped else ""
     if plan.stale == 0:
         return Condition(STALE_RUNS_RECOVERED, "True", "NoneStale",
                          f"No run has been PENDING longer than {format_duration(rules.pending_timeout)}.")
+    why = _why(plan)
     if failed:
         return Condition(STALE_RUNS_RECOVERED, "False", "RecoveryFailed",
                          f"{failed} of {plan.to_write} state changes failed; retrying next cycle.{tail}")
     if dry_run and plan.to_write:
         return Condition(STALE_RUNS_RECOVERED, "False", "DryRun",
-                         f"dryRun: would {_summary(plan)}; nothing was written.{tail}")
+                         f"dryRun: would {_summary(plan)} ({why}); nothing was written.{tail}")
     if plan.report_only:
         return Condition(STALE_RUNS_RECOVERED, "False", "ReportOnly",
-                         f"{len(plan.report_only)} stale run(s) are recoverable; action is ReportOnly.{tail}")
+                         f"{len(plan.report_only)} stale run(s) are recoverable ({why}); action is ReportOnly.{tail}")
     if plan.exhausted and plan.to_write:
         return Condition(STALE_RUNS_RECOVERED, "True", "CapExhausted",
-                         f"{_summary(plan)}; {len(plan.exhausted)} run(s) reached maxRequeuesPerRun="
+                         f"{_summary(plan)} ({why}); {len(plan.exhausted)} run(s) reached maxRequeuesPerRun="
                          f"{rules.max_requeues}.{tail}")
     if plan.to_write:
-        return Condition(STALE_RUNS_RECOVERED, "True", "Recovered", f"{_summary(plan).capitalize()}.{tail}")
-    return Condition(STALE_RUNS_RECOVERED, "True", "Protected",
-                     f"{plan.stale} stale run(s), none recoverable now.{tail}")
+        return Condition(STALE_RUNS_RECOVERED, "True", "Recovered", f"{_summary(plan).capitalize()} ({why}).{tail}")
+    for reason, status, generic in _HELD:
+        if plan.skipped.get(reason):
+            example = plan.example(reason) or generic
+            return Condition(STALE_RUNS_RECOVERED, status, reason,  # type: ignore[arg-type]
+                             f"{plan.stale} stale run(s), none recoverable now; e.g. {example}.{tail}")
+    return Condition(STALE_RUNS_RECOVERED, "True", "NoneRecoverable", f"{plan.stale} stale run(s).{tail}")
+
+
+def _why(plan: RecoveryPlan) -> str:
+    """Each reason acted on, with the oldest run's words for it."""
+    return "; ".join(f"{n} {reason}: {plan.example(reason)}" for reason, n in sorted(plan.acting.items()))
 
 
 def _summary(plan: RecoveryPlan) -> str:
