@@ -195,6 +195,7 @@ class StaleRunsSpec(_Model):
             "overrides a live task, an unanswered ECS check, or a claimer that is still online (unless "
             "hardTimeoutOverridesLiveClaimer). Unset by default."
         ),
+        json_schema_extra=_duration_rules("hardTimeout"),
     )
     hard_timeout_overrides_live_claimer: bool = Field(
         default=False,
@@ -202,7 +203,6 @@ class StaleRunsSpec(_Model):
             "Past hardTimeout, recover runs even while their claiming worker is online (no live task found). "
             "That worker may still start the flow: the run can execute twice. A Warning Event says so each time."
         ),
-        json_schema_extra=_duration_rules("hardTimeout"),
     )
     action: Literal["Reschedule", "MarkCrashed", "Cancel", "ReportOnly"] = Field(
         default="Reschedule",
