@@ -21,10 +21,10 @@ build() { # name module-dir package [ldflags]
     local flag; flag=$(mktemp)
     ( n=0; while [ -e "$flag" ]; do sleep 1; n=$((n + 1)); [ $((n % 60)) -ne 0 ] || printf '.' >&2; done ) &
     local ticker=$!
-    ( cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg" ) \
+    ( cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp.$$" "$pkg" ) \
       || { rm -f "$flag"; wait "$ticker"; echo "!! build of $name failed" >&2; exit 1; }
     rm -f "$flag"; wait "$ticker" || true
-    mv "$out.tmp" "$out"
+    mv -f "$out.tmp.$$" "$out"  # per-process temp: concurrent builds (two checkouts) never clobber each other
     echo ">> built $name in $((SECONDS - start))s" >&2
   fi
   ln -sf "$out" "$cache/$name"

@@ -557,7 +557,10 @@ class PolicyStatus(_Model):
         default=None, max_length=64, description="Prefect server version, when the server reports it."
     )
     last_reconcile_time: str | None = Field(
-        default=None, json_schema_extra={"format": "date-time"}, description="End of the last reconcile cycle."
+        default=None, json_schema_extra={"format": "date-time"}, description=(
+            "End of the cycle that last changed the status; refreshed at least every "
+            "PWO_STATUS_HEARTBEAT_SECONDS (5 min) while cycles run."
+        ),
     )
 
 
