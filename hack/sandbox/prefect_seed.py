@@ -24,7 +24,7 @@ import httpx
 T = TypeVar("T")
 
 RETRY_STATUS = {502, 503, 504}
-RETRY_ATTEMPTS = 6
+RETRY_ATTEMPTS = 10  # ≈13 s of back-off: SQLite stays locked for seconds under a busy suite
 RETRY_BASE_DELAY = 0.2
 
 
