@@ -8,6 +8,7 @@ on this machine's loopback, so that cluster must be local too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import uuid
@@ -41,9 +42,10 @@ def kubectl(kubeconfig: pathlib.Path) -> Kubectl:
     return k
 
 
-@pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def scratch_namespace(kubectl: Kubectl, prefix: str) -> Iterator[str]:
+    """A new namespace, emptied and deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     yield name
     # Without a controller-manager a namespace's contents are never deleted with it:
@@ -54,6 +56,12 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     for policy in ns("get", "pwpp", "-o", "name").split():
         ns.run("patch", policy, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    with scratch_namespace(kubectl, "e2e") as name:
+        yield name
 
 
 @dataclass(frozen=True)

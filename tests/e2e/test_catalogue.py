@@ -24,6 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.prefect_seed import PrefectSeeder
+from tests.e2e.conftest import scratch_namespace
 from tests.kubectl import Kubectl, condition, wait_for
 from tests.loopback import hanging, serving
 
@@ -298,15 +299,8 @@ def _case_name(case: Case) -> str:
 
 @pytest.fixture(scope="module")
 def catalogue_ns(kubectl: Kubectl) -> Iterator[str]:
-    name = f"catalogue-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", name)
-    yield name
-    ns = kubectl.in_namespace(name)
-    ns.run("delete", "pwpp", "--all", "--wait=false", check=False)
-    for policy in ns("get", "pwpp", "-o", "name").split():
-        ns.run("patch", policy, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
-    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
-
+    with scratch_namespace(kubectl, "catalogue") as name:
+        yield name
 
 def _create_pool(seeder: PrefectSeeder, name: str, pool_type: str, template: dict[str, Any] | None = None) -> None:
     seeder._request("POST", "/work_pools/", json={"name": name, "type": pool_type,
