@@ -33,6 +33,13 @@ def _now_micro() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # MicroTime
 
 
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        code = exc.response.status_code
+        return f"HTTP {code}" + (" Forbidden (RBAC: the Lease's Role)" if code == 403 else "")
+    return type(exc).__name__
+
+
 class LeaseElector:
     """Holds (or waits for) one Lease; ``is_leader`` says whether this replica may act now."""
 
@@ -76,7 +83,7 @@ class LeaseElector:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the next try may succeed; the watchdog guards the deadline
-                    log.warning("lease %s/%s: try failed: %s", self.namespace, self.name, type(exc).__name__)
+                    log.warning("lease %s/%s: try failed: %s", self.namespace, self.name, _problem(exc))
                 await asyncio.sleep(self.retry_seconds)
         finally:
             watchdog.cancel()
