@@ -47,7 +47,8 @@ class OperatorConfig:
     # PWO_SHARD: the shard this process serves: policies labelled prefectops.dev/shard=<it>;
     # empty = the default shard (unlabelled policies and those labelled "default").
     shard: str = ""
-    # POD_NAME (downward API), else the hostname: this replica's identity in the Lease.
+    # POD_NAME (downward API), else <hostname>-<pid> (two local processes never share one):
+    # this replica's identity in the Lease.
     identity: str = "local"
     # PWO_LEADER_ELECTION: 0 turns the Lease off (every process acts: one replica only).
     leader_election: bool = True
@@ -92,7 +93,7 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         secret_cache_seconds=_non_negative(env, "PWO_SECRET_CACHE_SECONDS", "300"),
         status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "300"),
         shard=shard,
-        identity=env.get("POD_NAME") or socket.gethostname(),
+        identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         leader_election=env.get("PWO_LEADER_ELECTION", "1") not in {"0", "false", "no"},
         lease_namespace=env.get("PWO_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or _own_namespace(),
         lease_name=env.get("PWO_LEASE_NAME") or ("prefect-workpool-operator" + (f"-{shard}" if shard else "")),

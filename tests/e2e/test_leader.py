@@ -199,6 +199,21 @@ def test_shards_split_policies_and_relabel_hands_over(kubectl: Kubectl, namespac
         FIGURES["relabel_doubled"] = doubled({"b0": by_policy(reps)["b0"]}, handovers=1)
         assert FIGURES["relabel_doubled"] == 0
         FIGURES["relabel_handover_s"] = first_green - moved_at
+
+        # SIGKILL blue's leader: blue's standby takes over; the other shards' leaders stay.
+        leases = {"default": "prefect-workpool-operator", "blue": "prefect-workpool-operator-blue",
+                  "green": "prefect-workpool-operator-green"}
+        before = {shard: holder(ns, lease) for shard, lease in leases.items()}
+        blue_leader = next(r for r in reps if r.pod == before["blue"])
+        os.killpg(blue_leader.proc.pid, signal.SIGKILL)
+        blue_leader.proc.wait(timeout=10)
+        other_blue = next(r for r in reps if r.shard == "blue" and r is not blue_leader)
+        wait_for(lambda: holder(ns, leases["blue"]) == other_blue.pod, timeout=40, what="blue fails over")
+        assert {shard: holder(ns, lease) for shard, lease in leases.items() if shard != "blue"} == {
+            shard: pod for shard, pod in before.items() if shard != "blue"}
+        wait_for(lambda: all(owners(ns)[n].get("pod") == other_blue.pod for n in ("b1", "b2")) or None, timeout=30,
+                 what="blue's policies owned by its new leader")
+        assert owners(ns)["b0"].get("shard") == "green"
     print("FIGURES", FIGURES)
 
 
