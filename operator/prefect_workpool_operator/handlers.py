@@ -133,13 +133,20 @@ async def _elect(elector: LeaseElector, metrics: OperatorMetrics) -> None:
     """Take part in the shard's election once kopf has logged in (login follows startup)."""
     while not _connection:
         await asyncio.sleep(0.1)
-    elector.connect(client_for(_connection[0], timeout=elector.retry_seconds), _connection[0].server)
     metrics.leader.labels(CONFIG.shard_name).set(0)
+    login = _connection[0]
+    elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
     election = asyncio.ensure_future(elector.run())
     try:
         while not election.done():  # the gauge follows the role
             metrics.leader.labels(CONFIG.shard_name).set(1 if elector.is_leader else 0)
             await asyncio.wait({election}, timeout=0.5)
+            if _connection and _connection[0] is not login:
+                # kopf logged in again (a rotated ServiceAccount token): use the new credentials.
+                old, login = elector.http, _connection[0]
+                elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
+                if old is not None:
+                    await old.aclose()
     finally:
         election.cancel()
 
@@ -168,6 +175,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.wait({election}, timeout=1.0)
     if ELECTOR is not None:
         await ELECTOR.release()
+        if ELECTOR.http is not None:
+            await ELECTOR.http.aclose()
     if memo.shared.get("secrets") is not None:
         await memo.shared["secrets"].aclose()
     if memo.get("http") is not None:

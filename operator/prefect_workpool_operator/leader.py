@@ -63,7 +63,12 @@ class LeaseElector:
         return f"{self._server}/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace, safe='')}/leases"
 
     def connect(self, http: httpx.AsyncClient, server: str) -> None:
+        """Use this client (kopf's credentials) from the next request on."""
         self._http, self._server = http, server.rstrip("/")
+
+    @property
+    def http(self) -> httpx.AsyncClient | None:
+        return self._http
 
     @property
     def is_leader(self) -> bool:
