@@ -20,8 +20,8 @@ def main() -> None:
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        standalone=config.peering is None,
-        peering_name=config.peering,
+        # No kopf peering: one active replica per shard comes from the shard's Lease (leader.py).
+        standalone=True,
         liveness_endpoint=config.liveness_endpoint,
     )
 

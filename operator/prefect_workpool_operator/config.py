@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 # Libraries whose DEBUG output carries credentials (botocore logs signed headers and
 # access key ids) or whose INFO lines carry whole URLs (httpx: page tokens): held at
 # WARNING whatever the operator's own verbosity, so no credential reaches a log.
+DEFAULT_SHARD = "default"
+SHARD_LABEL = "prefectops.dev/shard"
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
 QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "hpack")
 
 
@@ -25,8 +30,6 @@ class OperatorConfig:
     tick_seconds: float
     # PWO_LIVENESS_ENDPOINT: kopf liveness probe endpoint, e.g. http://0.0.0.0:8080/healthz.
     liveness_endpoint: str | None
-    # PWO_PEERING: kopf peering name for one active replica per namespace set; empty = standalone.
-    peering: str | None
     # PWO_LOG_FORMAT: plain | full | json.
     log_format: str
     # PWO_VERBOSE: 1 for debug logs.
@@ -41,6 +44,27 @@ class OperatorConfig:
     # PWO_STATUS_HEARTBEAT_SECONDS: status.lastReconcileTime is refreshed at least this often
     # even when nothing else in the status changed (which is otherwise not written).
     status_heartbeat_seconds: float = 300.0
+    # PWO_SHARD: the shard this process serves: policies labelled prefectops.dev/shard=<it>;
+    # empty = the default shard (unlabelled policies and those labelled "default").
+    shard: str = ""
+    # POD_NAME (downward API), else <hostname>-<pid> (two local processes never share one):
+    # this replica's identity in the Lease.
+    identity: str = "local"
+    # PWO_LEADER_ELECTION: 0 turns the Lease off (every process acts: one replica only).
+    leader_election: bool = True
+    # PWO_LEASE_NAMESPACE (else POD_NAMESPACE, else the ServiceAccount's, else "default")
+    # and PWO_LEASE_NAME (default prefect-workpool-operator[-<shard>]): the shard's Lease.
+    lease_namespace: str = "default"
+    lease_name: str = "prefect-workpool-operator"
+    # PWO_LEASE_SECONDS / PWO_RENEW_DEADLINE_SECONDS / PWO_RETRY_SECONDS: controller-runtime's
+    # 15 / 10 / 2. The renew deadline must be shorter than the lease (docs/design.md).
+    lease_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_seconds: float = 2.0
+
+    @property
+    def shard_name(self) -> str:
+        return self.shard or DEFAULT_SHARD
 
 
 def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
@@ -52,18 +76,45 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
     log_format = env.get("PWO_LOG_FORMAT", "plain").lower()
     if log_format not in {"plain", "full", "json"}:
         raise ValueError("PWO_LOG_FORMAT must be plain, full or json")
+    shard = env.get("PWO_SHARD", "").strip()
+    lease = _non_negative(env, "PWO_LEASE_SECONDS", "15")
+    renew = _non_negative(env, "PWO_RENEW_DEADLINE_SECONDS", "10")
+    retry = _non_negative(env, "PWO_RETRY_SECONDS", "2")
+    if not 0 < retry < renew < lease:
+        raise ValueError("need 0 < PWO_RETRY_SECONDS < PWO_RENEW_DEADLINE_SECONDS < PWO_LEASE_SECONDS")
     return OperatorConfig(
         namespaces=namespaces,
         tick_seconds=tick,
         liveness_endpoint=env.get("PWO_LIVENESS_ENDPOINT") or None,
-        peering=env.get("PWO_PEERING") or None,
         log_format=log_format,
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
         prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
         secret_cache_seconds=_non_negative(env, "PWO_SECRET_CACHE_SECONDS", "300"),
         status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "300"),
+        shard=shard,
+        identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        leader_election=env.get("PWO_LEADER_ELECTION", "1") not in {"0", "false", "no"},
+        lease_namespace=env.get("PWO_LEASE_NAMESPACE") or env.get("POD_NAMESPACE") or _own_namespace(),
+        lease_name=env.get("PWO_LEASE_NAME") or ("prefect-workpool-operator" + (f"-{shard}" if shard else "")),
+        lease_seconds=lease,
+        renew_deadline_seconds=renew,
+        retry_seconds=retry,
     )
+
+
+def _own_namespace() -> str:
+    try:
+        with open(_SA_NAMESPACE) as handle:
+            return handle.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def in_shard(labels: dict[str, str] | None, shard: str) -> bool:
+    """Whether a policy with these labels belongs to ``shard`` ("" = the default shard)."""
+    label = (labels or {}).get(SHARD_LABEL, "")
+    return label == shard or (not shard and label == DEFAULT_SHARD) or (shard == DEFAULT_SHARD and not label)
 
 
 def _port(text: str) -> int:

@@ -78,6 +78,8 @@ def _printer_columns() -> list[dict[str, Any]]:
         col("Workers", ".status.workers.online", "integer", "Online Prefect workers"),
         col("Ready", '.status.conditions[?(@.type=="Ready")].status', desc="Ready condition"),
         col("Reason", '.status.conditions[?(@.type=="Ready")].reason', desc="Ready reason", priority=1),
+        col("Shard", ".status.owner.shard", desc="Shard whose leader cycles the policy", priority=1),
+        col("Owner", ".status.owner.pod", desc="Operator pod that cycles the policy", priority=1),
         col("Age", ".metadata.creationTimestamp", "date"),
     ]
 

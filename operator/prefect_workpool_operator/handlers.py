@@ -16,11 +16,12 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION
-from .config import load_config, quiet_libraries
+from .config import in_shard, load_config, quiet_libraries
 from .core import claims, health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions, unobserved
 from .core.durations import parse_duration
-from .kube_api import KubernetesSecrets
+from .kube_api import KubernetesSecrets, client_for
+from .leader import LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
 from .prefect_http import PrefectHttp
@@ -32,12 +33,37 @@ log = logging.getLogger(__name__)
 FALLBACK_INTERVAL = timedelta(seconds=30)
 _connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
 _STARTED = time.time()
+_cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
+
+
+def _cancel_cycles() -> None:
+    for cycle in list(_cycles):
+        cycle.cancel()
+
+
+# One Lease per shard: only its holder runs cycles (docs/design.md, "More than one replica").
+ELECTOR = LeaseElector(
+    namespace=CONFIG.lease_namespace, name=CONFIG.lease_name, identity=CONFIG.identity,
+    lease_seconds=CONFIG.lease_seconds, renew_deadline=CONFIG.renew_deadline_seconds,
+    retry_seconds=CONFIG.retry_seconds, on_lost=_cancel_cycles,
+) if CONFIG.leader_election else None
+
+
+def _acting() -> bool:
+    return ELECTOR is None or ELECTOR.is_leader
+
+
+def _in_my_shard(labels: kopf.Labels, **_: Any) -> bool:
+    """kopf filter: a policy of another shard is not cycled (its timer stops on relabel)."""
+    return in_shard(dict(labels), CONFIG.shard)
 
 
 async def _unless_stopped(cycle: asyncio.Future[Any], runtime: PolicyRuntime, stopped: kopf.DaemonStopped) -> Any:
     """The cycle's outcome, or None once it was cancelled: deleting the policy (kopf stops
     its timer) or suspending it (``cancel_cycle``) must not wait for a hung server."""
     runtime.extra["cycle"] = cycle
+    _cycles.add(cycle)
+    cycle.add_done_callback(_cycles.discard)
 
     async def stopping() -> None:
         await stopped.wait()
@@ -99,6 +125,36 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Per-object memos are shallow copies of this one: a dict here is shared by all
     # policies, so they share one Secrets reader (built once kopf has logged in).
     memo.shared = {}
+    if ELECTOR is not None:
+        memo.shared["elector"] = asyncio.ensure_future(_elect(ELECTOR, memo.metrics))
+
+
+async def _elect(elector: LeaseElector, metrics: OperatorMetrics) -> None:
+    """Take part in the shard's election once kopf has logged in (login follows startup)."""
+    while not _connection:
+        await asyncio.sleep(0.1)
+    metrics.leader.labels(CONFIG.shard_name).set(0)
+    login = _connection[0]
+    elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
+    election = asyncio.ensure_future(elector.run())
+    try:
+        while not election.done():  # the gauge follows the role
+            metrics.leader.labels(CONFIG.shard_name).set(1 if elector.is_leader else 0)
+            await asyncio.wait({election}, timeout=0.5)
+            if _connection and _connection[0] is not login:
+                # kopf logged in again (a rotated ServiceAccount token): use the new credentials.
+                old, login = elector.http, _connection[0]
+                elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
+                if old is not None:
+                    await old.aclose()
+    finally:
+        election.cancel()
+
+
+@kopf.on.probe(id="leader")
+def leader_probe(**_: Any) -> dict[str, Any]:
+    """Shown in /healthz: this replica's shard and role (both roles are healthy)."""
+    return {"shard": CONFIG.shard_name, "pod": CONFIG.identity, "role": ELECTOR.role if ELECTOR else "leader"}
 
 
 @kopf.on.login()
@@ -111,6 +167,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    # Timers are stopped by now (their cycles cancelled): hand the Lease over at once.
+    _cancel_cycles()
+    election = memo.shared.get("elector")
+    if election is not None:
+        election.cancel()
+        await asyncio.wait({election}, timeout=1.0)
+    if ELECTOR is not None:
+        await ELECTOR.release()
+        if ELECTOR.http is not None:
+            await ELECTOR.http.aclose()
     if memo.shared.get("secrets") is not None:
         await memo.shared["secrets"].aclose()
     if memo.get("http") is not None:
@@ -142,11 +208,21 @@ def _claimant(meta: kopf.Meta) -> claims.Claimant:
     return claims.Claimant(str(meta.get("creationTimestamp") or ""), str(meta.get("namespace")), str(meta.get("name")))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds, when=_in_my_shard)
 async def reconcile(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
     policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, **_: Any,
 ) -> None:
+    if not _acting():
+        return  # standby: the shard's leader runs the cycles
+    owner = dict(body.status.get("owner") or {})
+    if owner.get("shard") != CONFIG.shard_name or owner.get("pod") != CONFIG.identity:
+        patch.status["owner"] = {"shard": CONFIG.shard_name, "pod": CONFIG.identity, "since": format_time(datetime.now(timezone.utc))}
+        if owner.get("shard") not in (None, CONFIG.shard_name):
+            # Relabelled from another shard: claim now, act from the next tick, once our own
+            # watch shows the claim — by then the old shard has seen the relabel too.
+            logger.info("policy moved from shard %s: claimed by %s", owner.get("shard"), CONFIG.shard_name)
+            return
     runtime: PolicyRuntime = memo.setdefault("runtime", PolicyRuntime())
     generation = meta.get("generation")
     interval = _interval_seconds(body.spec)
@@ -178,13 +254,17 @@ async def reconcile(
     try:
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})
+        log.debug("cycle of %s/%s by %s in shard %s", meta.get("namespace"), meta.get("name"), CONFIG.identity, CONFIG.shard_name)
+        memo.metrics.cycles.labels(meta.get("namespace"), meta.get("name")).inc()
         cycle = asyncio.ensure_future(run_cycle(
             body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now, rival=rival
         ))
         outcome = await _unless_stopped(cycle, runtime, stopped)
         if outcome is None:
-            logger.info("cycle cancelled: the policy is being deleted or suspended")
+            logger.info("cycle cancelled: the policy is being deleted or suspended, or leadership was lost")
             return
+        if not _acting():
+            return  # leadership lost as the cycle ended: the new leader writes the status
     except Exception as exc:  # never let one policy's surprise become a kopf retry storm
         if stopped:
             return  # shutting down: the shared clients are being closed under the cycle

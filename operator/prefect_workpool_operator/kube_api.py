@@ -57,22 +57,7 @@ class KubernetesSecrets:
     @classmethod
     def from_connection(cls, info: Any, *, cache_seconds: float = 0.0) -> KubernetesSecrets:
         """Build from a kopf ``ConnectionInfo`` (token, basic, or client-certificate auth)."""
-        context = ssl.create_default_context()
-        if info.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif info.ca_path:
-            context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
-        elif info.ca_data:
-            context.load_verify_locations(cadata=_pem(info.ca_data))
-        if info.certificate_path or info.certificate_data:
-            _load_client_cert(context, info)
-        headers = {}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
-        http = httpx.AsyncClient(verify=context, headers=headers, auth=auth, timeout=10.0)
-        return cls(http, info.server, cache_seconds=cache_seconds)
+        return cls(client_for(info), info.server, cache_seconds=cache_seconds)
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         data = await self._secret_data(namespace, name)
@@ -134,6 +119,25 @@ class KubernetesSecrets:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def client_for(info: Any, timeout: float = 10.0) -> httpx.AsyncClient:
+    """An httpx client with a kopf ``ConnectionInfo``'s credentials (token, basic or client certificate)."""
+    context = ssl.create_default_context()
+    if info.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif info.ca_path:
+        context.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+    elif info.ca_data:
+        context.load_verify_locations(cadata=_pem(info.ca_data))
+    if info.certificate_path or info.certificate_data:
+        _load_client_cert(context, info)
+    headers = {}
+    if info.token:
+        headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+    auth = httpx.BasicAuth(info.username, info.password) if info.username and info.password else None
+    return httpx.AsyncClient(verify=context, headers=headers, auth=auth, timeout=timeout)
 
 
 async def read_secret_for(secrets: SecretReader, namespace: str, name: str, key: str, use: Use) -> str:

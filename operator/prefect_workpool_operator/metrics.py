@@ -32,6 +32,8 @@ class OperatorMetrics:
                               ("namespace", "policy", "reason"), registry=r)
         self.prefect_requests = Counter("pwo_prefect_requests", "HTTP requests to Prefect APIs.", ("method", "code"), registry=r)
         self.aws_requests = Counter("pwo_aws_requests", "Requests sent to AWS (retries included).", ("operation",), registry=r)
+        self.leader = Gauge("pwo_leader", "1 while this replica holds its shard's Lease (acts), 0 on standby.", ("shard",), registry=r)
+        self.cycles = Counter("pwo_cycles", "Cycles this replica started, by policy.", ("namespace", "policy"), registry=r)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)

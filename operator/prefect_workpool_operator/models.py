@@ -534,6 +534,16 @@ class ScalingFigures(_Model):
     last_change: ScalingChange | None = Field(default=None, description="The last change of desiredCount.")
 
 
+class OwnerStatus(_Model):
+    """Which operator replica cycles the policy (see docs/design.md, sharding)."""
+
+    shard: str = Field(max_length=63, description="The shard (label prefectops.dev/shard; unlabelled: default).")
+    pod: str = Field(max_length=253, description="The operator pod holding the shard's Lease.")
+    since: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When this pod took the policy over."
+    )
+
+
 class PolicyStatus(_Model):
     """What the operator observed and did; written by the operator only."""
 
@@ -562,6 +572,7 @@ class PolicyStatus(_Model):
             "PWO_STATUS_HEARTBEAT_SECONDS (5 min) while cycles run."
         ),
     )
+    owner: OwnerStatus | None = Field(default=None, description="The shard and the operator pod that cycle the policy.")
 
 
 class PrefectWorkPoolPolicy(_Model):

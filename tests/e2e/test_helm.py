@@ -18,6 +18,7 @@ admin-credentialed operator from another module serves the same cluster).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pathlib
@@ -44,6 +45,7 @@ CHART = REPO / "charts" / "prefect-workpool-operator"
 CRD_NAME = "prefectworkpoolpolicies.prefectops.dev"
 PWPP = CRD_NAME  # fully qualified resource name for `kubectl auth can-i`
 FINALIZER = "prefectops.dev/finalizer"
+LEASES = "leases.coordination.k8s.io"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
@@ -121,17 +123,18 @@ def deployment_env(k: Kubectl, namespace: str, name: str) -> dict[str, str]:
 
 
 @contextmanager
-def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pathlib.Path) -> Iterator[dict[str, str]]:
+def operator_as_pod(chart_env: dict[str, str], kubeconfig: pathlib.Path, log: pathlib.Path,
+                    namespace: str, pod: str = "pod-0") -> Iterator[dict[str, str]]:
     """The operator process with the Pod's environment and the ServiceAccount's token.
 
-    Only the ports change (many test processes share this machine's loopback); yields the
-    liveness and metrics URLs.
+    Only the ports change (many test processes share this machine's loopback), and the
+    downward API's POD_NAME / POD_NAMESPACE are given here; yields the liveness and metrics URLs.
     """
     liveness, metrics_port = f"http://127.0.0.1:{free_port()}/healthz", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PWO_", "KUBERNETES_"))}
     env.update(chart_env)
     env.update({
-        "KUBECONFIG": str(kubeconfig),
+        "KUBECONFIG": str(kubeconfig), "POD_NAME": pod, "POD_NAMESPACE": namespace,
         "PWO_LIVENESS_ENDPOINT": liveness,
         "PWO_METRICS_PORT": str(metrics_port) if chart_env.get("PWO_METRICS_PORT", "0") != "0" else "0",
     })
@@ -253,13 +256,15 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             ("ClusterRoleBinding", scoped, None),
             ("ClusterRole", f"{scoped}-discovery", None),
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
+            ("Role", f"{fullname}-leader-election", rel_ns),
+            ("RoleBinding", f"{fullname}-leader-election", rel_ns),
         }
         cluster("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
         deployment = cluster.in_namespace(rel_ns).get_json("deployment", fullname)
         spec = deployment["spec"]
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
-        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "RollingUpdate"
         assert pod["serviceAccountName"] == fullname
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -283,7 +288,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
         ns.apply(policy("etl", prefect_server.api_url, pool))
         sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
-        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log) as urls:
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log, rel_ns) as urls:
             obj = wait_for(reconciled(ns, "etl"), timeout=60, what="Ready=True with the chart's RBAC")
             status = obj["status"]
             assert status["runs"] == {"late": 2, "pending": 1, "running": 0}
@@ -303,7 +308,13 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             # A spec edit is seen through the watch and reconciled (patch + status patch again).
             ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
             wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")
+            # It took the release's Lease with the ServiceAccount's token and names itself the owner.
+            lease = cluster.in_namespace(rel_ns).get_json("lease", fullname)
+            assert lease["spec"]["holderIdentity"] == "pod-0"
+            assert ns.get_json("pwpp", "etl")["status"]["owner"]["pod"] == "pod-0"
         assert log_problems(log) == []
+        # Stopped gracefully: the Lease is released for the next Pod.
+        assert not cluster.in_namespace(rel_ns).get_json("lease", fullname)["spec"].get("holderIdentity")
 
         # -- what the ServiceAccount may and may not do
         assert_can(
@@ -312,6 +323,8 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
                 ("list", PWPP, "-A"), ("watch", PWPP, "-A"), ("patch", PWPP, "-n", team),
                 ("patch", PWPP, "--subresource=status", "-n", team), ("create", "events", "-n", team),
                 ("get", "secrets", "-n", team), ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+                ("create", LEASES, "-n", rel_ns), ("get", f"{LEASES}/{fullname}", "-n", rel_ns),
+                ("update", f"{LEASES}/{fullname}", "-n", rel_ns),
             ],
             denied=[
                 ("list", "secrets", "-A"), ("watch", "secrets", "-n", team), ("list", "secrets", "-n", team),
@@ -325,6 +338,10 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
                 ("get", "customresourcedefinitions.apiextensions.k8s.io"),
                 ("list", "namespaces"), ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
                 ("create", "serviceaccounts", "--subresource=token", "-n", rel_ns), ("impersonate", "users"), ("*", "*"),
+                # Leases: its own only, and only in the release namespace.
+                ("update", f"{LEASES}/kube-controller-manager", "-n", rel_ns), ("delete", f"{LEASES}/{fullname}", "-n", rel_ns),
+                ("list", LEASES, "-n", rel_ns), ("create", LEASES, "-n", team), ("get", f"{LEASES}/{fullname}", "-n", team),
+                ("update", f"{LEASES}/kube-scheduler", "-n", "kube-system"),
             ],
         )
 
@@ -374,6 +391,8 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             ("RoleBinding", scoped, watched),
             ("ClusterRole", f"{scoped}-discovery", None),
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
+            ("Role", f"{fullname}-leader-election", rel_ns),
+            ("RoleBinding", f"{fullname}-leader-election", rel_ns),
         }
         chart_env = deployment_env(cluster, rel_ns, fullname)
         assert chart_env["PWO_NAMESPACES"] == watched
@@ -390,7 +409,7 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             k.apply(policy("etl", prefect_auth_server.api_url, pools[namespace], auth))
         sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
-        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log):
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log, rel_ns):
             obj = wait_for(reconciled(cluster.in_namespace(watched), "etl"), timeout=60, what="watched policy Ready")
             assert condition(obj, "PrefectConnected")["reason"] == "Connected"  # the Secret was read
             wait_for(lambda: events_for(cluster.in_namespace(watched), "etl"), what="an Event in the watched namespace")
@@ -428,12 +447,15 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             ("RoleBinding", scoped, other),
             ("ClusterRole", f"{scoped}-discovery", None),
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
+            ("Role", f"{fullname}-leader-election", rel_ns),
+            ("RoleBinding", f"{fullname}-leader-election", rel_ns),
         }
         assert can_i(sa, "get", "secrets/prefect-auth", "-n", other)
         chart_env = deployment_env(cluster, rel_ns, fullname)
         assert chart_env["PWO_NAMESPACES"] == f"{watched},{other}"
         log = tmp_path / "operator-upgraded.log"
-        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log):  # the new Pod, after Recreate
+        # The new Pod: the old one released the Lease as it stopped, so this one leads at once.
+        with operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig), log, rel_ns, pod="pod-1"):
             wait_for(reconciled(cluster.in_namespace(other), "etl"), timeout=60, what="newly watched policy Ready")
         assert log_problems(log) == []
 
@@ -441,3 +463,48 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
         for namespace in (watched, other):
             assert not_found(cluster, "-n", namespace, "role", scoped)
             assert condition(cluster.in_namespace(namespace).get_json("pwpp", "etl"), "Ready")["status"] == "True"
+
+
+def test_replicas_and_shards_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_path: pathlib.Path) -> None:
+    """replicaCount 2 and three shards: a Deployment, PDB and Lease each; every replica runs with the
+    ServiceAccount's token, each shard's leader cycles exactly its policies."""
+    rel_ns, team = unique("pwo"), unique("team")
+    name = "pwo"
+    fullname = f"{name}-prefect-workpool-operator"
+    values = {"operator.tickSeconds": "1", "replicaCount": "2", "shards": "{blue,green}"}
+    shard_names = {"default": fullname, "blue": f"{fullname}-blue", "green": f"{fullname}-green"}
+    with namespaces(cluster, rel_ns, team), release(helm, name, rel_ns, *sets(values)):
+        installed = kinds(helm.manifest(name, rel_ns))
+        for deployment in shard_names.values():
+            assert {("Deployment", deployment, rel_ns), ("PodDisruptionBudget", deployment, rel_ns)} <= installed
+            assert cluster.in_namespace(rel_ns).get_json("deployment", deployment)["spec"]["replicas"] == 2
+        ns = cluster.in_namespace(team)
+        for shard in shard_names:
+            doc = yaml.safe_load(policy(f"p-{shard}", prefect_server.api_url, unique("absent")))
+            if shard != "default":
+                doc["metadata"]["labels"] = {"prefectops.dev/shard": shard}
+            ns.apply(yaml.safe_dump(doc))
+        sa = service_account_kubeconfig(cluster, rel_ns, fullname, tmp_path / "sa.kubeconfig")
+        with contextlib.ExitStack() as stack:
+            for shard, deployment in shard_names.items():
+                chart_env = deployment_env(cluster, rel_ns, deployment)
+                for i in range(2):
+                    stack.enter_context(operator_as_pod(chart_env, pathlib.Path(sa.kubeconfig),
+                                                        tmp_path / f"{deployment}-{i}.log", rel_ns, pod=f"{deployment}-{i}"))
+
+            def owned() -> bool:
+                owners = {s: (ns.get_json("pwpp", f"p-{s}").get("status") or {}).get("owner") or {} for s in shard_names}
+                return all(o.get("shard") == s and o.get("pod", "").startswith(shard_names[s] + "-")
+                           and o["pod"].removeprefix(shard_names[s] + "-") in {"0", "1"} for s, o in owners.items())
+
+            wait_for(owned, timeout=60, what="each policy owned by a replica of its shard")
+            leases = cluster.in_namespace(rel_ns).get_json("lease")["items"]
+            holders = {lease["metadata"]["name"]: lease["spec"].get("holderIdentity") for lease in leases}
+            assert set(holders) == set(shard_names.values())
+            for deployment, held_by in holders.items():
+                assert held_by in {f"{deployment}-0", f"{deployment}-1"}
+        for log in tmp_path.glob("*.log"):
+            assert log_problems(log) == [], log.name
+        for deployment in shard_names.values():
+            assert can_i(sa, "update", f"{LEASES}/{deployment}", "-n", rel_ns)
+        assert not can_i(sa, "update", f"{LEASES}/{fullname}-red", "-n", rel_ns)

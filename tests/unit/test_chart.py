@@ -33,6 +33,15 @@ EVENTS = ("", "events", ("create",), ())
 SECRETS = ("", "secrets", ("get",), ())
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"), ())
 NAMESPACES = ("", "namespaces", ("list", "watch"), ())
+LEADER = f"{FULLNAME}-leader-election"
+# Leader election: create any Lease (no name is known before it exists), the rest by name only.
+LEASES = {("coordination.k8s.io", "leases", ("create",), ()),
+          ("coordination.k8s.io", "leases", ("get", "patch", "update"), (FULLNAME,))}
+LEADER_OBJECTS = {("Role", LEADER, NAMESPACE), ("RoleBinding", LEADER, NAMESPACE)}
+POD_ENV = {
+    "PWO_LEASE_NAME": FULLNAME, "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+    "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +111,15 @@ def test_cluster_wide_default(helm: str) -> None:
         ("ServiceAccount", FULLNAME, NAMESPACE), ("Deployment", FULLNAME, NAMESPACE),
         ("ClusterRole", SCOPED, None), ("ClusterRoleBinding", SCOPED, None),
         ("ClusterRole", f"{SCOPED}-discovery", None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None),
-    }
+    } | LEADER_OBJECTS
     assert rules(objs["ClusterRole", SCOPED, None]) == {POLICIES, STATUS, EVENTS, SECRETS}
+    assert rules(objs["Role", LEADER, NAMESPACE]) == LEASES
     assert rules(objs["ClusterRole", f"{SCOPED}-discovery", None]) == {CRDS}  # kopf lists no namespaces here
     for binding in ("ClusterRoleBinding", SCOPED, None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None):
         assert objs[binding]["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert env(docs) == {
         "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:8081/healthz",
-        "PWO_LOG_FORMAT": "json", "PWO_VERBOSE": "0", "PWO_METRICS_PORT": "8080",
+        "PWO_LOG_FORMAT": "json", "PWO_VERBOSE": "0", "PWO_METRICS_PORT": "8080", **POD_ENV,
     }
 
 
@@ -119,7 +129,10 @@ def test_deployment_is_hardened(helm: str) -> None:
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     c = container(docs)
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # The new Pod is a ready standby before the old leader stops (and releases the Lease).
+    assert spec["replicas"] == 1 and spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"] == {
@@ -142,7 +155,7 @@ def test_namespaced(helm: str, tmp_path: pathlib.Path) -> None:
         ("Role", SCOPED, "data"), ("RoleBinding", SCOPED, "data"),
         ("Role", SCOPED, "ml"), ("RoleBinding", SCOPED, "ml"),
         ("ClusterRole", f"{SCOPED}-discovery", None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None),
-    }
+    } | LEADER_OBJECTS
     for ns in ("data", "ml"):
         assert rules(objs["Role", SCOPED, ns]) == {POLICIES, STATUS, EVENTS, SECRETS}
         assert objs["RoleBinding", SCOPED, ns]["roleRef"] == {
@@ -170,7 +183,7 @@ def test_discovery_off_leaves_no_cluster_scoped_read(helm: str, tmp_path: pathli
         values["watchNamespaces"] = ["data"]
     kinds = {k for k, _, _ in by_kind(render(helm, values, tmp_path))}
     assert kinds == ({"ServiceAccount", "Deployment", "Role", "RoleBinding"} if namespaced else
-                     {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding"})
+                     {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
 
 
 def test_no_rbac_and_existing_service_account(helm: str, tmp_path: pathlib.Path) -> None:
@@ -199,7 +212,7 @@ def test_existing_service_account_still_bound(helm: str, tmp_path: pathlib.Path)
 )
 def test_metrics(helm: str, tmp_path: pathlib.Path, metrics: dict[str, Any], expected: set[str]) -> None:
     docs = render(helm, {"metrics": metrics}, tmp_path)
-    extra = {d["kind"] for d in docs} - {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding"}
+    extra = {d["kind"] for d in docs} - {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     assert extra == expected
     enabled = metrics.get("enabled", True)
     assert env(docs)["PWO_METRICS_PORT"] == ("8080" if enabled else "0")
@@ -239,7 +252,7 @@ def test_everything_set(helm: str, tmp_path: pathlib.Path) -> None:
     assert env(docs) == {
         "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "2.5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:9000/healthz",
         "PWO_LOG_FORMAT": "plain", "PWO_VERBOSE": "1", "PWO_METRICS_PORT": "9100", "AWS_REGION": "eu-west-1",
-        "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "aws", "key": "id"}},
+        "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "aws", "key": "id"}}, **POD_ENV,
     }
     assert c["envFrom"] == [{"secretRef": {"name": "aws-credentials"}}]
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
@@ -250,6 +263,27 @@ def test_everything_set(helm: str, tmp_path: pathlib.Path) -> None:
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/pwo"}
     monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["interval"] == "1m"
+
+
+def test_replicas_and_shards(helm: str, tmp_path: pathlib.Path) -> None:
+    """One Deployment per shard, each with its Lease and a PDB; the Role names every Lease."""
+    objs = by_kind(render(helm, {"replicaCount": 2, "shards": ["blue", "green"]}, tmp_path))
+    names = [FULLNAME, f"{FULLNAME}-blue", f"{FULLNAME}-green"]
+    for name, shard in zip(names, ["default", "blue", "green"]):
+        deployment = objs["Deployment", name, NAMESPACE]
+        assert deployment["spec"]["replicas"] == 2
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector["prefectops.dev/operator-shard"] == shard
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert objs["PodDisruptionBudget", name, NAMESPACE]["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+        (c,) = deployment["spec"]["template"]["spec"]["containers"]
+        pod_env = {e["name"]: e.get("value") for e in c["env"]}
+        assert pod_env["PWO_LEASE_NAME"] == name
+        assert pod_env.get("PWO_SHARD") == (None if shard == "default" else shard)
+    assert ("coordination.k8s.io", "leases", ("get", "patch", "update"), tuple(names)) in rules(objs["Role", LEADER, NAMESPACE])
+    # Selectors are disjoint: no Deployment adopts another shard's Pods.
+    assert len({objs["Deployment", n, NAMESPACE]["spec"]["selector"]["matchLabels"]["prefectops.dev/operator-shard"] for n in names}) == 3
+    assert not any(kind == "PodDisruptionBudget" for kind, _, _ in by_kind(render(helm, {}, tmp_path)))
 
 
 def test_two_releases_never_share_cluster_scoped_names(helm: str) -> None:
@@ -268,7 +302,10 @@ def test_no_wildcards_and_no_destructive_verbs(helm: str, tmp_path: pathlib.Path
             for rule in doc.get("rules", []):
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[field], (doc["metadata"]["name"], rule)
-                assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+                forbidden = {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"}
+                if rule["resources"] == ["leases"] and rule.get("resourceNames"):
+                    forbidden.discard("update")  # renewing its own, named Lease
+                assert not forbidden & set(rule["verbs"])
 
 
 # -- bad values are rejected before anything reaches a cluster ---------------------------------------
@@ -280,7 +317,11 @@ def test_no_wildcards_and_no_destructive_verbs(helm: str, tmp_path: pathlib.Path
         ({"watchNamespaces": "data"}, "watchNamespaces"),
         ({"watchNamespaces": ["Data_Team"]}, "watchNamespaces"),
         ({"watchNamespaces": ["data", "data"]}, "watchNamespaces"),
-        ({"replicas": 2}, "replicas"),  # not a setting: one replica, by design
+        ({"replicas": 2}, "replicas"),  # not a setting: replicaCount is
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"shards": ["default"]}, "shards"),  # the default shard is always there
+        ({"shards": ["Blue"]}, "shards"),
+        ({"shards": ["a", "a"]}, "shards"),
         ({"operator": {"logFormat": "xml"}}, "logFormat"),
         ({"operator": {"tickSeconds": 0}}, "tickSeconds"),
         ({"operator": {"tickSeconds": "5"}}, "tickSeconds"),

@@ -87,3 +87,11 @@ status, and posts Events; the operator reads the Secrets policies reference.
   resourceNames: {{ toJson . }}
   {{- end }}
 {{- end -}}
+
+{{- /* The Lease of a shard: (list $ shardName); "" is the default shard. */}}
+{{- define "pwo.leaseName" -}}
+{{- $root := index . 0 -}}
+{{- $shard := index . 1 -}}
+{{- $base := include "pwo.fullname" $root -}}
+{{- if $shard }}{{ printf "%s-%s" $base $shard | trunc 253 }}{{ else }}{{ $base }}{{ end -}}
+{{- end -}}

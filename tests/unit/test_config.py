@@ -1,0 +1,44 @@
+"""Operator settings for replicas and shards (config.py): defaults, identity, shard rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefect_workpool_operator.config import in_shard, load_config
+
+
+def test_lease_defaults_are_controller_runtimes() -> None:
+    config = load_config({"POD_NAME": "op-0", "POD_NAMESPACE": "ops"})
+    assert (config.lease_seconds, config.renew_deadline_seconds, config.retry_seconds) == (15, 10, 2)
+    assert config.identity == "op-0" and config.lease_namespace == "ops"
+    assert config.lease_name == "prefect-workpool-operator" and config.shard_name == "default"
+    assert config.leader_election is True
+
+
+def test_shard_names_its_lease_and_lease_namespace_overrides() -> None:
+    config = load_config({"PWO_SHARD": "blue", "POD_NAMESPACE": "ops", "PWO_LEASE_NAMESPACE": "elsewhere"})
+    assert config.lease_name == "prefect-workpool-operator-blue" and config.lease_namespace == "elsewhere"
+    assert config.shard_name == "blue"
+    assert load_config({"PWO_LEASE_NAME": "mine"}).lease_name == "mine"
+    assert load_config({"PWO_LEADER_ELECTION": "0"}).leader_election is False
+
+
+@pytest.mark.parametrize(("lease", "renew", "retry"), [("15", "15", "2"), ("10", "12", "2"), ("15", "10", "10"), ("15", "10", "0")])
+def test_renew_deadline_must_be_shorter_than_the_lease(lease: str, renew: str, retry: str) -> None:
+    env = {"PWO_LEASE_SECONDS": lease, "PWO_RENEW_DEADLINE_SECONDS": renew, "PWO_RETRY_SECONDS": retry}
+    with pytest.raises(ValueError, match="PWO_RENEW_DEADLINE_SECONDS"):
+        load_config(env)
+
+
+@pytest.mark.parametrize(
+    ("labels", "shard", "mine"),
+    [
+        ({}, "", True), (None, "", True), ({"prefectops.dev/shard": "default"}, "", True),
+        ({"prefectops.dev/shard": "blue"}, "", False), ({}, "blue", False),
+        ({"prefectops.dev/shard": "blue"}, "blue", True), ({"prefectops.dev/shard": "green"}, "blue", False),
+        ({}, "default", True), ({"prefectops.dev/shard": "default"}, "default", True),
+        ({"other": "x"}, "", True),
+    ],
+)
+def test_shard_rule(labels: dict[str, str] | None, shard: str, mine: bool) -> None:
+    assert in_shard(labels, shard) is mine
