@@ -118,7 +118,11 @@ def main() -> int:
         service_account_kubeconfig(kubectl, SYSTEM_NS, RELEASE, sa_config)
         pod_spec = kubectl.in_namespace(SYSTEM_NS).get_json("deployment", RELEASE)["spec"]["template"]["spec"]
         (container,) = pod_spec["containers"]
+        # The downward API's fields, as the kubelet would fill them in (the Lease lives in the pod's namespace).
+        pod_fields = {"metadata.name": f"{RELEASE}-demo", "metadata.namespace": SYSTEM_NS}
         chart_env = {e["name"]: e.get("value", "") for e in container.get("env", []) if "valueFrom" not in e}
+        chart_env |= {e["name"]: pod_fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in container.get("env", [])
+                      if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") in pod_fields}
         env = {**os.environ, **chart_env, "KUBECONFIG": str(sa_config), "PWO_TICK_SECONDS": "1",
                "PWO_METRICS_PORT": str(free_port()), "PWO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz"}
         stack.enter_context(run_operator(env, work / "operator.log"))
