@@ -250,16 +250,18 @@ class PrefectClient:
     # -- stale-run recovery ----------------------------------------------------------
 
     async def pending_candidates(
-        self, scope: dict[str, Any], expected_before: datetime, tags: list[str], *, page_size: int = 200,
-        max_pages: int = 100,
+        self, scope: dict[str, Any], expected_before: datetime | None, tags: list[str], *, page_size: int = 200,
+        max_pages: int = 100, excluding: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """PENDING runs expected to start before ``expected_before``, oldest first, every page."""
-        flow_runs: dict[str, Any] = {
-            "state": {"type": {"any_": ["PENDING"]}},
-            "expected_start_time": {"before_": expected_before.isoformat()},
-        }
+        """PENDING runs expected to start before ``expected_before`` (None: any), oldest first,
+        every page; ``excluding``: run ids left out by the server (runs already known)."""
+        flow_runs: dict[str, Any] = {"state": {"type": {"any_": ["PENDING"]}}}
+        if expected_before is not None:
+            flow_runs["expected_start_time"] = {"before_": expected_before.isoformat()}
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
+        if excluding:
+            flow_runs["id"] = {"not_any_": list(excluding)}
         runs: dict[str, dict[str, Any]] = {}
         offset = 0
         for _ in range(max_pages):

@@ -13,6 +13,7 @@ each run's state message tells its own; servers without it get re-read +
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class RecoveryMemory:
     # id -> (pending_since, requeues): a run's count changes only by a requeue, which
     # gives it a new PENDING state, so it is read once per PENDING state.
     requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
+    quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # Requeues of the pool counted from Prefect once (first cycle after a start), then
     # advanced by this process's own: the events of a requeue show up seconds later.
     total_requeued: int | None = None
@@ -120,8 +123,20 @@ async def recover_stale_runs(
 ) -> RecoveryOutcome:
     rules = rules_from(spec, interval)
     scope = pool_scope(pool, list(spec.work_queues) or queues)
+    key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
+    if memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
+        # Nothing remembered can be stale yet: list only the PENDING runs not remembered.
+        new = [_pending_run(r) for r in await client.pending_candidates(
+            scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
+        if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
+            memory.quiet.add(new)
+            memory.observations.keep_only(set())
+            plan = stale.RecoveryPlan()
+            return RecoveryOutcome(stale.recovery_condition(plan, rules, dry_run=dry_run),
+                                   _figures(plan, 0, 0, dry_run, memory.total_requeued))
     raw = await client.pending_candidates(scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
+    memory.quiet.remember(key, runs, now, rules.pending_timeout)
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
 
     claimers: dict[str, stale.Claimer] = {}

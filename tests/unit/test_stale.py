@@ -426,3 +426,55 @@ def test_window_puts_awaiting_first_and_hands_off_last() -> None:
 def test_window_for_report_only_is_every_stale_run() -> None:
     rules = RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY, max_per_cycle=1)
     assert len(stale.lookup_window([run(str(i), 20) for i in range(5)], Observations(), rules)) == 5
+
+
+# -- QuietPending: skipping the full listing while nothing can be stale -------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 7), st.booleans()), max_size=60),
+       cap=st.sampled_from([2, 10_000]))
+def test_quiet_listing_never_misses_a_stale_run(events: list, cap: int) -> None:
+    """A simulated pool: at minute m, run r enters PENDING (True) or leaves it (False).
+    Listing every cycle finds stale runs at some cycles; the quiet cycle (list only the
+    runs not remembered) must take the full listing at each of those cycles."""
+    timeout = timedelta(minutes=5)
+    truth: dict[str, datetime] = {}  # run -> PENDING since
+    quiet = stale.QuietPending(limit=cap)
+    key = "pool"
+    by_minute: dict[int, list[tuple[str, bool]]] = {}
+    for minute, rid, enters in events:
+        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
+    full_listings = 0
+    for minute in range(45):
+        now = NOW + timedelta(minutes=minute)
+        for rid, enters in by_minute.get(minute, []):
+            if enters and rid not in truth:
+                truth[rid] = now - timedelta(seconds=1)
+            elif not enters:
+                truth.pop(rid, None)
+        pending = [PendingRun(r, since) for r, since in truth.items()]
+        stale_now = [r for r in pending if stale.is_stale(r, now, timeout)]
+        full = True
+        if quiet.usable(key, now, timeout):
+            new = [r for r in pending if r.id not in quiet.pending]
+            if not any(stale.is_stale(r, now, timeout) for r in new):
+                quiet.add(new)
+                full = False
+        if full:
+            full_listings += 1
+            quiet.remember(key, pending, now, timeout)
+        assert full or not stale_now, (minute, stale_now)
+    assert full_listings >= 1
+
+
+def test_quiet_listing_skips_while_fresh_and_lists_at_the_threshold() -> None:
+    timeout = timedelta(minutes=10)
+    quiet = stale.QuietPending()
+    runs = [PendingRun(f"r{i}", NOW - timedelta(seconds=5)) for i in range(3)]
+    quiet.remember("k", runs, NOW, timeout)
+    assert quiet.usable("k", NOW + timedelta(minutes=9), timeout)
+    assert not quiet.usable("other scope", NOW, timeout)
+    assert not quiet.usable("k", NOW + timedelta(minutes=10) - timedelta(seconds=5), timeout)  # r0 may be stale
+    quiet.remember("k", [*runs, PendingRun("old", NOW - timeout)], NOW, timeout)  # a stale one: nothing kept
+    assert not quiet.usable("k", NOW, timeout)

@@ -423,3 +423,40 @@ def _summary(plan: RecoveryPlan) -> str:
     if plan.cancel:
         parts.append(f"cancel {len(plan.cancel)}")
     return ", ".join(parts) + f" of {plan.stale} stale run(s)"
+
+
+@dataclass
+class QuietPending:
+    """Every PENDING run of a scope, none stale: what lets a quiet cycle skip the full listing.
+
+    After a full listing found no stale run, the operator remembers each PENDING run
+    with its state's time. A later cycle then lists only the PENDING runs it does not
+    remember (the server filters them by id); a remembered run is no concern before
+    its own threshold (it can only leave PENDING, or re-enter later, hence fresher).
+    So the full listing is due only once a remembered run could be stale, or when a
+    newly listed run is. Never later than listing every cycle: any run not remembered
+    is listed every cycle, and a remembered run is listed at its threshold.
+    """
+
+    key: str = ""  # the scope, tags and pendingTimeout the runs were listed for
+    pending: dict[str, datetime] = field(default_factory=dict)  # run id -> its PENDING state's time
+    limit: int = 10_000  # beyond this many ids, the filter body grows too large: list in full
+
+    def usable(self, key: str, now: datetime, pending_timeout: timedelta) -> bool:
+        """Whether this cycle may list only the runs not remembered."""
+        if key != self.key or len(self.pending) > self.limit:
+            return False
+        return all(now - since < pending_timeout for since in self.pending.values())
+
+    def remember(self, key: str, runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> None:
+        """A full listing's runs; remembered only when none of them is stale."""
+        if any(is_stale(r, now, pending_timeout) for r in runs):
+            self.forget()
+            return
+        self.key, self.pending = key, {r.id: r.pending_since for r in runs}
+
+    def add(self, runs: list[PendingRun]) -> None:
+        self.pending.update((r.id, r.pending_since) for r in runs)
+
+    def forget(self) -> None:
+        self.key, self.pending = "", {}
