@@ -120,11 +120,15 @@ async def recover_stale_runs(
     interval: timedelta = timedelta(seconds=30),
     counting_since: datetime | None = None,
     infrastructure_check: InfrastructureCheck | None = None,
+    pending_observed: int | None = None,
 ) -> RecoveryOutcome:
+    """``pending_observed``: PENDING runs this cycle counted in a scope covering this one;
+    0 means there is nothing to list."""
     rules = rules_from(spec, interval)
     scope = pool_scope(pool, list(spec.work_queues) or queues)
     key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
-    if memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
+    nothing_pending = pending_observed == 0
+    if not nothing_pending and memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
         # Nothing remembered can be stale yet: list only the PENDING runs not remembered.
         new = [_pending_run(r) for r in await client.pending_candidates(
             scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
@@ -134,7 +138,8 @@ async def recover_stale_runs(
             plan = stale.RecoveryPlan()
             return RecoveryOutcome(stale.recovery_condition(plan, rules, dry_run=dry_run),
                                    _figures(plan, 0, 0, dry_run, memory.total_requeued))
-    raw = await client.pending_candidates(scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
+    raw = [] if nothing_pending else await client.pending_candidates(
+        scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
     memory.quiet.remember(key, runs, now, rules.pending_timeout)
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
