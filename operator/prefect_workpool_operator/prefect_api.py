@@ -29,6 +29,7 @@ TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is loc
 BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
 PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
+COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
 FLOW_RUN_PREFIX = "prefect.flow-run."
 SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
 EXECUTED_EVENT = "prefect.worker.executed-flow-run"
@@ -306,7 +307,7 @@ class PrefectClient:
     async def requeue_counts(self, run_ids: list[str], since: datetime) -> dict[str, int]:
         """How often each run was requeued before: its ``prefect.flow-run.Requeued`` events."""
         counts: dict[str, int] = {}
-        for chunk in _chunks(run_ids, EVENT_IDS_PER_CALL):
+        for chunk in _chunks(run_ids, COUNT_IDS_PER_CALL):
             body = {
                 "filter": {
                     "event": {"name": [f"prefect.flow-run.{REQUEUED_STATE_NAME}"]},
