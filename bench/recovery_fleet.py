@@ -11,7 +11,8 @@ runs without its event persister, as in bench/fleet.py, so no claim or requeue e
   (a run is acted on only when seen recoverable twice), driven with explicit clocks, no
   kopf; requests counted with an httpx event hook on the operator's own client;
 - the same 5,000 runs all due two hours ago but PENDING for minutes (none stale):
-  requests and seconds per steady cycle.
+  requests and seconds per steady cycle;
+- an idle policy (staleRuns set, an empty pool): Prefect requests per whole cycle.
 
 "before" runs the operator source of BENCH_RECOVERY_BASELINE (default d140640, main
 before this work, taken with `git archive`), "after" this checkout; each operator case
@@ -86,9 +87,31 @@ async def operator_cycles(api_url: str, pool: str, cycles: int) -> list[dict[str
     return out
 
 
-def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int) -> list[dict[str, float]]:
+async def idle_cycles(api_url: str, pool: str, cycles: int) -> list[int]:
+    """Whole cycles (reconcile.run_cycle, no kopf) of a policy with staleRuns on an idle pool:
+    Prefect requests per cycle."""
+    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from sandbox.prefect_seed import utcnow
+    from tests.integration.recovery_helpers import NoSecrets, Recorder
+
+    recorder = Recorder()
+    runtime = PolicyRuntime()
+    body = {"metadata": {"name": "idle", "namespace": "bench", "generation": 1},
+            "spec": {"prefect": {"apiUrl": api_url, "workPool": pool}, "staleRuns": {"pendingTimeout": "10m"}},
+            "status": {}}
+    out = []
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        for _ in range(cycles):
+            mark = recorder.mark()
+            outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+            body["status"] = outcome.status
+            out.append(len(recorder.since(mark)))
+    return out
+
+
+def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int, mode: str = "--cycles") -> list:
     env = {**os.environ, "PWO_BENCH_OPERATOR_SOURCE": str(source)}
-    done = subprocess.run([sys.executable, __file__, "--cycles", api_url, pool, str(cycles)], env=env,
+    done = subprocess.run([sys.executable, __file__, mode, api_url, pool, str(cycles)], env=env,
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -168,7 +191,7 @@ def main() -> None:
         server = stack.enter_context(PrefectServer(workdir / "prefect", database_url=database_url,
                                                    services={"LATE_RUNS": False, "FOREMAN": False, "EVENT_PERSISTER": False}, log=log))
         sources = {"before": baseline_source(workdir, BASELINE), "after": REPO / "operator"}
-        limits, recover, fresh = {}, {}, {}
+        limits, recover, fresh, idle = {}, {}, {}, {}
         with PrefectSeeder(server.api_url) as seeder:
             started = time.monotonic()
             seeder.create_ecs_pool("limit")
@@ -196,6 +219,8 @@ def main() -> None:
             for name, source in sources.items():
                 log(f"{AMONG} PENDING for seconds, {name}")
                 fresh[name] = run_operator(source, server.api_url, "recover", 4)
+            seeder.create_ecs_pool("idle")
+            idle = {name: run_operator(source, server.api_url, "idle", 4, "--idle") for name, source in sources.items()}
 
     print(f"\nGuarded bulk_set_state, {STALE} stale PENDING runs, PostgreSQL-backed Prefect (server's own limit)")
     rows = [("concurrency", "requests", "seconds", "runs/s", "accepted")]
@@ -229,6 +254,14 @@ def main() -> None:
                      f"{sum(c['seconds'] for c in steady) / len(steady):.2f}",
                      ", ".join(str(c["requests"]) for c in cycles)))
     table(rows)
+
+    print("\nIdle policy (staleRuns set, no run in the pool): Prefect requests per steady cycle (run_cycle)")
+    rows = [("", "requests per cycle", "per minute at 30 s", "cycles (requests)")]
+    for name, counts in idle.items():
+        steady = counts[1:]
+        rows.append((name, f"{sum(steady) / len(steady):.1f}", f"{sum(steady) / len(steady) * 2:.0f}",
+                     ", ".join(map(str, counts))))
+    table(rows)
     log(f"logs in {workdir}")
 
 
@@ -236,5 +269,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--cycles"]:
         api_url, pool, cycles = sys.argv[2], sys.argv[3], int(sys.argv[4])
         print(json.dumps(asyncio.run(operator_cycles(api_url, pool, cycles))))
+    elif sys.argv[1:2] == ["--idle"]:
+        api_url, pool, cycles = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        print(json.dumps(asyncio.run(idle_cycles(api_url, pool, cycles))))
     else:
         main()
