@@ -5,9 +5,11 @@ the run, the worker's submitted-flow-run event); whether that worker has started
 stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often each
 was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
 Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
-``bulk_set_state`` with a PENDING guard, ≤50 runs per call, one group per reason so
-each run's state message tells its own; servers without it get re-read +
-``set_state`` per run. Never ``force``.
+``bulk_set_state`` with a PENDING guard, ≤50 runs per call, WRITE_CONCURRENCY calls at
+once, one group per reason so each run's state message tells its own; servers without
+it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
+the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
+runs not seen before (``core.stale.QuietPending``).
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ async def recover_stale_runs(
     infra: dict[str, InfraReading] = {}
     # The cap before the per-run reads: only runs this cycle could act on are looked up.
     window = stale.lookup_window(stale_runs, memory.observations, rules)
-    memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in {r.id for r in stale_runs}}
+    stale_ids = {r.id for r in stale_runs}
+    memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
     if window:
         window = await _with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
@@ -183,8 +186,12 @@ async def recover_stale_runs(
             async with slots:
                 return await _apply(client, batch, state)
 
-        results = await asyncio.gather(*(bounded(batch, state) for _, batch, state in batches))
+        results = await asyncio.gather(*(bounded(batch, state) for _, batch, state in batches),
+                                       return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
         for (action, _, _), result in zip(batches, results):
+            if isinstance(result, BaseException):
+                continue
             changed.setdefault(action, []).extend(result.accepted)
             moved_on += result.moved_on
             failed += result.failed
@@ -193,6 +200,8 @@ async def recover_stale_runs(
         for run_id in changed.get(stale.RESCHEDULE, []):
             memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
         memory.total_requeued += len(changed.get(stale.RESCHEDULE, []))
+        if error is not None:
+            raise error  # after recording the batches that did go through
 
     recovered = sum(len(v) for v in changed.values())
     condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
