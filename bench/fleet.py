@@ -380,10 +380,10 @@ def _built_tools() -> pathlib.Path | None:
     return cache if all((cache / name).exists() for name in ("kube-apiserver", "etcd")) else None
 
 
-def baseline_source(workdir: pathlib.Path) -> pathlib.Path:
+def baseline_source(workdir: pathlib.Path, revision: str = BASELINE) -> pathlib.Path:
     target = workdir / "baseline"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", BASELINE, "operator"], check=True,
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "operator"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target / "operator"

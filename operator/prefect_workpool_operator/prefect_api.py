@@ -29,6 +29,7 @@ TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is loc
 BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
 PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
+COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
 FLOW_RUN_PREFIX = "prefect.flow-run."
 SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
 EXECUTED_EVENT = "prefect.worker.executed-flow-run"
@@ -250,16 +251,18 @@ class PrefectClient:
     # -- stale-run recovery ----------------------------------------------------------
 
     async def pending_candidates(
-        self, scope: dict[str, Any], expected_before: datetime, tags: list[str], *, page_size: int = 200,
-        max_pages: int = 100,
+        self, scope: dict[str, Any], expected_before: datetime | None, tags: list[str], *, page_size: int = 200,
+        max_pages: int = 100, excluding: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """PENDING runs expected to start before ``expected_before``, oldest first, every page."""
-        flow_runs: dict[str, Any] = {
-            "state": {"type": {"any_": ["PENDING"]}},
-            "expected_start_time": {"before_": expected_before.isoformat()},
-        }
+        """PENDING runs expected to start before ``expected_before`` (None: any), oldest first,
+        every page; ``excluding``: run ids left out by the server (runs already known)."""
+        flow_runs: dict[str, Any] = {"state": {"type": {"any_": ["PENDING"]}}}
+        if expected_before is not None:
+            flow_runs["expected_start_time"] = {"before_": expected_before.isoformat()}
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
+        if excluding:
+            flow_runs["id"] = {"not_any_": list(excluding)}
         runs: dict[str, dict[str, Any]] = {}
         offset = 0
         for _ in range(max_pages):
@@ -304,7 +307,7 @@ class PrefectClient:
     async def requeue_counts(self, run_ids: list[str], since: datetime) -> dict[str, int]:
         """How often each run was requeued before: its ``prefect.flow-run.Requeued`` events."""
         counts: dict[str, int] = {}
-        for chunk in _chunks(run_ids, EVENT_IDS_PER_CALL):
+        for chunk in _chunks(run_ids, COUNT_IDS_PER_CALL):
             body = {
                 "filter": {
                     "event": {"name": [f"prefect.flow-run.{REQUEUED_STATE_NAME}"]},

@@ -240,6 +240,8 @@ async def _recovery_step(
 ) -> None:
     stale_spec = spec.stale_runs
     assert stale_spec is not None
+    observed_queues = set(spec.prefect.work_queues)  # the scope observe_pool counted PENDING runs in
+    covered = not observed_queues or set(stale_spec.work_queues or observed_queues) <= observed_queues
     check = None
     if aws is not None and spec.ecs is not None and stale_spec.verify_infrastructure:
         check = EcsInfrastructureCheck(aws, spec.ecs.cluster)
@@ -257,6 +259,7 @@ async def _recovery_step(
             interval=spec.interval_delta,
             counting_since=created,
             infrastructure_check=check,
+            pending_observed=observation.pending if covered else None,
         )
     except PrefectError as exc:
         runtime.log_failure(policy, f"recovery: {exc.reason}: {exc.message}", now)

@@ -5,13 +5,17 @@ the run, the worker's submitted-flow-run event); whether that worker has started
 stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often each
 was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
 Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
-``bulk_set_state`` with a PENDING guard, ≤50 runs per call, one group per reason so
-each run's state message tells its own; servers without it get re-read +
-``set_state`` per run. Never ``force``.
+``bulk_set_state`` with a PENDING guard, ≤50 runs per call, WRITE_CONCURRENCY calls at
+once, one group per reason so each run's state message tells its own; servers without
+it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
+the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
+runs not seen before (``core.stale.QuietPending``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ WORKER_NAME_LABEL = "prefect.worker.name"  # set by 3.x workers right after they
 REQUEUE_LOOKBACK = timedelta(days=30)  # older Requeued events are past Prefect's default retention anyway
 CLAIM_LOOKBACK_MARGIN = timedelta(minutes=5)
 SAMPLE_SIZE = 10
+# Guarded bulk writes in flight at once (bench/recovery_fleet.py measures 1/2/4/8 on PostgreSQL).
+WRITE_CONCURRENCY = 4
 
 
 class InfrastructureCheck(Protocol):
@@ -79,6 +85,11 @@ class RecoveryMemory:
 
     requeues: RequeueMemory = field(default_factory=RequeueMemory)
     observations: Observations = field(default_factory=Observations)
+    # id -> (pending_since, requeues): a run's count changes only by a requeue, which
+    # gives it a new PENDING state, so it is read once per PENDING state.
+    requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
+    quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # Requeues of the pool counted from Prefect once (first cycle after a start), then
     # advanced by this process's own: the events of a requeue show up seconds later.
     total_requeued: int | None = None
@@ -111,21 +122,44 @@ async def recover_stale_runs(
     interval: timedelta = timedelta(seconds=30),
     counting_since: datetime | None = None,
     infrastructure_check: InfrastructureCheck | None = None,
+    pending_observed: int | None = None,
 ) -> RecoveryOutcome:
+    """``pending_observed``: PENDING runs this cycle counted in a scope covering this one;
+    0 means there is nothing to list."""
     rules = rules_from(spec, interval)
     scope = pool_scope(pool, list(spec.work_queues) or queues)
-    raw = await client.pending_candidates(scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
+    key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
+    nothing_pending = pending_observed == 0
+    if not nothing_pending and memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
+        # Nothing remembered can be stale yet: list only the PENDING runs not remembered.
+        new = [_pending_run(r) for r in await client.pending_candidates(
+            scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
+        if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
+            memory.quiet.add(new)
+            memory.observations.keep_only(set())
+            plan = stale.RecoveryPlan()
+            return RecoveryOutcome(stale.recovery_condition(plan, rules, dry_run=dry_run),
+                                   _figures(plan, 0, 0, dry_run, memory.total_requeued))
+    raw = [] if nothing_pending else await client.pending_candidates(
+        scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
+    memory.quiet.remember(key, runs, now, rules.pending_timeout)
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
 
     claimers: dict[str, stale.Claimer] = {}
     infra: dict[str, InfraReading] = {}
-    if stale_runs:
-        stale_runs = await _with_claims_and_counts(client, stale_runs, memory.requeues, now)
-        claimers = await _claimer_statuses(client, stale_runs, online_workers)
-        infra = await (infrastructure_check or NoInfrastructureCheck()).check(stale_runs)
+    # The cap before the per-run reads: only runs this cycle could act on are looked up.
+    window = stale.lookup_window(stale_runs, memory.observations, rules)
+    stale_ids = {r.id for r in stale_runs}
+    memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
+    if window:
+        window = await _with_claims_and_counts(client, window, memory, now)
+        claimers = await _claimer_statuses(client, window, online_workers)
+        infra = await (infrastructure_check or NoInfrastructureCheck()).check(window)
+    looked_up = {r.id: r for r in window}
+    stale_runs = [looked_up.get(r.id, r) for r in stale_runs]
     plan = stale.plan_recovery(stale_runs, claimers=claimers, infrastructure=infra, rules=rules,
-                               observations=memory.observations, now=now)
+                               observations=memory.observations, now=now, looked_at=set(looked_up))
     if memory.total_requeued is None:
         since = max(counting_since or now - REQUEUE_LOOKBACK, now - REQUEUE_LOOKBACK)
         try:
@@ -142,17 +176,32 @@ async def recover_stale_runs(
     failed = 0
     writes = 0
     if not dry_run and plan.to_write:
-        for action, ids in plan.by_action().items():
-            for message, group in _by_message(ids, plan, policy, rules).items():
-                result = await _apply(client, group, _target_state(action, message))
-                changed.setdefault(action, []).extend(result.accepted)
-                moved_on += result.moved_on
-                failed += result.failed
-                writes += result.writes
+        batches = [(action, group[i : i + BULK_LIMIT], _target_state(action, message))
+                   for action, ids in plan.by_action().items()
+                   for message, group in _by_message(ids, plan, policy, rules).items()
+                   for i in range(0, len(group), BULK_LIMIT)]
+        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def bounded(batch: list[str], state: dict[str, Any]) -> _ApplyResult:
+            async with slots:
+                return await _apply(client, batch, state)
+
+        results = await asyncio.gather(*(bounded(batch, state) for _, batch, state in batches),
+                                       return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        for (action, _, _), result in zip(batches, results):
+            if isinstance(result, BaseException):
+                continue
+            changed.setdefault(action, []).extend(result.accepted)
+            moved_on += result.moved_on
+            failed += result.failed
+            writes += result.writes
         requeues_before = {r.id: r.requeues for r in stale_runs}
         for run_id in changed.get(stale.RESCHEDULE, []):
             memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
         memory.total_requeued += len(changed.get(stale.RESCHEDULE, []))
+        if error is not None:
+            raise error  # after recording the batches that did go through
 
     recovered = sum(len(v) for v in changed.values())
     condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
@@ -202,18 +251,17 @@ class _ApplyResult:
     writes: int
 
 
-async def _apply(client: PrefectClient, ids: list[str], state: dict[str, Any]) -> _ApplyResult:
+async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any]) -> _ApplyResult:
+    """One guarded batch (≤ BULK_LIMIT runs): only runs still PENDING change, never forced."""
     accepted: list[str] = []
     moved_on = failed = writes = 0
-    for start in range(0, len(ids), BULK_LIMIT):
-        batch = ids[start : start + BULK_LIMIT]
-        results = None if client.bulk_unsupported else await client.bulk_set_pending_runs(batch, state)
-        if results is not None:
-            writes += 1
-            accepted += [i for i in batch if results.get(i) == "ACCEPT"]
-            moved_on += sum(1 for i in batch if i not in results)
-            failed += sum(1 for i in batch if i in results and results[i] != "ACCEPT")
-            continue
+    results = None if client.bulk_unsupported else await client.bulk_set_pending_runs(batch, state)
+    if results is not None:
+        writes += 1
+        accepted += [i for i in batch if results.get(i) == "ACCEPT"]
+        moved_on += sum(1 for i in batch if i not in results)
+        failed += sum(1 for i in batch if i in results and results[i] != "ACCEPT")
+    else:
         client.bulk_unsupported = True  # an older server or a Cloud plan without it: per run from now on
         for run_id in batch:
             status = await client.set_pending_run(run_id, state)
@@ -243,10 +291,15 @@ def _verb(message: str, verb: str) -> str:
 
 
 async def _with_claims_and_counts(
-    client: PrefectClient, runs: list[PendingRun], memory: RequeueMemory, now: datetime
+    client: PrefectClient, runs: list[PendingRun], memory: RecoveryMemory, now: datetime
 ) -> list[PendingRun]:
     ids = [r.id for r in runs]
-    counts = memory.merged(await client.requeue_counts(ids, now - REQUEUE_LOOKBACK), now)
+    known = {r.id: memory.requeue_counts[r.id][1] for r in runs
+             if memory.requeue_counts.get(r.id, (None, 0))[0] == r.pending_since}
+    unknown = [i for i in ids if i not in known]
+    read = await client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else {}
+    counts = memory.requeues.merged({**known, **read}, now)
+    memory.requeue_counts.update((r.id, (r.pending_since, counts.get(r.id, 0))) for r in runs)
     # Every run's claim event: its time is what a later worker start is compared with.
     since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
     claims = await client.claims(ids, since)

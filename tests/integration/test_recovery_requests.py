@@ -93,3 +93,26 @@ async def test_500_stale_among_5000_pending(quiet_server: PrefectServer, pool_na
     # A few bulk results may be aborted by SQLite's lock; they are retried next cycle.
     assert figures["recovered"] + figures["skipped"]["movedOn"] >= 495
     assert len(writes) <= 10
+
+
+async def test_idle_policy_lists_no_runs_when_none_is_pending(seeder: PrefectSeeder, pool_name: str) -> None:
+    """The cycle's own PENDING count (observe_pool) is 0: recovery has nothing to list."""
+    seeder.create_ecs_pool(pool_name)
+    recorder = Recorder()
+    runtime = PolicyRuntime()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        body = policy(seeder.api_url, pool_name)
+        first = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+        mark = recorder.mark()
+        body["status"] = first.status
+        second = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+        seeder.create_runs(seeder.create_deployment(pool_name), 1, {"type": "PENDING"})
+        third_mark = recorder.mark()
+        body["status"] = second.status
+        await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+    idle = recorder.since(mark)[: third_mark - mark]
+    print(f"\nidle cycle: {len(idle)} requests ({len(idle) * 2} per minute at 30 s): {summary(idle)}")
+    assert second.status["staleRuns"]["stale"] == 0
+    assert len(idle) <= 5 and not [r for r in idle if r.url.path.endswith("/flow_runs/filter")]
+    # A PENDING run counted: listed again the next cycle.
+    assert [r for r in recorder.since(third_mark) if r.url.path.endswith("/flow_runs/filter")]

@@ -352,3 +352,129 @@ def test_a_single_reading_never_acts(claimer, reading, rules, evidence) -> None:
     p = plan_recovery([run("r", 600, claimer="w1", **evidence)], claimers={"r": claimer},
                       infrastructure={"r": reading}, rules=rules, observations=Observations(), now=NOW)
     assert p.to_write == 0 and not p.report_only
+
+
+# -- the cap before the per-run reads (lookup_window) -------------------------------------
+
+
+def cycles_with_window(runs, readings, rules, cycles):
+    """Drive ``cycles`` cycles an interval apart, each deciding only the window's runs;
+    yields (now, window ids, plan) per cycle. ``readings(run_id, k)`` is cycle k's claimer."""
+    observations = Observations()
+    for k in range(cycles):
+        now = NOW + k * rules.confirm_after
+        window = stale.lookup_window(runs, observations, rules)
+        ids = {r.id for r in window}
+        claimers = {r.id: readings(r.id, k) for r in window}
+        p = plan_recovery(runs, claimers=claimers, infrastructure={}, rules=rules, observations=observations,
+                          now=now, looked_at=ids)
+        yield now, ids, p
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(0, 30), cap=st.integers(1, 12),
+       online=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 12)), max_size=40))
+def test_window_acts_only_on_two_looked_at_recoverable_readings(n: int, cap: int, online: list) -> None:
+    """Whatever the cap and whichever runs' claimers come and go: a run is written only in a
+    cycle that looked at it, after a recoverable reading in an earlier cycle at least one
+    interval before with no hands-off reading between; never more than the cap per cycle,
+    and the skipped count names every stale run not looked at as BatchLimit."""
+    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=cap)
+    runs = [run(f"r{i}", 20 + i) for i in range(n)]
+    alive = set(online)
+    readings = lambda rid, k: Claimer.ONLINE if (int(rid[1:]), k) in alive else Claimer.UNKNOWN  # noqa: E731
+    history: dict[str, list[tuple[int, bool]]] = {}  # run -> [(cycle, recoverable)]
+    for k, (now, ids, p) in enumerate(cycles_with_window(runs, readings, rules, 13)):
+        assert len(ids) == min(len(runs), cap)
+        assert p.skipped[stale.BATCH_LIMIT] == len(runs) - len(ids)
+        assert p.to_write <= cap
+        for rid in p.reschedule:
+            assert rid in ids
+            earlier = history.get(rid, [])
+            # the last reading before this one was recoverable (a hands-off one would have wiped it)
+            assert earlier and earlier[-1][1], (rid, earlier)
+        for rid in ids:
+            history.setdefault(rid, []).append((k, readings(rid, k) is not Claimer.ONLINE))
+        for rid in p.reschedule:  # written: afterwards it would leave PENDING; forget it here
+            history.pop(rid)
+        runs[:] = [r for r in runs if r.id not in p.reschedule]
+
+
+def test_window_recovers_everything_in_two_cycles_per_cap() -> None:
+    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=2)
+    runs = [run(f"r{i}", 20 + i) for i in range(5)]
+    written = []
+    for _, ids, p in cycles_with_window(runs, lambda rid, k: Claimer.UNKNOWN, rules, 6):
+        written.append(sorted(p.reschedule))
+        runs[:] = [r for r in runs if r.id not in p.reschedule]
+    # oldest first; each pair seen, then confirmed the next cycle
+    assert written == [[], ["r3", "r4"], [], ["r1", "r2"], [], ["r0"]]
+
+
+def test_window_puts_awaiting_first_and_hands_off_last() -> None:
+    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=2)
+    observations = Observations()
+    old_alive, old, young = run("old-alive", 50), run("old", 40), run("young", 20)
+    plan_recovery([old_alive, young], claimers={"old-alive": Claimer.ONLINE, "young": Claimer.UNKNOWN},
+                  infrastructure={}, rules=rules, observations=observations, now=NOW - INTERVAL)
+    window = stale.lookup_window([old_alive, old, young], observations, rules)
+    # young awaits its confirmation; old was never seen; old-alive was hands-off: looked at when there is room
+    assert [r.id for r in window] == ["young", "old"]
+    assert [r.id for r in stale.lookup_window([old_alive, young], observations, rules)] == ["young", "old-alive"]
+
+
+def test_window_for_report_only_is_every_stale_run() -> None:
+    rules = RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY, max_per_cycle=1)
+    assert len(stale.lookup_window([run(str(i), 20) for i in range(5)], Observations(), rules)) == 5
+
+
+# -- QuietPending: skipping the full listing while nothing can be stale -------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 7), st.booleans()), max_size=60),
+       cap=st.sampled_from([2, 10_000]))
+def test_quiet_listing_never_misses_a_stale_run(events: list, cap: int) -> None:
+    """A simulated pool: at minute m, run r enters PENDING (True) or leaves it (False).
+    Listing every cycle finds stale runs at some cycles; the quiet cycle (list only the
+    runs not remembered) must take the full listing at each of those cycles."""
+    timeout = timedelta(minutes=5)
+    truth: dict[str, datetime] = {}  # run -> PENDING since
+    quiet = stale.QuietPending(limit=cap)
+    key = "pool"
+    by_minute: dict[int, list[tuple[str, bool]]] = {}
+    for minute, rid, enters in events:
+        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
+    full_listings = 0
+    for minute in range(45):
+        now = NOW + timedelta(minutes=minute)
+        for rid, enters in by_minute.get(minute, []):
+            if enters and rid not in truth:
+                truth[rid] = now - timedelta(seconds=1)
+            elif not enters:
+                truth.pop(rid, None)
+        pending = [PendingRun(r, since) for r, since in truth.items()]
+        stale_now = [r for r in pending if stale.is_stale(r, now, timeout)]
+        full = True
+        if quiet.usable(key, now, timeout):
+            new = [r for r in pending if r.id not in quiet.pending]
+            if not any(stale.is_stale(r, now, timeout) for r in new):
+                quiet.add(new)
+                full = False
+        if full:
+            full_listings += 1
+            quiet.remember(key, pending, now, timeout)
+        assert full or not stale_now, (minute, stale_now)
+    assert full_listings >= 1
+
+
+def test_quiet_listing_skips_while_fresh_and_lists_at_the_threshold() -> None:
+    timeout = timedelta(minutes=10)
+    quiet = stale.QuietPending()
+    runs = [PendingRun(f"r{i}", NOW - timedelta(seconds=5)) for i in range(3)]
+    quiet.remember("k", runs, NOW, timeout)
+    assert quiet.usable("k", NOW + timedelta(minutes=9), timeout)
+    assert not quiet.usable("other scope", NOW, timeout)
+    assert not quiet.usable("k", NOW + timedelta(minutes=10) - timedelta(seconds=5), timeout)  # r0 may be stale
+    quiet.remember("k", [*runs, PendingRun("old", NOW - timeout)], NOW, timeout)  # a stale one: nothing kept
+    assert not quiet.usable("k", NOW, timeout)

@@ -219,6 +219,8 @@ class Observations:
     """
 
     first: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (pending_since, seen)
+    # id -> pending_since of runs last seen hands-off: looked at after the others (lookup_window)
+    hands_off: dict[str, datetime] = field(default_factory=dict)
 
     def confirm(self, run: PendingRun, decision: Decision, now: datetime, after: timedelta) -> bool:
         """Whether this recoverable reading confirms an earlier one at least ``after`` ago.
@@ -231,7 +233,9 @@ class Observations:
             seen = None
         if decision.hands_off:
             self.first.pop(run.id, None)
+            self.hands_off[run.id] = run.pending_since
             return False
+        self.hands_off.pop(run.id, None)
         if not decision.recover:
             return False
         if seen is None:
@@ -241,6 +245,33 @@ class Observations:
 
     def keep_only(self, run_ids: set[str]) -> None:
         self.first = {k: v for k, v in self.first.items() if k in run_ids}
+        self.hands_off = {k: v for k, v in self.hands_off.items() if k in run_ids}
+
+    def awaiting(self, run: PendingRun) -> bool:
+        seen = self.first.get(run.id)
+        return seen is not None and seen[0] == run.pending_since
+
+    def was_hands_off(self, run: PendingRun) -> bool:
+        return self.hands_off.get(run.id) == run.pending_since
+
+
+def lookup_window(runs: list[PendingRun], observations: Observations, rules: RecoveryRules) -> list[PendingRun]:
+    """The at most ``max_per_cycle`` stale runs a cycle reads claims, requeues and ECS for.
+
+    The per-cycle cap comes before the per-run reads, so a cycle pays only for runs it
+    could act on. First the runs awaiting their confirming observation (the next to
+    act), then those not yet seen, then those last seen hands-off (a live claimer or
+    task): each group oldest first, so many hands-off runs cannot starve the rest, and
+    are looked at again whenever the window has room. Runs left out are not observed
+    this cycle (their earlier observation is kept) and count as BatchLimit. ReportOnly
+    writes nothing, so it looks at every stale run (as it reports them all).
+    """
+    cap = len(runs) if rules.action == REPORT_ONLY else rules.max_per_cycle
+    def rank(run: PendingRun) -> tuple[int, datetime]:
+        group = 0 if observations.awaiting(run) else 2 if observations.was_hands_off(run) else 1
+        return group, run.pending_since
+
+    return sorted(runs, key=rank)[: max(cap, 0)]
 
 
 @dataclass
@@ -292,14 +323,22 @@ def plan_recovery(
     rules: RecoveryRules,
     observations: Observations,
     now: datetime,
+    looked_at: set[str] | None = None,
 ) -> RecoveryPlan:
-    """Decide, run by run, oldest first; at most ``max_per_cycle`` runs are acted on."""
+    """Decide, run by run, oldest first; at most ``max_per_cycle`` runs are acted on.
+
+    ``looked_at``: the runs whose claims and infrastructure were read this cycle
+    (``lookup_window``); the other stale runs are neither decided nor observed: BatchLimit.
+    """
     plan = RecoveryPlan()
     stale = sorted((r for r in runs if is_stale(r, now, rules.pending_timeout)), key=lambda r: r.pending_since)
     plan.stale = len(stale)
     observations.keep_only({r.id for r in stale})
     budget = rules.max_per_cycle
     for run in stale:
+        if looked_at is not None and run.id not in looked_at:
+            plan.skipped[BATCH_LIMIT] += 1
+            continue
         decision = decide(run, claimers.get(run.id, Claimer.UNKNOWN), infrastructure.get(run.id, NOT_CHECKED),
                           rules, now)
         plan.decisions[run.id] = decision
@@ -384,3 +423,40 @@ def _summary(plan: RecoveryPlan) -> str:
     if plan.cancel:
         parts.append(f"cancel {len(plan.cancel)}")
     return ", ".join(parts) + f" of {plan.stale} stale run(s)"
+
+
+@dataclass
+class QuietPending:
+    """Every PENDING run of a scope, none stale: what lets a quiet cycle skip the full listing.
+
+    After a full listing found no stale run, the operator remembers each PENDING run
+    with its state's time. A later cycle then lists only the PENDING runs it does not
+    remember (the server filters them by id); a remembered run is no concern before
+    its own threshold (it can only leave PENDING, or re-enter later, hence fresher).
+    So the full listing is due only once a remembered run could be stale, or when a
+    newly listed run is. Never later than listing every cycle: any run not remembered
+    is listed every cycle, and a remembered run is listed at its threshold.
+    """
+
+    key: str = ""  # the scope, tags and pendingTimeout the runs were listed for
+    pending: dict[str, datetime] = field(default_factory=dict)  # run id -> its PENDING state's time
+    limit: int = 10_000  # beyond this many ids, the filter body grows too large: list in full
+
+    def usable(self, key: str, now: datetime, pending_timeout: timedelta) -> bool:
+        """Whether this cycle may list only the runs not remembered."""
+        if key != self.key or len(self.pending) > self.limit:
+            return False
+        return all(now - since < pending_timeout for since in self.pending.values())
+
+    def remember(self, key: str, runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> None:
+        """A full listing's runs; remembered only when none of them is stale."""
+        if any(is_stale(r, now, pending_timeout) for r in runs):
+            self.forget()
+            return
+        self.key, self.pending = key, {r.id: r.pending_since for r in runs}
+
+    def add(self, runs: list[PendingRun]) -> None:
+        self.pending.update((r.id, r.pending_since) for r in runs)
+
+    def forget(self) -> None:
+        self.key, self.pending = "", {}

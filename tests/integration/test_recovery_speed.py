@@ -1,0 +1,117 @@
+"""Recovery's speed-ups against a real Prefect server, still guarded.
+
+- the guarded bulk writes go out several at a time (bounded), and a run that left
+  PENDING just before its batch was sent is still never touched;
+- the per-cycle cap comes before the per-run reads: runs beyond it are not looked up;
+- a quiet cycle (nothing can be stale yet) lists only the PENDING runs it has not seen,
+  and lists in full again once a remembered run could be stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import httpx
+import pytest
+
+from prefect_workpool_operator import recovery
+from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.recovery import RecoveryMemory
+from sandbox.prefect_seed import PrefectSeeder
+from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def deployment(seeder: PrefectSeeder, pool_name: str) -> str:
+    seeder.create_ecs_pool(pool_name)
+    return seeder.create_deployment(pool_name)
+
+
+def bodies(requests: list[httpx.Request], path: str) -> list[dict]:
+    return [json.loads(r.content) for r in requests if r.url.path.endswith(path)]
+
+
+async def test_concurrent_batches_never_touch_a_run_that_moved_on(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = seeder.create_runs_bulk(deployment, 160, {"type": "PENDING"})  # four batches of ≤ 50
+    now = clock_after(seeder, runs, 31)
+    moved: list[str] = []
+    in_flight = peak = 0
+    real = PrefectClient.bulk_set_pending_runs
+
+    async def racing(self: PrefectClient, run_ids: list[str], state: dict) -> dict | None:
+        # A worker starts one run of the batch just before the write is sent (a real state change).
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.to_thread(seeder.set_state, run_ids[-1], {"type": "RUNNING"}, False)
+        moved.append(run_ids[-1])
+        try:
+            return await real(self, run_ids, state)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(PrefectClient, "bulk_set_pending_runs", racing)
+    recorder = Recorder()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        outcome = await recover(PrefectClient(http, seeder.api_url), pool_name, now, online=frozenset(),
+                                maxRunsPerCycle=500)
+    got = states(seeder, runs)
+    assert len(moved) == 4
+    assert 1 < peak <= recovery.WRITE_CONCURRENCY  # concurrent, and bounded
+    assert {got[i] for i in moved} == {("RUNNING", "Running")}  # the guard held under concurrency
+    assert {got[i] for i in runs if i not in moved} == {("SCHEDULED", "Requeued")}
+    assert outcome.figures["recovered"] == 156 and outcome.figures["skipped"]["movedOn"] == 4
+    assert len(bodies(recorder.requests, "/bulk_set_state")) == 4
+    assert all(b["force"] is False and b["flow_runs"]["state"] == {"type": {"any_": ["PENDING"]}}
+               for b in bodies(recorder.requests, "/bulk_set_state"))
+
+
+async def test_runs_beyond_the_cap_are_not_looked_up(seeder: PrefectSeeder, pool_name: str, deployment: str) -> None:
+    runs = seeder.create_runs(deployment, 8, {"type": "PENDING"})
+    now = clock_after(seeder, runs, 31)
+    recorder = Recorder()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+        memory = RecoveryMemory()
+        outcome = await recover(client, pool_name, now, memory=memory, online=frozenset(), maxRunsPerCycle=3)
+    looked_up = {r.removeprefix("prefect.flow-run.")
+                 for b in bodies(recorder.requests, "/events/filter") for r in b["filter"].get("related", {}).get("id", [])}
+    assert len(looked_up) == 3 and looked_up <= set(runs)
+    assert outcome.figures["recovered"] == 3 and outcome.figures["skipped"]["batchLimit"] == 5
+    assert sum(1 for s in states(seeder, runs).values() if s == ("SCHEDULED", "Requeued")) == 3
+
+
+async def test_quiet_cycles_list_only_new_pending_runs(seeder: PrefectSeeder, pool_name: str, deployment: str) -> None:
+    first = seeder.create_runs(deployment, 5, {"type": "PENDING"})
+    start = clock_after(seeder, first, 0)
+    recorder = Recorder()
+    memory = RecoveryMemory()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+
+        async def cycle(now: dt.datetime):
+            mark = recorder.mark()
+            outcome = await recover(client, pool_name, now, memory=memory, online=frozenset(), observations=1,
+                                    interval=dt.timedelta(seconds=10))
+            return outcome, bodies(recorder.since(mark), "/flow_runs/filter")
+
+        outcome, listed = await cycle(start)  # a full listing: nothing remembered yet
+        assert outcome.figures["stale"] == 0 and "expected_start_time" in listed[0]["flow_runs"]
+        await asyncio.sleep(2)  # so that the late run is not stale when the first ones are
+        late = seeder.create_runs(deployment, 1, {"type": "PENDING"})
+        # Quiet: every PENDING run not remembered (here all: they were due too recently to be candidates).
+        outcome, listed = await cycle(start + dt.timedelta(seconds=10))
+        assert len(listed) == 1 and "expected_start_time" not in listed[0]["flow_runs"]
+        assert set(memory.quiet.pending) == {*first, *late} and outcome.figures["stale"] == 0
+        outcome, listed = await cycle(start + dt.timedelta(seconds=20))
+        assert len(listed) == 1 and sorted(listed[0]["flow_runs"]["id"]["not_any_"]) == sorted([*first, *late])
+        # Once a remembered run could be stale, the full listing again: it finds them.
+        outcome, listed = await cycle(clock_after(seeder, first, 31))
+        assert "expected_start_time" in listed[0]["flow_runs"] and "id" not in listed[0]["flow_runs"]
+        assert outcome.figures["stale"] == 5 and outcome.figures["skipped"]["awaitingConfirmation"] == 5
