@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from prefect_workpool_operator.crd import build_crd
 from prefect_workpool_operator.models import PolicySpec
 
-ACCEPTED: list[int] = []  # how many drawn specs the model accepted (the property must not be vacuous)
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 
 durations = st.sampled_from(["0s", "10s", "30s", "1m", "90s", "10m", "1h30m", "2h", "99999h", "100000h",
@@ -78,7 +77,6 @@ def test_accepted_specs_round_trip_and_are_valid_crd_objects(spec: dict[str, Any
         model = PolicySpec.model_validate(spec)
     except ValidationError:
         return
-    ACCEPTED.append(1)
     dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
     assert PolicySpec.model_validate(dumped) == model
     errors = [e.message for e in Draft202012Validator(SPEC_SCHEMA).iter_errors(dumped)]
@@ -105,5 +103,19 @@ def test_duration_shape_rule_and_model_agree(text: str) -> None:
         assert re.fullmatch(DURATION_SAFE_PATTERN, text)
 
 
-def test_the_property_saw_accepted_specs() -> None:
-    assert sum(ACCEPTED) >= 20, "the strategy draws almost only invalid specs"
+def test_the_strategy_draws_accepted_specs() -> None:
+    """The round-trip property is not vacuous: a fixed (derandomized) draw holds enough valid specs."""
+    accepted: list[int] = []
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(specs())
+    def draw(spec: dict[str, Any]) -> None:
+        try:
+            PolicySpec.model_validate(spec)
+        except ValidationError:
+            return
+        accepted.append(1)
+
+    draw()
+    assert sum(accepted) >= 20, f"the strategy drew only {sum(accepted)} valid specs of 200"
