@@ -224,7 +224,10 @@ class StaleRunsSpec(_Model):
         default=100,
         ge=1,
         le=1000,
-        description="At most this many runs are changed per cycle (oldest first); the rest wait for the next cycle.",
+        description=(
+            "At most this many stale runs are looked at (claims, requeue counts, ECS) and changed per cycle: "
+            "runs awaiting their confirming observation first, then the oldest; the rest wait (BatchLimit)."
+        ),
     )
     verify_infrastructure: bool = Field(
         default=True,
