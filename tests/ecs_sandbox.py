@@ -7,7 +7,7 @@ from typing import Any
 
 import boto3
 
-from prefect_workpool_operator import aws_api
+from prefect_workpool_operator.core import infrastructure
 from sandbox.moto_server import MotoServer
 
 REGION = "us-east-1"
@@ -54,7 +54,7 @@ class EcsSandbox:
 
     def run(self, cluster: str, count: int = 1, run_id: str | None = None) -> list[str]:
         """Start tasks the way prefect-aws does: FARGATE, tagged with the flow run."""
-        tags = [{"key": aws_api.RUN_ID_TAG, "value": run_id}, {"key": "prefect.io/worker-name", "value": "w1"}]
+        tags = [{"key": infrastructure.RUN_ID_TAG, "value": run_id}, {"key": "prefect.io/worker-name", "value": "w1"}]
         arns: list[str] = []
         while len(arns) < count:
             answer = self.ecs.run_task(

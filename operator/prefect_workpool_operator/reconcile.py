@@ -18,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from . import workers_scaling
-from .aws_api import AwsClient, AwsError, EcsInfrastructureCheck
+from .aws import AwsClient, AwsError, EcsInfrastructureCheck
 from .core import claims, health, job_template, pool_types, scaling, stale
 from .core.conditions import NOT_CHECKED, Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.health import Failure, PoolObservation

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .aws_api import AwsClient, AwsCredentials, AwsError
+from .aws import AwsClient, AwsCredentials, AwsError
 from .core import scaling
 from .core.conditions import Condition, format_time
 from .core.durations import parse_duration

@@ -30,8 +30,9 @@ from typing import Any
 import boto3
 import pytest
 
-from prefect_workpool_operator import aws_api
-from prefect_workpool_operator.aws_api import AwsClient, AwsCredentials, AwsError, EcsInfrastructureCheck
+from prefect_workpool_operator import aws
+from prefect_workpool_operator.core import infrastructure
+from prefect_workpool_operator.aws import AwsClient, AwsCredentials, AwsError, EcsInfrastructureCheck
 from prefect_workpool_operator.core.stale import InfraReading, Infrastructure, PendingRun
 from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
@@ -157,7 +158,7 @@ async def test_stopping_tasks_stay_alive_until_stopped(
         seen = []
         for _ in range(4):
             answer = sandbox.ecs.describe_tasks(cluster=cluster, tasks=[task])["tasks"][0]["lastStatus"]
-            seen.append((answer, aws_api.task_liveness(answer)))
+            seen.append((answer, infrastructure.task_liveness(answer)))
     finally:
         moto.hold_tasks()
     assert seen == [("DEACTIVATING", ALIVE), ("STOPPING", ALIVE), ("DEPROVISIONING", ALIVE), ("STOPPED", GONE)]
@@ -330,7 +331,7 @@ async def test_throttling_beyond_the_retries_is_reported_as_throttled(
     moto.throttle("DescribeTasks", 10)
     states = kinds(await client.task_states([pid(cluster, a) for a in arns]))
     assert set(states.values()) == {UNKNOWN}
-    assert client.last_error is not None and client.last_error.reason == aws_api.THROTTLED
+    assert client.last_error is not None and client.last_error.reason == aws.THROTTLED
     assert "DescribeTasks was throttled" in client.last_error.message
     assert counter.since("DescribeTasks") == 2
 
@@ -346,7 +347,7 @@ async def test_throttling_beyond_the_retries_is_reported_as_throttled(
     moto.throttle("DescribeServices", 10)
     with pytest.raises(AwsError) as err:
         await client.describe_service(cluster, service)
-    assert err.value.reason == aws_api.THROTTLED and err.value.operation == "DescribeServices"
+    assert err.value.reason == aws.THROTTLED and err.value.operation == "DescribeServices"
 
 
 async def test_not_found_reasons(sandbox: EcsSandbox, make_client) -> None:
@@ -355,21 +356,21 @@ async def test_not_found_reasons(sandbox: EcsSandbox, make_client) -> None:
 
     with pytest.raises(AwsError) as err:
         await client.describe_service("no-such-cluster", "prefect-worker")
-    assert err.value.reason == aws_api.CLUSTER_NOT_FOUND
+    assert err.value.reason == aws.CLUSTER_NOT_FOUND
     assert err.value.message == f"ECS cluster 'no-such-cluster' does not exist in {REGION}"
 
     with pytest.raises(AwsError) as err:
         await client.describe_service(cluster, "no-such-service")
-    assert err.value.reason == aws_api.SERVICE_NOT_FOUND and "'no-such-service'" in err.value.message
+    assert err.value.reason == aws.SERVICE_NOT_FOUND and "'no-such-service'" in err.value.message
 
     with pytest.raises(AwsError) as err:
         await client.set_desired_count(cluster, "no-such-service", 2)
-    assert err.value.reason == aws_api.SERVICE_NOT_FOUND
+    assert err.value.reason == aws.SERVICE_NOT_FOUND
 
     client.start_cycle()
     states = kinds(await client.task_states([pid("no-such-cluster", missing_arn("no-such-cluster"))]))
     assert set(states.values()) == {UNKNOWN}  # maybe the wrong region or account: hands off
-    assert client.last_error is not None and client.last_error.reason == aws_api.CLUSTER_NOT_FOUND
+    assert client.last_error is not None and client.last_error.reason == aws.CLUSTER_NOT_FOUND
 
     assert set(kinds(await client.tasks_for_runs("no-such-cluster", {"r1"})).values()) == {UNKNOWN}
 
@@ -392,7 +393,7 @@ async def test_a_spent_budget_answers_unknown_without_calling(
     assert kinds(await client.tasks_for_runs(cluster, {"r1", "r2"})) == {"r1": UNKNOWN, "r2": UNKNOWN}
     with pytest.raises(AwsError) as err:
         await client.describe_service(cluster, service)
-    assert err.value.reason == aws_api.CALL_BUDGET_EXHAUSTED
+    assert err.value.reason == aws.CALL_BUDGET_EXHAUSTED
     assert counter.since("ListTasks") == counter.since("DescribeTasks") == counter.since("DescribeServices") == 0
     assert client.last_error is None  # our own limit, not an AWS failure
 
@@ -407,18 +408,18 @@ async def test_unreachable_and_invalid_configuration_never_show_credentials(make
                          max_attempts=2, connect_timeout=1)
     with pytest.raises(AwsError) as err:
         await closed.describe_service("c", "s")
-    assert err.value.reason == aws_api.UNREACHABLE
+    assert err.value.reason == aws.UNREACHABLE
     assert "127.0.0.1" in err.value.message
 
     bad_region = make_client(region="not a region!", credentials=secret)
     with pytest.raises(AwsError) as region_err:
         await bad_region.describe_service("c", "s")
-    assert region_err.value.reason == aws_api.INVALID_CONFIGURATION
+    assert region_err.value.reason == aws.INVALID_CONFIGURATION
 
     bad_endpoint = make_client(endpoint_url="not a url", credentials=secret)
     with pytest.raises(AwsError) as endpoint_err:
         await bad_endpoint.describe_service("c", "s")
-    assert endpoint_err.value.reason == aws_api.INVALID_CONFIGURATION
+    assert endpoint_err.value.reason == aws.INVALID_CONFIGURATION
 
     for shown in (str(err.value), str(region_err.value), str(endpoint_err.value), repr(closed), repr(secret)):
         for value in ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI", "session-token-xyz", "pw@"):
@@ -458,16 +459,16 @@ async def test_refused_credentials_give_access_denied(iam_moto, make_client) -> 
     no_permission = make_client(endpoint_url=server.endpoint_url, credentials=user)
     with pytest.raises(AwsError) as err:
         await no_permission.describe_service("c", "s")
-    assert err.value.reason == aws_api.ACCESS_DENIED
+    assert err.value.reason == aws.ACCESS_DENIED
     assert user.access_key_id not in err.value.message and user.secret_access_key not in err.value.message
 
     unknown_key = make_client(endpoint_url=server.endpoint_url, credentials=AwsCredentials("AKIAUNKNOWNKEY000000", "x"))
     with pytest.raises(AwsError) as err:
         await unknown_key.describe_service("c", "s")
-    assert err.value.reason == aws_api.ACCESS_DENIED
+    assert err.value.reason == aws.ACCESS_DENIED
     assert "AKIAUNKNOWNKEY000000" not in err.value.message
 
     # An infrastructure check with refused credentials answers UNKNOWN and records why.
     states = kinds(await no_permission.task_states([pid("c", missing_arn("c"))]))
     assert set(states.values()) == {UNKNOWN}
-    assert no_permission.last_error is not None and no_permission.last_error.reason == aws_api.ACCESS_DENIED
+    assert no_permission.last_error is not None and no_permission.last_error.reason == aws.ACCESS_DENIED

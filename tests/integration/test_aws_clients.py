@@ -1,10 +1,10 @@
-"""AWS clients shared across policies (aws_api.SharedBotoClients) against moto."""
+"""AWS clients shared across policies (aws.SharedBotoClients) against moto."""
 
 from __future__ import annotations
 
 import pytest
 
-from prefect_workpool_operator.aws_api import AwsClient, AwsCredentials, SharedBotoClients
+from prefect_workpool_operator.aws import AwsClient, AwsCredentials, SharedBotoClients
 from sandbox.moto_server import MotoServer
 from tests.ecs_sandbox import REGION, EcsSandbox
 

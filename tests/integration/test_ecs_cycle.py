@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from prefect_workpool_operator import aws_api
+from prefect_workpool_operator.core import infrastructure
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
 from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
@@ -347,9 +347,9 @@ async def test_a_one_off_task_gone_reading_never_acts(
     reasons = []
     for k in range(6):
         if k % 2 == 0:
-            sandbox.ecs.untag_resource(resourceArn=arn, tagKeys=[aws_api.RUN_ID_TAG])
+            sandbox.ecs.untag_resource(resourceArn=arn, tagKeys=[infrastructure.RUN_ID_TAG])
         else:
-            sandbox.ecs.tag_resource(resourceArn=arn, tags=[{"key": aws_api.RUN_ID_TAG, "value": run}])
+            sandbox.ecs.tag_resource(resourceArn=arn, tags=[{"key": infrastructure.RUN_ID_TAG, "value": run}])
         outcome = await cycles.run(t0 + k * dt.timedelta(seconds=30))
         reasons.append(stale_condition(outcome.status)[1])
         assert outcome.status["staleRuns"]["recovered"] == 0

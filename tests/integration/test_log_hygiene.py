@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from prefect_workpool_operator.aws_api import AwsClient, AwsCredentials, AwsError
+from prefect_workpool_operator.aws import AwsClient, AwsCredentials, AwsError
 from prefect_workpool_operator.config import quiet_libraries
 
 KEY_ID = "AKIAQUIETLOGS0000001"

@@ -1,0 +1,404 @@
+"""One policy's connection to AWS: retries, the error table, the call budget, redaction,
+and the boto3 clients shared by every policy.
+
+boto3 blocks, so every call runs in a worker thread (``asyncio.to_thread``): a slow or
+throttled AWS call must not freeze the other policies' timers. botocore retries
+throttling and transient errors in "adaptive" mode, which also slows the client down
+after a throttle. On top of that a per-cycle call budget caps the requests one policy
+sends: once it is spent, infrastructure checks answer UNKNOWN (hands off the run)
+instead of calling, so the operator never becomes the cause of the DescribeTasks
+throttling it exists to clean up after. Errors become ``AwsError`` with a stable
+reason and a message that never holds credentials.
+
+The services' calls live beside this module (``ecs``, ``cloudwatch``, ``autoscaling``);
+what their answers mean lives in ``core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore import exceptions as boto
+from botocore.config import Config
+
+from ..core.errors import OperatorError
+
+# Reasons of the AwsConnected condition: part of the interface, never respelled.
+ACCESS_DENIED = "AccessDenied"
+CLUSTER_NOT_FOUND = "ClusterNotFound"
+SERVICE_NOT_FOUND = "ServiceNotFound"
+THROTTLED = "Throttled"
+INVALID_CONFIGURATION = "InvalidConfiguration"
+UNREACHABLE = "Unreachable"
+AWS_ERROR = "AwsError"
+AWS_ENDPOINT_INVALID = "AwsEndpointInvalid"  # the endpoint answers, but not as AWS (an HTML page)
+# Not an AWS failure: this policy's own limit. Checks turn it into UNKNOWN; it never
+# sets ``last_error``, so it does not make AwsConnected false.
+CALL_BUDGET_EXHAUSTED = "CallBudgetExhausted"
+
+DEFAULT_MAX_ATTEMPTS = 5  # requests per call, the first one included
+DEFAULT_CALLS_PER_CYCLE = 25  # steady state needs 1; 300 stale runs with pids need 3 more
+
+_ACCESS_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedException",
+    "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
+    "InvalidSignatureException", "SignatureDoesNotMatch", "MissingAuthenticationToken",
+    "IncompleteSignature", "AuthFailure", "NotAuthorized",
+})
+# What botocore's retry logic treats as throttling (LimitExceededException is an ECS quota, not a rate).
+_THROTTLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "RequestThrottled", "SlowDown",
+})
+_CREDENTIAL_ERRORS = (
+    boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError,
+    boto.UnknownCredentialError, boto.SSOError, boto.ProfileNotFound,
+)
+_CONFIGURATION_ERRORS = (
+    boto.NoRegionError, boto.InvalidRegionError, boto.UnknownEndpointError, boto.EndpointProviderError,
+    boto.InvalidEndpointConfigurationError, boto.ParamValidationError, boto.ValidationError,
+)
+_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+_XML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.DOTALL)
+MIN_SECRET_LENGTH = 8  # shorter "secrets" (test values) would blank out ordinary words
+MAX_MESSAGE = 400
+
+
+class AwsError(OperatorError):
+    """An AWS failure; ``operation`` names the API call (DescribeTasks, ...) when known."""
+
+    def __init__(self, reason: str, message: str, *, operation: str | None = None) -> None:
+        super().__init__(reason, message)
+        self.operation = operation
+
+
+class AwsCredentials:
+    """Static credentials read from a Secret by the caller; without them the default
+    chain applies (IRSA, EKS Pod Identity, instance role). Never printed."""
+
+    __slots__ = ("access_key_id", "secret_access_key", "session_token")
+
+    def __init__(self, access_key_id: str, secret_access_key: str, session_token: str | None = None) -> None:
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.session_token = session_token or None
+
+    def __repr__(self) -> str:
+        return "AwsCredentials(<redacted>)"
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.access_key_id, self.secret_access_key, self.session_token) if s]
+
+
+class SharedBotoClients:
+    """One boto3 Session for every policy, and one botocore client per distinct service,
+    region, endpoint, identity and client settings, shared by the policies that use it.
+
+    A Session loads each service's model once; a session and client per policy cost
+    ≈12 MiB each. Clients are thread-safe; the Session is not, so clients are made under
+    a lock. Identities are keyed by a digest of the credentials, never the values.
+    A client is closed when the last ``AwsClient`` using it releases it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[tuple[Any, ...], list[Any]] = {}  # key -> [client, users]
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __repr__(self) -> str:  # identities appear as digests only
+        return f"SharedBotoClients({sorted(map(repr, self._clients))})"
+
+    def acquire(
+        self, service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials | None, config: Config
+    ) -> tuple[tuple[Any, ...], Any]:
+        key = (service, region, endpoint_url, _identity(credentials), _config_key(config))
+        with self._lock:
+            entry = self._clients.get(key)
+            if entry is None:
+                if self._session is None:
+                    self._session = boto3.session.Session()
+                client = self._session.client(
+                    service, region_name=region, endpoint_url=endpoint_url, config=config,
+                    aws_access_key_id=credentials.access_key_id if credentials else None,
+                    aws_secret_access_key=credentials.secret_access_key if credentials else None,
+                    aws_session_token=credentials.session_token if credentials else None,
+                )
+                client.meta.events.register("before-send", _route_send)
+                entry = self._clients[key] = [client, 0]
+            entry[1] += 1
+            return key, entry[0]
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            entry = self._clients.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self._clients[key]
+        entry[0].close()
+
+
+SHARED_CLIENTS = SharedBotoClients()
+_calling = threading.local()  # the AwsClient whose call runs on this thread (requests are counted per policy)
+
+
+def _route_send(event_name: str = "", **kwargs: Any) -> None:
+    owner = getattr(_calling, "client", None)
+    if owner is not None:
+        owner._on_send(event_name, **kwargs)
+
+
+def _identity(credentials: AwsCredentials | None) -> str:
+    if credentials is None:
+        return "default-chain"
+    return hashlib.sha256("\n".join(credentials.secrets()).encode()).hexdigest()
+
+
+def _config_key(config: Config) -> tuple[Any, ...]:
+    return (repr(sorted((config.retries or {}).items())), config.connect_timeout, config.read_timeout,
+            config.user_agent_extra)
+
+
+class CallBudget:
+    """Requests one policy may send to AWS per cycle. Retries count: each is a request
+    AWS rate-limits. A call starts only while budget remains, so a cycle overshoots by
+    at most its last call's retries."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the call budget must allow at least one call")
+        self.limit = limit
+        self.used = 0
+        self.refused = 0  # calls not made because the budget was spent
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used, 0)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.limit
+
+    def reset(self) -> None:
+        self.used = self.refused = 0
+
+
+class AwsTransport:
+    """How one policy calls AWS, in one region with one set of credentials.
+
+    Call ``start_cycle()`` at the start of each reconcile cycle: it refills the call
+    budget and clears ``last_error`` (the cycle's latest AWS failure, for the
+    AwsConnected condition). ``calls`` counts requests sent per operation, retries
+    included (for metrics).
+    """
+
+    def __init__(
+        self,
+        region: str,
+        *,
+        endpoint_url: str | None = None,
+        credentials: AwsCredentials | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 20.0,
+        calls_per_cycle: int = DEFAULT_CALLS_PER_CYCLE,
+        shared: SharedBotoClients | None = None,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url or None
+        self.budget = CallBudget(calls_per_cycle)
+        self.calls: Counter[str] = Counter()
+        self.last_error: AwsError | None = None
+        self._credentials = credentials
+        self._config = Config(
+            # botocore's "max_attempts" counts retries only; "total_max_attempts" includes the first.
+            retries={"mode": "adaptive", "total_max_attempts": max_attempts},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            user_agent_extra="prefect-workpool-operator",
+        )
+        self._lock = threading.Lock()  # clients are created and counters bumped in worker threads
+        self._shared = shared if shared is not None else SHARED_CLIENTS
+        self._clients: dict[str, Any] = {}
+        self._keys: dict[str, tuple[Any, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(region={self.region!r}, endpoint={self._endpoint_label()!r})"
+
+    def start_cycle(self) -> None:
+        self.budget.reset()
+        self.last_error = None
+
+    def close(self) -> None:
+        """Release this policy's share of the clients (the last user closes them)."""
+        with self._lock:
+            keys, self._keys, self._clients = self._keys, {}, {}
+        for key in keys.values():
+            self._shared.release(key)
+
+    async def _call(self, service: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if self.budget.exhausted:
+            self.budget.refused += 1
+            raise AwsError(
+                CALL_BUDGET_EXHAUSTED, f"the AWS call budget of {self.budget.limit} per cycle is spent", operation=method
+            )
+        try:
+            return await asyncio.to_thread(self._call_blocking, service, method, params)
+        except AwsError as exc:
+            raise self._failed(exc) from None
+
+    def _call_blocking(self, service: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        operation = method
+        _calling.client = self  # the shared client's before-send hook counts this policy's requests
+        try:
+            client = self._client(service)
+            operation = client.meta.method_to_api_mapping.get(method, method)
+            answer: dict[str, Any] = getattr(client, method)(**params)
+            self._check_is_aws(answer, operation, service)
+            return answer
+        except AwsError:
+            raise
+        except boto.ClientError as exc:
+            self._check_is_aws(exc.response, operation, service)
+            raise self._client_error(exc, operation, params) from None
+        except _CREDENTIAL_ERRORS as exc:
+            raise AwsError(
+                ACCESS_DENIED,
+                f"{operation}: no usable AWS credentials ({type(exc).__name__}): set up IRSA / EKS Pod Identity "
+                "or an instance role, or reference a Secret with static credentials",
+                operation=operation,
+            ) from None
+        except _CONFIGURATION_ERRORS as exc:
+            raise AwsError(INVALID_CONFIGURATION, self._safe(f"{operation}: {exc}"), operation=operation) from None
+        except (boto.ConnectionError, boto.HTTPClientError) as exc:
+            raise AwsError(
+                UNREACHABLE, f"{operation}: could not reach {self._endpoint_label(service)}: {type(exc).__name__}",
+                operation=operation,
+            ) from None
+        except boto.CapacityNotAvailableError:
+            raise AwsError(THROTTLED, f"{operation}: the client's retry capacity is spent", operation=operation) from None
+        except boto.BotoCoreError as exc:
+            raise AwsError(AWS_ERROR, self._safe(f"{operation}: {type(exc).__name__}: {exc}"), operation=operation) from None
+        finally:
+            _calling.client = None
+
+    def _check_is_aws(self, answer: Mapping[str, Any], operation: str, service: str) -> None:
+        """An HTML page parses as an empty answer ("no such service"): name it for what it is."""
+        metadata = answer.get("ResponseMetadata") or {}
+        kind = str((metadata.get("HTTPHeaders") or {}).get("content-type", "")).split(";")[0].strip().lower()
+        if not kind.startswith("text/html"):
+            return
+        # moto labels its JSON and XML answers text/html too: only a body that is HTML (an
+        # error's raw text) or that parsed to nothing at all is a web page.
+        error = answer.get("Error") or {}
+        body = str(error.get("Message") or "").lstrip()[:100].lower()
+        if body.startswith(("<!doctype html", "<html")) or (not error and not set(answer) - {"ResponseMetadata"}):
+            raise AwsError(
+                AWS_ENDPOINT_INVALID,
+                f"{operation}: {self._endpoint_label(service)} answered HTTP {metadata.get('HTTPStatusCode')} ({kind}), "
+                "not an AWS API: check spec.ecs.endpointUrl",
+                operation=operation,
+            )
+
+    def _client(self, service: str) -> Any:
+        with self._lock:
+            client = self._clients.get(service)
+            if client is not None:
+                return client
+            try:
+                key, client = self._shared.acquire(service, self.region, self.endpoint_url, self._credentials,
+                                                   self._config)
+            except (ValueError, boto.BotoCoreError) as exc:
+                # Bad region or endpoint URL: botocore refuses to build the client.
+                raise AwsError(
+                    INVALID_CONFIGURATION,
+                    self._safe(f"cannot create the {service} client (region {self.region!r}"
+                               + (f", endpoint {self._endpoint_label()}" if self.endpoint_url else "")
+                               + f"): {exc}"),
+                ) from None
+            self._clients[service], self._keys[service] = client, key
+            return client
+
+    def _on_send(self, event_name: str = "", **_: Any) -> None:
+        """botocore fires before-send.<service>.<Operation> for every attempt, retries too."""
+        operation = event_name.rsplit(".", 1)[-1]
+        with self._lock:
+            self.calls[operation] += 1
+            self.budget.used += 1
+
+    def _failed(self, exc: AwsError) -> AwsError:
+        if exc.reason != CALL_BUDGET_EXHAUSTED:
+            self.last_error = exc
+        return exc
+
+    def _client_error(self, exc: boto.ClientError, operation: str, params: Mapping[str, Any]) -> AwsError:
+        error = exc.response.get("Error") or {}
+        meta = exc.response.get("ResponseMetadata") or {}
+        code = str(error.get("Code") or "")
+        status = meta.get("HTTPStatusCode")
+        detail = self._safe(_plain(str(error.get("Message") or "")) or code or f"HTTP {status}")
+        cluster = params.get("cluster")
+        if code == "ClusterNotFoundException":
+            return AwsError(CLUSTER_NOT_FOUND, f"ECS cluster {cluster!r} does not exist in {self.region}",
+                            operation=operation)
+        if code in ("ServiceNotFoundException", "ServiceNotActiveException"):
+            service = params.get("service") or (params.get("services") or [None])[0]
+            return AwsError(SERVICE_NOT_FOUND,
+                            f"ECS service {service!r} does not exist or is inactive in cluster {cluster!r} ({self.region})",
+                            operation=operation)
+        if code in _THROTTLE_CODES or status == 429:
+            attempts = int(meta.get("RetryAttempts") or 0) + 1
+            return AwsError(THROTTLED, f"{operation} was throttled by AWS ({code or status}) {attempts} time(s) in a row",
+                            operation=operation)
+        if code in _ACCESS_CODES or status == 403:
+            return AwsError(ACCESS_DENIED, f"{operation} was refused ({code or status}): {detail}", operation=operation)
+        return AwsError(AWS_ERROR, f"{operation} failed ({code or status}): {detail}", operation=operation)
+
+    def _safe(self, text: str) -> str:
+        """No credential value, no access key id, and not too long."""
+        for secret in self._credentials.secrets() if self._credentials else []:
+            if len(secret) >= MIN_SECRET_LENGTH:
+                text = text.replace(secret, "<redacted>")
+        text = _USERINFO.sub("", _KEY_ID.sub("<redacted>", text))
+        return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+    def _endpoint_label(self, service: str = "") -> str:
+        """Scheme, host and port only: an endpoint URL could carry userinfo."""
+        if not self.endpoint_url:
+            return f"the AWS {service or 'API'} endpoint in {self.region}"
+        parts = urlsplit(self.endpoint_url)
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        if not parts.scheme or not parts.hostname:
+            return "an endpoint URL that is not a URL"
+        return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def _plain(message: str) -> str:
+    """Some endpoints (proxies, moto's IAM check) answer XML to a JSON client: keep its <Message>."""
+    if not message.lstrip().startswith("<"):
+        return message
+    found = _XML_MESSAGE.search(message)
+    return found.group(1).strip() if found else ""
+
+
+def chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
