@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from .core import health
+from .core.errors import OperatorError
 from .core.secret_values import SecretValueError, Use, check_secret, decode_secret
 
 
@@ -34,13 +35,8 @@ class SecretReader(Protocol):
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str: ...
 
 
-class SecretError(Exception):
-    """A Secret could not be read; ``reason`` is a stable condition reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class SecretError(OperatorError):
+    """A Secret could not be read (SecretNotFound, SecretKeyNotFound, ...)."""
 
 
 class KubernetesSecrets:

@@ -19,21 +19,22 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from .core import health
-from .core.health import Failure, PoolObservation
+from .core.errors import OperatorError
+from .core.health import PoolObservation
+from .core.recovery_plan import REQUEUED_STATE_NAME, WRITE_BATCH as BULK_LIMIT
+from .concurrent_reads import gather_or_cancel
 from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
 from .core.stale import WorkerLifecycle
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
-BULK_LIMIT = 50  # the server's maximum per bulk_set_state call
 PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
 FLOW_RUN_PREFIX = "prefect.flow-run."
 SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
 EXECUTED_EVENT = "prefect.worker.executed-flow-run"
-REQUEUED_STATE_NAME = "Requeued"  # the server emits prefect.flow-run.Requeued for each requeue
 WORKER_STARTED_EVENT = "prefect.worker.started"
 WORKER_STOPPED_EVENT = "prefect.worker.stopped"
 
@@ -45,21 +46,16 @@ class Claim:
     at: datetime | None = None  # when the worker emitted submitted-flow-run (its own clock)
 
 
-class PrefectError(Exception):
-    """A failure with a stable reason; ``str()`` is safe to show users."""
+class PrefectError(OperatorError):
+    """A Prefect API failure; ``status_code`` is None when no HTTP answer came."""
 
     def __init__(
         self, reason: str, message: str, *, retry_after: float | None = None, status_code: int | None = None
     ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(reason, message)
         self.retry_after = retry_after  # the server's Retry-After hint, for the next attempt
         self.status_code = status_code
         self.received = ""  # "HTTP 404 (text/html)": what answered, for NotPrefectApi
-
-    def as_failure(self) -> Failure:
-        return Failure(self.reason, self.message)
 
 
 class PrefectClient:
@@ -227,7 +223,7 @@ class PrefectClient:
         version = await self.server_version()
         work_pool = await self.read_work_pool(pool)
         scope = pool_scope(pool, queues)
-        workers, late, pending, running = await asyncio.gather(
+        workers, late, pending, running = await gather_or_cancel(
             self.read_workers(pool),
             self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}},
                                                     "expected_start_time": {"before_": now.isoformat()}}}),

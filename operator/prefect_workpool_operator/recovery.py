@@ -1,4 +1,4 @@
-"""Stale-run recovery for one policy and cycle: read, decide (core.stale), write in batches.
+"""Stale-run recovery's reads and writes for one policy and cycle (the decision is core's).
 
 Reads: the stale candidates (paginated); who claimed them and when (worker labels on
 the run, the worker's submitted-flow-run event); whether that worker has started or
@@ -10,6 +10,12 @@ once, one group per reason so each run's state message tells its own; servers wi
 it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
 the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
 runs not seen before (``core.stale.QuietPending``).
+
+The reads come in two phases because the second depends on the first: list the stale
+candidates, then look up claims, requeue counts, claimers and ECS for only the runs
+in the capped window. ``observe_stale_runs`` does both and returns one immutable
+``core.plan.StaleReading``; ``core.stale.plan_recovery`` decides; ``write_batches``
+writes the plan's batches (``core.recovery_plan``).
 """
 
 from __future__ import annotations
@@ -17,24 +23,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .core import stale
-from .core.conditions import Condition, format_time
-from .core.durations import format_duration
-from .core.stale import InfraReading, Observations, PendingRun, RecoveryPlan, RecoveryRules
+from .core import recovery_plan, stale
+from .core.conditions import Condition
+from .core.plan import StaleReading
+from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
+from .core.stale import InfraReading, Observations, PendingRun
 from .models import StaleRunsSpec
-from .prefect_api import BULK_LIMIT, REQUEUED_STATE_NAME, PrefectClient, PrefectError, pool_scope
+from .prefect_api import PrefectClient, PrefectError, pool_scope
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME_LABEL = "prefect.worker.name"  # set by 3.x workers right after they claim a run
 REQUEUE_LOOKBACK = timedelta(days=30)  # older Requeued events are past Prefect's default retention anyway
 CLAIM_LOOKBACK_MARGIN = timedelta(minutes=5)
-SAMPLE_SIZE = 10
 # Guarded bulk writes in flight at once (bench/recovery_fleet.py measures 1/2/4/8 on PostgreSQL).
 WRITE_CONCURRENCY = 4
 
@@ -95,20 +100,7 @@ class RecoveryMemory:
     total_requeued: int | None = None
 
 
-def rules_from(spec: StaleRunsSpec, interval: timedelta) -> RecoveryRules:
-    return RecoveryRules(
-        pending_timeout=spec.pending_timeout_delta,
-        hard_timeout=spec.hard_timeout_delta,
-        hard_timeout_overrides_live_claimer=spec.hard_timeout_overrides_live_claimer,
-        confirm_after=interval,
-        action=spec.action,
-        max_requeues=spec.max_requeues_per_run,
-        on_exhausted=spec.on_exhausted,
-        max_per_cycle=spec.max_runs_per_cycle,
-    )
-
-
-async def recover_stale_runs(
+async def observe_stale_runs(
     client: PrefectClient,
     spec: StaleRunsSpec,
     *,
@@ -116,17 +108,17 @@ async def recover_stale_runs(
     queues: list[str],
     policy: str,
     online_workers: frozenset[str],
-    dry_run: bool,
     memory: RecoveryMemory,
     now: datetime,
     interval: timedelta = timedelta(seconds=30),
     counting_since: datetime | None = None,
     infrastructure_check: InfrastructureCheck | None = None,
     pending_observed: int | None = None,
-) -> RecoveryOutcome:
-    """``pending_observed``: PENDING runs this cycle counted in a scope covering this one;
-    0 means there is nothing to list."""
-    rules = rules_from(spec, interval)
+) -> StaleReading:
+    """Every read recovery needs this cycle. ``pending_observed``: PENDING runs this cycle
+    counted in a scope covering this one; 0 means there is nothing to list. Raises
+    ``PrefectError`` when Prefect fails."""
+    rules = recovery_rules(spec, interval)
     scope = pool_scope(pool, list(spec.work_queues) or queues)
     key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
     nothing_pending = pending_observed == 0
@@ -136,10 +128,7 @@ async def recover_stale_runs(
             scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
         if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
             memory.quiet.add(new)
-            memory.observations.keep_only(set())
-            plan = stale.RecoveryPlan()
-            return RecoveryOutcome(stale.recovery_condition(plan, rules, dry_run=dry_run),
-                                   _figures(plan, 0, 0, dry_run, memory.total_requeued))
+            return StaleReading(total_requeued=memory.total_requeued)
     raw = [] if nothing_pending else await client.pending_candidates(
         scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
@@ -158,8 +147,6 @@ async def recover_stale_runs(
         infra = await (infrastructure_check or NoInfrastructureCheck()).check(window)
     looked_up = {r.id: r for r in window}
     stale_runs = [looked_up.get(r.id, r) for r in stale_runs]
-    plan = stale.plan_recovery(stale_runs, claimers=claimers, infrastructure=infra, rules=rules,
-                               observations=memory.observations, now=now, looked_at=set(looked_up))
     if memory.total_requeued is None:
         since = max(counting_since or now - REQUEUE_LOOKBACK, now - REQUEUE_LOOKBACK)
         try:
@@ -170,77 +157,75 @@ async def recover_stale_runs(
             # A server that cannot count events: count from this start on, ask again next start.
             log.warning("policy %s: cannot count earlier requeues: %s", policy, exc.message)
             memory.total_requeued = 0
+    return StaleReading(tuple(stale_runs), claimers, infra, frozenset(looked_up), memory.total_requeued)
 
-    moved_on = 0
-    changed: dict[str, list[str]] = {}
-    failed = 0
-    writes = 0
-    if not dry_run and plan.to_write:
-        batches = [(action, group[i : i + BULK_LIMIT], _target_state(action, message))
-                   for action, ids in plan.by_action().items()
-                   for message, group in _by_message(ids, plan, policy, rules).items()
-                   for i in range(0, len(group), BULK_LIMIT)]
-        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-        async def bounded(batch: list[str], state: dict[str, Any]) -> _ApplyResult:
-            async with slots:
-                return await _apply(client, batch, state)
+async def write_batches(
+    client: PrefectClient, batches: tuple[Batch, ...], reading: StaleReading, memory: RecoveryMemory, now: datetime
+) -> WriteOutcome:
+    """The plan's guarded batches, WRITE_CONCURRENCY at once. Requeues that went through
+    are remembered even when another batch failed; then the failure is raised."""
+    slots = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-        results = await asyncio.gather(*(bounded(batch, state) for _, batch, state in batches),
-                                       return_exceptions=True)
-        error = next((r for r in results if isinstance(r, BaseException)), None)
-        for (action, _, _), result in zip(batches, results):
-            if isinstance(result, BaseException):
-                continue
-            changed.setdefault(action, []).extend(result.accepted)
-            moved_on += result.moved_on
-            failed += result.failed
-            writes += result.writes
-        requeues_before = {r.id: r.requeues for r in stale_runs}
-        for run_id in changed.get(stale.RESCHEDULE, []):
-            memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
-        memory.total_requeued += len(changed.get(stale.RESCHEDULE, []))
-        if error is not None:
-            raise error  # after recording the batches that did go through
+    async def bounded(batch: Batch) -> _ApplyResult:
+        async with slots:
+            return await _apply(client, list(batch.run_ids), batch.state)
 
-    recovered = sum(len(v) for v in changed.values())
-    condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=failed)
-    figures = _figures(plan, recovered, moved_on, dry_run, memory.total_requeued)
-    if not recovered:
-        return RecoveryOutcome(condition, figures, writes=writes)
-    sample = [i for ids in changed.values() for i in ids][:SAMPLE_SIZE]
-    last = {
-        "time": format_time(now),
-        "rescheduled": len(changed.get(stale.RESCHEDULE, [])),
-        "crashed": len(changed.get(stale.MARK_CRASHED, [])),
-        "cancelled": len(changed.get(stale.CANCEL, [])),
-        "runIds": sample,
-    }
-    verbs = [f"{last['rescheduled']} rescheduled", f"{last['crashed']} marked Crashed", f"{last['cancelled']} cancelled"]
-    summary = ", ".join(v for v in verbs if not v.startswith("0 "))
-    reasons = Counter(plan.decisions[i].reason for ids in changed.values() for i in ids)
-    why = "; ".join(f"{n} {reason}: {plan.example(reason)}" for reason, n in sorted(reasons.items()))
-    skipped = sum(plan.skipped.values()) + moved_on
-    event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary} ({why})" + (
-        f"; {skipped} left alone (see status.staleRuns.skipped)" if skipped else ""
+    results = await asyncio.gather(*(bounded(batch) for batch in batches), return_exceptions=True)
+    outcome = WriteOutcome()
+    for batch, result in zip(batches, results):
+        if not isinstance(result, BaseException):
+            outcome.add(batch.action, result.accepted, result.moved_on, result.failed, result.writes)
+    requeues_before = {r.id: r.requeues for r in reading.runs}
+    requeued = outcome.changed.get(stale.RESCHEDULE, [])
+    for run_id in requeued:
+        memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
+    if memory.total_requeued is not None:
+        memory.total_requeued += len(requeued)
+    error = next((r for r in results if isinstance(r, BaseException)), None)
+    if error is not None:
+        raise error  # after recording the batches that did go through
+    return outcome
+
+
+async def recover_stale_runs(
+    client: PrefectClient,
+    spec: StaleRunsSpec,
+    *,
+    pool: str,
+    queues: list[str],
+    policy: str,
+    online_workers: frozenset[str],
+    dry_run: bool,
+    memory: RecoveryMemory,
+    now: datetime,
+    interval: timedelta = timedelta(seconds=30),
+    counting_since: datetime | None = None,
+    infrastructure_check: InfrastructureCheck | None = None,
+    pending_observed: int | None = None,
+) -> RecoveryOutcome:
+    """Recovery alone, observe → decide → act (benchmarks and recovery tests; the cycle
+    runs the same steps inside ``reconcile``). Raises ``PrefectError`` when Prefect fails."""
+    reading = await observe_stale_runs(
+        client, spec, pool=pool, queues=queues, policy=policy, online_workers=online_workers, memory=memory,
+        now=now, interval=interval, counting_since=counting_since, infrastructure_check=infrastructure_check,
+        pending_observed=pending_observed,
     )
-    risky = [i for ids in changed.values() for i in ids if plan.decisions[i].double_run_risk]
-    warning = None
-    if risky:
-        warning = (f"{len(risky)} run(s) changed past hardTimeout while their claiming worker was still online "
-                   f"(hardTimeoutOverridesLiveClaimer): each may run twice if that worker still starts it, "
-                   f"e.g. {risky[0]}")
-    return RecoveryOutcome(condition, figures, last_recovery=last, event_message=event, warning=warning, writes=writes)
-
-
-def _by_message(ids: list[str], plan: RecoveryPlan, policy: str, rules: RecoveryRules) -> dict[str, list[str]]:
-    """Runs grouped by the state message they get: each names its run's true reason."""
-    groups: dict[str, list[str]] = {}
-    for run_id in ids:
-        message = ("{verb}" f" by prefectops.dev policy {policy}: PENDING for at least "
-                   f"{format_duration(rules.pending_timeout)} and {plan.decisions[run_id].message}")
-        groups.setdefault(message, []).append(run_id)
-    return groups
+    rules = recovery_rules(spec, interval)
+    plan = stale.plan_recovery(list(reading.runs), claimers=dict(reading.claimers),
+                               infrastructure=dict(reading.infrastructure), rules=rules,
+                               observations=memory.observations, now=now, looked_at=set(reading.looked_at))
+    written = WriteOutcome()
+    if not dry_run and plan.to_write:
+        written = await write_batches(client, recovery_plan.write_batches(plan, rules, policy), reading, memory, now)
+    condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=written.failed)
+    total = memory.total_requeued or 0
+    figures = recovery_plan.figures(plan, written.recovered, written.moved_on, dry_run, total)
+    news = recovery_plan.recovery_news(plan, written, now)
+    if news is None:
+        return RecoveryOutcome(condition, figures, writes=written.writes)
+    return RecoveryOutcome(condition, figures, last_recovery=news.last_recovery, event_message=news.event_message,
+                           warning=news.warning, writes=written.writes)
 
 
 @dataclass
@@ -252,7 +237,7 @@ class _ApplyResult:
 
 
 async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any]) -> _ApplyResult:
-    """One guarded batch (≤ BULK_LIMIT runs): only runs still PENDING change, never forced."""
+    """One guarded batch (≤ core.recovery_plan.WRITE_BATCH runs): only runs still PENDING change, never forced."""
     accepted: list[str] = []
     moved_on = failed = writes = 0
     results = None if client.bulk_unsupported else await client.bulk_set_pending_runs(batch, state)
@@ -274,20 +259,6 @@ async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any])
             else:
                 failed += 1
     return _ApplyResult(accepted, moved_on, failed, writes)
-
-
-def _target_state(action: str, message: str) -> dict[str, Any]:
-    if action == stale.RESCHEDULE:
-        # No scheduled_time: the server stamps its own "now", so clock skew can't delay the run.
-        return {"type": "SCHEDULED", "name": REQUEUED_STATE_NAME, "message": _verb(message, "Requeued")}
-    if action == stale.MARK_CRASHED:
-        return {"type": "CRASHED", "name": "Crashed", "message": _verb(message, "Marked Crashed")}
-    return {"type": "CANCELLED", "name": "Cancelled", "message": _verb(message, "Cancelled")}
-
-
-def _verb(message: str, verb: str) -> str:
-    # Not str.format: the reason may quote ECS's stoppedReason, braces and all.
-    return message.replace("{verb}", verb, 1)
 
 
 async def _with_claims_and_counts(
@@ -337,23 +308,3 @@ def _pending_run(raw: dict[str, Any]) -> PendingRun:
         infrastructure_pid=raw.get("infrastructure_pid") or None,
         claimer=str(labels[WORKER_NAME_LABEL]) if labels.get(WORKER_NAME_LABEL) else None,
     )
-
-
-def _figures(plan: RecoveryPlan, recovered: int, moved_on: int, dry_run: bool, total: int) -> dict[str, Any]:
-    skipped: Counter[str] = Counter(plan.skipped)
-    keys = {
-        stale.CLAIMER_ALIVE: "claimerAlive",
-        stale.INFRASTRUCTURE_ALIVE: "infrastructureAlive",
-        stale.INFRASTRUCTURE_UNKNOWN: "infrastructureUnknown",
-        stale.INFRASTRUCTURE_UNVERIFIED: "infrastructureUnverified",
-        stale.AWAITING_CONFIRMATION: "awaitingConfirmation",
-        stale.BATCH_LIMIT: "batchLimit",
-    }
-    return {
-        "stale": plan.stale,
-        "recovered": recovered,
-        "wouldRecover": (plan.to_write if dry_run else 0) + len(plan.report_only),
-        "exhausted": len(plan.exhausted),
-        "skipped": {**{v: skipped.get(k, 0) for k, v in keys.items()}, "movedOn": moved_on},
-        "totalRecovered": total,
-    }

@@ -185,17 +185,20 @@ class CallBudget:
         self.limit = limit
         self.used = 0
         self.refused = 0  # calls not made because the budget was spent
+        # Kept back from the reads for the cycle's own write (UpdateService, PutMetricData):
+        # infrastructure checks run before the write now, and must not starve it.
+        self.reserved = 0
 
     @property
     def remaining(self) -> int:
-        return max(self.limit - self.used, 0)
+        return max(self.limit - self.reserved - self.used, 0)
 
     @property
     def exhausted(self) -> bool:
-        return self.used >= self.limit
+        return self.remaining == 0
 
     def reset(self) -> None:
-        self.used = self.refused = 0
+        self.used = self.refused = self.reserved = 0
 
 
 class AwsTransport:

@@ -1,0 +1,161 @@
+"""observe: every read one cycle needs, into one immutable ``core.plan.Observation``.
+
+Two phases, because recovery's per-run reads depend on the first phase's answers:
+
+1. Prefect (work pool, workers, run counts) and AWS (the worker service, its Application
+   Auto Scaling target) together. A Prefect failure cancels the AWS reads and ends the
+   cycle's observation (fail static); an AWS failure is part of the observation.
+2. Recovery: the stale candidates, then claims, requeue counts, claimers and ECS tasks
+   for only the runs in the capped window (``recovery.observe_stale_runs``).
+
+Both phases run under one deadline. The pool's type is known only once Prefect answers,
+so the AWS reads assume the type seen last (ECS at first) and are dropped if it no
+longer fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .aws import AwsClient, AwsError, EcsInfrastructureCheck
+from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
+from .concurrent_reads import gather_or_cancel
+from .core import health, pool_types, scaling
+from .core.errors import OperatorError
+from .core.health import Failure, PoolObservation
+from .core.plan import Observation, StaleReading
+from .core.scaling_plan import EcsReading
+from .kube_api import SecretError, SecretReader
+from .models import PolicySpec
+from .prefect_api import PrefectClient, PrefectError
+from .prefect_http import PrefectHttp
+from .recovery import RecoveryMemory, observe_stale_runs
+
+import httpx
+
+AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
+MIN_DEADLINE = timedelta(seconds=60)  # a short interval must not cut off a slow but working Prefect
+
+
+@dataclass
+class ReadCache:
+    """What observe keeps between a policy's cycles to read less."""
+
+    pool_type: str | None = None  # as Prefect last reported it
+    autoscaling_target: bool = False
+    autoscaling_checked_at: datetime | None = None
+    recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The observation, and the clients the act step writes through."""
+
+    observation: Observation
+    prefect: PrefectClient
+    aws: AwsClient | None
+
+
+async def observe_policy(
+    spec: PolicySpec, *, namespace: str, generation: int | None, policy: str, created: datetime | None,
+    secrets: SecretReader, http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, aws: AwsConnection,
+    cache: ReadCache, now: datetime,
+) -> Observed:
+    """Raises ``OperatorError`` when Prefect (or its credentials) could not be read."""
+    deadline = max(spec.interval_delta, MIN_DEADLINE).total_seconds()
+    try:
+        async with asyncio.timeout(deadline):
+            return await _observe(spec, namespace, generation, policy, created, secrets, http, prefect, aws, cache, now)
+    except TimeoutError:
+        raise OperatorError(health.UNREACHABLE, f"The cycle's reads did not finish within {deadline:.0f}s.") from None
+
+
+async def _observe(
+    spec: PolicySpec, namespace: str, generation: int | None, policy: str, created: datetime | None,
+    secrets: SecretReader, http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, aws: AwsConnection,
+    cache: ReadCache, now: datetime,
+) -> Observed:
+    aws_wanted = spec.ecs is not None and pool_types.features_for(cache.pool_type).ecs
+    reads = [_read_pool(spec, namespace, generation, secrets, http, prefect, now)]
+    if aws_wanted:
+        reads.append(_read_ecs(spec, namespace, secrets, aws, cache, now))
+    answers = await gather_or_cancel(*reads)
+    client, pool = answers[0]
+    cache.pool_type = pool.pool_type
+    features = pool_types.features_for(pool.pool_type)
+    aws_client, ecs = answers[1] if aws_wanted else (None, None)
+    if spec.ecs is not None and features.ecs and not aws_wanted:
+        aws_client, ecs = await _read_ecs(spec, namespace, secrets, aws, cache, now)
+    if not features.ecs:
+        aws_client, ecs = None, None
+
+    reading = None
+    if spec.stale_runs is not None and features.recovery:
+        if aws_client is not None and spec.scaling is not None and spec.scaling.mode != "Disabled" \
+                and not spec.dry_run and aws_client.budget.limit > 2:
+            aws_client.budget.reserved = 1  # for UpdateService / PutMetricData in act
+        reading = await _read_stale(spec, policy, client, aws_client, pool, cache, created, now)
+    return Observed(Observation(pool, ecs, reading), client, aws_client)
+
+
+async def _read_pool(
+    spec: PolicySpec, namespace: str, generation: int | None, secrets: SecretReader,
+    http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, now: datetime,
+) -> tuple[PrefectClient, PoolObservation]:
+    conn = spec.prefect
+    client = await prefect_client_for(spec, namespace, secrets, http, prefect)
+    if prefect.queues_checked_generation != generation:
+        await client.check_queues(conn.work_pool, list(conn.work_queues))
+        prefect.queues_checked_generation = generation
+    return client, await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
+
+
+async def _read_ecs(
+    spec: PolicySpec, namespace: str, secrets: SecretReader, connection: AwsConnection, cache: ReadCache,
+    now: datetime,
+) -> tuple[AwsClient | None, EcsReading]:
+    """The worker service and its scalable target; failures are part of the reading."""
+    ecs = spec.ecs
+    assert ecs is not None
+    try:
+        client = await aws_client_for(ecs, namespace, secrets, connection)
+    except SecretError as exc:
+        return None, EcsReading(ecs.region, credentials_failure=exc.as_failure())
+    if spec.scaling is None or spec.scaling.mode == "CloudWatchMetric" or not ecs.service:
+        return client, EcsReading(ecs.region)
+    try:
+        state = await client.describe_service(ecs.cluster, ecs.service)
+        if spec.scaling.mode == "DesiredCount":
+            due = cache.autoscaling_checked_at is None or now - cache.autoscaling_checked_at >= AUTOSCALING_RECHECK
+            if due:
+                cache.autoscaling_target = await client.scalable_target(ecs.cluster, ecs.service)
+                cache.autoscaling_checked_at = now
+    except AwsError as exc:
+        return client, EcsReading(ecs.region, read_failure=exc.as_failure())
+    return client, EcsReading(
+        ecs.region, scaling.ServiceCounts(state.desired, state.running, state.pending),
+        state.deployment_in_progress, cache.autoscaling_target,
+    )
+
+
+async def _read_stale(
+    spec: PolicySpec, policy: str, client: PrefectClient, aws: AwsClient | None, pool: PoolObservation,
+    cache: ReadCache, created: datetime | None, now: datetime,
+) -> StaleReading:
+    stale_spec = spec.stale_runs
+    assert stale_spec is not None
+    observed_queues = set(spec.prefect.work_queues)  # the scope observe_pool counted PENDING runs in
+    covered = not observed_queues or set(stale_spec.work_queues or observed_queues) <= observed_queues
+    check = None
+    if aws is not None and spec.ecs is not None and stale_spec.verify_infrastructure:
+        check = EcsInfrastructureCheck(aws, spec.ecs.cluster)
+    try:
+        return await observe_stale_runs(
+            client, stale_spec, pool=spec.prefect.work_pool, queues=list(spec.prefect.work_queues), policy=policy,
+            online_workers=pool.online_workers, memory=cache.recovery, now=now, interval=spec.interval_delta,
+            counting_since=created, infrastructure_check=check, pending_observed=pool.pending if covered else None,
+        )
+    except PrefectError as exc:
+        return StaleReading(failure=Failure(exc.reason, exc.message))
