@@ -20,13 +20,14 @@ import yaml
 
 from prefect_workpool_operator.core import health, job_template, scaling, stale
 from prefect_workpool_operator.core.conditions import Condition, merge_conditions
+from tests.unit import spec_rules
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ARGOCD = REPO / "deploy" / "argocd"
 SCRIPT = (ARGOCD / "health.lua").read_text()
 KEY = "resource.customizations.health.prefectops.dev_PrefectWorkPoolPolicy"
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
-RULES = stale.RecoveryRules(pending_timeout=timedelta(minutes=10), hard_timeout=timedelta(hours=1))
+RULES = spec_rules.recovery(hard_timeout=timedelta(hours=1))
 
 
 @pytest.fixture(params=["lua51", "lua54"])

@@ -9,6 +9,7 @@ from itertools import product
 import pytest
 
 from prefect_workpool_operator.core import scaling
+from tests.unit import spec_rules
 from prefect_workpool_operator.core.scaling import (
     Backlog,
     ScalingMemory,
@@ -22,8 +23,9 @@ from prefect_workpool_operator.core.scaling import (
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 WINDOW = timedelta(minutes=5)
 # No brakes but the window, so each test turns on only the one it is about.
-RULES = ScalingRules(min_workers=1, max_workers=10, backlog_per_worker=5, max_step_up=100, max_step_down=100,
-                     scale_down_stabilization=WINDOW)
+RULES = spec_rules.scaling(1, 10, backlog_per_worker=5, max_step_up=100, max_step_down=100,
+                           scale_down_stabilization=WINDOW, scale_up_cooldown=timedelta(0),
+                           scale_down_cooldown=timedelta(0), include_pending=False)
 # The window has been watched and held nothing above 1.
 CALM = ScalingMemory(history=((NOW - WINDOW + timedelta(seconds=1), 1),))
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefect_workpool_operator.core import stale
+from tests.unit import spec_rules
 from prefect_workpool_operator.core.stale import (
     Claimer,
     InfraReading,
@@ -26,7 +27,7 @@ from prefect_workpool_operator.core.stale import (
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 INTERVAL = timedelta(seconds=30)
-RULES = RecoveryRules(pending_timeout=timedelta(minutes=10), confirm_after=INTERVAL)
+RULES = spec_rules.recovery(confirm_after=INTERVAL)
 ALIVE = InfraReading(Infrastructure.ALIVE)
 STOPPED = InfraReading(Infrastructure.GONE, "task abc STOPPED, stopCode TaskFailedToStart, stoppedReason 'no capacity'")
 MISSING = InfraReading(Infrastructure.GONE, "task unknown to ECS")
@@ -55,7 +56,7 @@ def plan(runs, claimers=None, infra=None, rules=RULES, observations=None, now=NO
 
 @pytest.mark.parametrize("claimer", list(Claimer))
 def test_row_alive_infrastructure_is_hands_off_whoever_claimed(claimer: Claimer) -> None:
-    d = decide(run("r", 600), claimer, ALIVE, RecoveryRules(timedelta(minutes=10), timedelta(hours=1), True), NOW)
+    d = decide(run("r", 600), claimer, ALIVE, spec_rules.recovery(hard_timeout=timedelta(hours=1), hard_timeout_overrides_live_claimer=True), NOW)
     assert (d.reason, d.recover, d.hands_off) == (stale.INFRASTRUCTURE_ALIVE, False, True)
 
 
@@ -69,7 +70,7 @@ def test_row_proven_gone_recovers_naming_the_proof(claimer: Claimer, reading: In
 
 @pytest.mark.parametrize("claimer", list(Claimer))
 def test_row_unknown_infrastructure_holds_even_past_the_hard_timeout(claimer: Claimer) -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
+    rules = spec_rules.recovery(hard_timeout=timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
     d = decide(run("r", 600, claimer="w1"), claimer, UNKNOWN, rules, NOW)
     assert (d.reason, d.hold) == (stale.INFRASTRUCTURE_UNKNOWN, True)
     assert "Throttled" in d.message
@@ -104,7 +105,7 @@ def test_row_unchecked_infrastructure_recovers_only_without_a_reported_task(clai
 def test_hard_timeout_is_opt_in_and_acts_only_without_a_live_claimer() -> None:
     r = run("r", 61, claimer="w1", infrastructure_pid="c::t")
     assert decide(r, Claimer.OFFLINE, NOT_CHECKED, RULES, NOW).reason == stale.INFRASTRUCTURE_UNVERIFIED  # unset
-    hard = RecoveryRules(timedelta(minutes=10), hard_timeout=timedelta(hours=1))
+    hard = spec_rules.recovery(hard_timeout=timedelta(hours=1))
     assert decide(run("r", 59, claimer="w1", infrastructure_pid="c::t"), Claimer.OFFLINE, NOT_CHECKED, hard,
                   NOW).reason == stale.INFRASTRUCTURE_UNVERIFIED
     d = decide(r, Claimer.OFFLINE, NOT_CHECKED, hard, NOW)
@@ -114,7 +115,7 @@ def test_hard_timeout_is_opt_in_and_acts_only_without_a_live_claimer() -> None:
 
 
 def test_overriding_a_live_claimer_needs_the_explicit_opt_in_and_names_the_risk() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
+    rules = spec_rules.recovery(hard_timeout=timedelta(hours=1), hard_timeout_overrides_live_claimer=True)
     young = decide(run("r", 59, claimer="w1"), Claimer.ONLINE, NONE_FOUND, rules, NOW)
     assert young.reason == stale.CLAIMER_ALIVE
     old = decide(run("r", 61, claimer="w1"), Claimer.ONLINE, NONE_FOUND, rules, NOW)
@@ -209,7 +210,7 @@ def test_prefilter_cutoff_admits_runs_claimed_early() -> None:
 
 
 def test_oldest_first_and_batch_limit_defers_the_rest() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), max_per_cycle=2)
+    rules = spec_rules.recovery(max_per_cycle=2)
     p = plan([run("c", 20), run("a", 40), run("b", 30)], rules=rules)
     assert p.reschedule == ["a", "b"]
     assert p.skipped == {stale.BATCH_LIMIT: 1}
@@ -220,28 +221,28 @@ def test_oldest_first_and_batch_limit_defers_the_rest() -> None:
     [(stale.MARK_CRASHED, "mark_crashed"), (stale.CANCEL, "cancel"), (stale.REPORT_ONLY, "report_only")],
 )
 def test_cap_exhaustion_applies_on_exhausted(on_exhausted: str, field: str) -> None:
-    rules = RecoveryRules(timedelta(minutes=10), max_requeues=2, on_exhausted=on_exhausted)
+    rules = spec_rules.recovery(max_requeues=2, on_exhausted=on_exhausted)
     p = plan([run("fresh", 20, requeues=1), run("tired", 20, requeues=2)], rules=rules)
     assert p.reschedule == ["fresh"]
     assert getattr(p, field) == ["tired"] and p.exhausted == ["tired"]
 
 
 def test_zero_requeues_allowed_means_straight_to_on_exhausted() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), max_requeues=0)
+    rules = spec_rules.recovery(max_requeues=0)
     assert plan([run("r", 20)], rules=rules).mark_crashed == ["r"]
 
 
 @pytest.mark.parametrize(("action", "field"), [(stale.MARK_CRASHED, "mark_crashed"), (stale.CANCEL, "cancel"),
                                                (stale.RESCHEDULE, "reschedule"), (stale.REPORT_ONLY, "report_only")])
 def test_each_action(action: str, field: str) -> None:
-    rules = RecoveryRules(timedelta(minutes=10), action=action)
+    rules = spec_rules.recovery(action=action)
     p = plan([run("r", 20, requeues=5)] if action != stale.RESCHEDULE else [run("r", 20)], rules=rules)
     assert getattr(p, field) == ["r"]
     assert p.to_write == (0 if action == stale.REPORT_ONLY else 1)
 
 
 def test_report_only_does_not_consume_the_batch() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY, max_per_cycle=1)
+    rules = spec_rules.recovery(action=stale.REPORT_ONLY, max_per_cycle=1)
     assert len(plan([run(str(i), 20) for i in range(5)], rules=rules).report_only) == 5
 
 
@@ -264,7 +265,7 @@ def test_conditions() -> None:
     assert cond(plan([run("r", 20, infrastructure_pid="c::t")])) == ("Unknown", "InfrastructureUnverified")
     exhausted = plan([run("r", 20, requeues=3)])
     assert cond(exhausted) == ("True", "CapExhausted")
-    report = plan([run("r", 20)], rules=RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY))
+    report = plan([run("r", 20)], rules=spec_rules.recovery(action=stale.REPORT_ONLY))
     assert cond(report) == ("False", "ReportOnly")
 
 
@@ -285,7 +286,7 @@ def test_condition_messages_name_the_proof() -> None:
 READINGS = st.sampled_from([ALIVE, STOPPED, MISSING, NONE_FOUND, UNKNOWN, NOT_CHECKED])
 CLAIMERS = st.sampled_from(list(Claimer))
 RULE_SETS = st.builds(
-    RecoveryRules,
+    spec_rules.recovery,
     pending_timeout=st.just(timedelta(minutes=10)),
     hard_timeout=st.sampled_from([None, timedelta(minutes=15), timedelta(hours=1)]),
     hard_timeout_overrides_live_claimer=st.booleans(),
@@ -379,7 +380,7 @@ def test_window_acts_only_on_two_looked_at_recoverable_readings(n: int, cap: int
     cycle that looked at it, after a recoverable reading in an earlier cycle at least one
     interval before with no hands-off reading between; never more than the cap per cycle,
     and the skipped count names every stale run not looked at as BatchLimit."""
-    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=cap)
+    rules = spec_rules.recovery(confirm_after=INTERVAL, max_per_cycle=cap)
     runs = [run(f"r{i}", 20 + i) for i in range(n)]
     alive = set(online)
     readings = lambda rid, k: Claimer.ONLINE if (int(rid[1:]), k) in alive else Claimer.UNKNOWN  # noqa: E731
@@ -401,7 +402,7 @@ def test_window_acts_only_on_two_looked_at_recoverable_readings(n: int, cap: int
 
 
 def test_window_recovers_everything_in_two_cycles_per_cap() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=2)
+    rules = spec_rules.recovery(confirm_after=INTERVAL, max_per_cycle=2)
     runs = [run(f"r{i}", 20 + i) for i in range(5)]
     written = []
     for _, ids, p in cycles_with_window(runs, lambda rid, k: Claimer.UNKNOWN, rules, 6):
@@ -412,7 +413,7 @@ def test_window_recovers_everything_in_two_cycles_per_cap() -> None:
 
 
 def test_window_puts_awaiting_first_and_hands_off_last() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), confirm_after=INTERVAL, max_per_cycle=2)
+    rules = spec_rules.recovery(confirm_after=INTERVAL, max_per_cycle=2)
     observations = Observations()
     old_alive, old, young = run("old-alive", 50), run("old", 40), run("young", 20)
     plan_recovery([old_alive, young], claimers={"old-alive": Claimer.ONLINE, "young": Claimer.UNKNOWN},
@@ -424,7 +425,7 @@ def test_window_puts_awaiting_first_and_hands_off_last() -> None:
 
 
 def test_window_for_report_only_is_every_stale_run() -> None:
-    rules = RecoveryRules(timedelta(minutes=10), action=stale.REPORT_ONLY, max_per_cycle=1)
+    rules = spec_rules.recovery(action=stale.REPORT_ONLY, max_per_cycle=1)
     assert len(stale.lookup_window([run(str(i), 20) for i in range(5)], Observations(), rules)) == 5
 
 

@@ -66,15 +66,18 @@ _STATUS: dict[str, Status] = {HOLDING: "Unknown", CONFLICT: "False"}  # every ot
 
 @dataclass(frozen=True)
 class ScalingRules:
+    """``scaling`` as the decision reads it; built by ``core.scaling_plan.scaling_rules``
+    (the spec models hold the defaults, so none are repeated here)."""
+
     min_workers: int
     max_workers: int
-    backlog_per_worker: int = 1
-    include_pending: bool = False
-    max_step_up: int = 10  # per cycle
-    max_step_down: int = 1  # per cycle
-    scale_down_stabilization: timedelta = timedelta(minutes=5)
-    scale_up_cooldown: timedelta = timedelta(0)
-    scale_down_cooldown: timedelta = timedelta(0)
+    backlog_per_worker: int
+    include_pending: bool
+    max_step_up: int  # per cycle
+    max_step_down: int  # per cycle
+    scale_down_stabilization: timedelta
+    scale_up_cooldown: timedelta
+    scale_down_cooldown: timedelta
 
     def __post_init__(self) -> None:
         # The CRD validates these too; a core that trusted its input could loop or divide by zero.

@@ -99,14 +99,17 @@ class PendingRun:
 
 @dataclass(frozen=True)
 class RecoveryRules:
+    """``staleRuns`` as the decision reads it; built by ``core.recovery_plan.recovery_rules``
+    (the spec models hold the defaults, so none are repeated here)."""
+
     pending_timeout: timedelta
-    hard_timeout: timedelta | None = None  # opt-in
-    hard_timeout_overrides_live_claimer: bool = False
-    confirm_after: timedelta = timedelta(seconds=30)  # the policy's interval: gap between the two observations
-    action: str = RESCHEDULE
-    max_requeues: int = 3
-    on_exhausted: str = MARK_CRASHED
-    max_per_cycle: int = 50
+    hard_timeout: timedelta | None  # opt-in
+    hard_timeout_overrides_live_claimer: bool
+    confirm_after: timedelta  # the policy's interval: gap between the two observations
+    action: str
+    max_requeues: int
+    on_exhausted: str
+    max_per_cycle: int
 
 
 @dataclass(frozen=True)
