@@ -15,14 +15,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from sandbox.kube import (  # noqa: E402  (needs the path above when run as a script)
-    PID_FILE,
-    LocalControlPlane,
-    pid_alive,
-    read_pid_file,
-    stop_pids,
-    write_pid_file,
-)
+from sandbox.kube import PID_FILE, LocalControlPlane, read_pid_file, write_pid_file  # noqa: E402  (path above)
+from sandbox.processes import pid_alive, stop_pids  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
-from sandbox.kube import LocalControlPlane, build_tools, free_port  # noqa: E402
+from sandbox.kube import LocalControlPlane, build_tools  # noqa: E402
+from sandbox.processes import free_port  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402

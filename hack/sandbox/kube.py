@@ -19,7 +19,6 @@ import pathlib
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -27,19 +26,14 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from functools import partial
 
+from .processes import free_port, stop_pids
+
 BUILD_TOOLS = pathlib.Path(__file__).resolve().parent.parent / "build-tools.sh"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 PID_FILE = "pids.json"
 _PR_SET_PDEATHSIG = 1
 
 Log = Callable[[str], None]
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (racy, but fine on a test box)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_tools() -> pathlib.Path:
@@ -61,44 +55,6 @@ def read_pid_file(path: pathlib.Path) -> dict[str, object] | None:
         return state
     except FileNotFoundError:
         return None
-
-
-def pid_alive(pid: int, name: str) -> bool:
-    """True if `pid` runs and is still `name` (guards against a recycled pid).
-
-    A zombie has an empty cmdline, so it counts as gone.
-    """
-    try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
-    return pathlib.Path(argv0).name.startswith(name)
-
-
-def stop_pids(pids: Mapping[str, int], log: Log = print, grace: float = 5.0) -> None:
-    """In order: SIGTERM the process group, SIGKILL it if still there after `grace` seconds.
-
-    Every component is started as a session leader, so its pid is also its process group id.
-    """
-    for name, pid in pids.items():
-        if not pid_alive(pid, name):
-            continue
-        log(f"stopping {name} (pid {pid})")
-        _killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while pid_alive(pid, name) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid, name):
-            log(f"{name} (pid {pid}) still running after {grace}s; killing it")
-            _killpg(pid, signal.SIGKILL)
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:

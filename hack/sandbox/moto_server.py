@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
-from .processes import stop_process_group
+from .processes import free_port, stop_process_group
 
 LAUNCHER = pathlib.Path(__file__).resolve().with_name("moto_throttle.py")
 
 Log = Callable[[str], object]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MotoServer:
@@ -75,7 +68,7 @@ class MotoServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A free port can be taken before moto binds it: try another one.
         for _ in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             if self._spawn(timeout):
                 return
         raise RuntimeError(f"moto server did not start; last log lines:\n{self._log_tail()}")

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +23,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Self
 
-from .processes import stop_process_group
+from .processes import free_port, stop_process_group
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO_ROOT / "hack" / "prefect-server-requirements.txt"
+LOCK_NAME = ".pwo-build.lock"
 STAMP_NAME = ".requirements.sha256"
 
 Log = Callable[[str], object]
@@ -96,9 +96,10 @@ def ensure_venv(venv_dir: pathlib.Path, requirements: pathlib.Path, what: str, l
     if up_to_date():
         return venv_dir
 
-    # Parallel test processes may all get here; one builds, the others wait.
-    venv_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = venv_dir.parent / f".{venv_dir.name}.lock"
+    # Parallel test processes may all get here; one builds, the others wait. The lock
+    # lives inside the venv dir (``venv`` accepts an existing dir), not beside it in the checkout.
+    venv_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = venv_dir / LOCK_NAME
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if up_to_date():
@@ -134,12 +135,6 @@ def ensure_venv(venv_dir: pathlib.Path, requirements: pathlib.Path, what: str, l
         stamp.write_text(digest + "\n")
         log(f"{what} venv ready in {time.monotonic() - started:.0f}s")
     return venv_dir
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrefectServer:
@@ -219,11 +214,11 @@ class PrefectServer:
         prefect = ensure_prefect_venv(self.venv_dir, log=self.log)
         self.workdir.mkdir(parents=True, exist_ok=True)
         first = self.port is None
-        # A port picked by _free_port can be taken before the server binds it; on a
+        # A port picked by free_port can be taken before the server binds it; on a
         # first start just try another one.
         for attempt in range(3):
             if self.port is None:
-                self.port = _free_port()
+                self.port = free_port()
             if self._spawn(prefect, timeout):
                 return
             if not first or attempt == 2:

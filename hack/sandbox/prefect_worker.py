@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .processes import stop_process_group
+from .processes import kill_process_group, stop_process_group
 from .prefect_server import REPO_ROOT, ensure_venv
 
 REQUIREMENTS = REPO_ROOT / "hack" / "prefect-worker-requirements.txt"
@@ -93,8 +92,7 @@ class PrefectWorker:
     def kill(self) -> None:
         """SIGKILL, like an OOM kill: no stopped event, no clean-up."""
         if self._proc is not None:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
+            kill_process_group(self._proc)
             self._proc = None
 
     def stop(self) -> None:

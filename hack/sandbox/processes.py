@@ -1,4 +1,5 @@
-"""Starting and stopping the sandbox's processes, one way for all of them."""
+"""Process helpers for the sandbox, tests and benchmarks, one way for all of them:
+free loopback ports, and starting, checking and stopping process groups."""
 
 from __future__ import annotations
 
@@ -6,24 +7,77 @@ import contextlib
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+Log = Callable[[str], object]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now (racy, but fine on a test box)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int, name: str) -> bool:
+    """True if `pid` runs and is still `name` (guards against a recycled pid).
+
+    A zombie has an empty cmdline, so it counts as gone.
+    """
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
+    return pathlib.Path(argv0).name.startswith(name)
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a process group; one already gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def kill_process_group(proc: subprocess.Popen[bytes], wait: float = 10.0) -> None:
+    """SIGKILL, like an OOM kill: no clean-up; then reap the leader."""
+    signal_group(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=wait)
+
+
+def stop_pids(pids: Mapping[str, int], log: Log = print, grace: float = 5.0) -> None:
+    """In order: SIGTERM the process group, SIGKILL it if still there after `grace` seconds.
+
+    For processes this Python did not start (a pid file): each was started as a session
+    leader, so its pid is also its process group id.
+    """
+    for name, pid in pids.items():
+        if not pid_alive(pid, name):
+            continue
+        log(f"stopping {name} (pid {pid})")
+        signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while pid_alive(pid, name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid, name):
+            log(f"{name} (pid {pid}) still running after {grace}s; killing it")
+            signal_group(pid, signal.SIGKILL)
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL it after ``grace`` seconds; then make sure
     nothing of the group is left holding a port or a file (a leader can exit first)."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+        signal_group(proc.pid, sig)
         try:
             proc.wait(timeout=wait)
             break
         except subprocess.TimeoutExpired:
             continue
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

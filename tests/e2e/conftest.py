@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from sandbox.kube import LocalControlPlane, free_port
+from sandbox.kube import LocalControlPlane
+from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
 from tests.kubectl import Kubectl
 

@@ -322,7 +322,7 @@ def cycles_done(metrics_url: str, namespace: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def outcome(kubectl: Kubectl, catalogue_ns: str, operator_process, prefect_server, moto, sandbox):
     """Apply every runtime case at once, wait for each to settle; return observations per case."""
-    from sandbox.kube import free_port
+    from sandbox.processes import free_port
 
     ns = kubectl.in_namespace(catalogue_ns)
     with PrefectSeeder(prefect_server.api_url) as seeder, \
@@ -452,7 +452,7 @@ def test_stale_truths_turn_unknown_while_prefect_is_down(kubectl: Kubectl, catal
     service = sandbox.service(cluster)
     with PrefectSeeder(prefect_server.api_url) as seeder:
         seeder.create_ecs_pool(pool)
-    from sandbox.kube import free_port
+    from sandbox.processes import free_port
 
     spec = {"prefect": {"apiUrl": prefect_server.api_url, "workPool": pool, "requestTimeout": "2s"},
             "ecs": {"region": "us-east-1", "cluster": cluster, "service": service, "endpointUrl": moto.endpoint_url},

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sandbox.kube import LocalControlPlane, build_tools, free_port
+from sandbox.kube import LocalControlPlane, build_tools
+from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
 from sandbox.prefect_seed import PrefectSeeder, late_state
 from tests.conftest import BASIC_AUTH, unique

@@ -8,7 +8,6 @@ import contextlib
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -23,7 +22,7 @@ import yaml
 
 from prefect_workpool_operator.kube_api import client_for
 from prefect_workpool_operator.leader import LeaseElector
-from sandbox.processes import operator_process, stop_process_group
+from sandbox.processes import kill_process_group, operator_process, stop_process_group
 from tests.conftest import unique
 from tests.kubectl import Kubectl, wait_for
 
@@ -126,8 +125,7 @@ def test_two_replicas_one_acts_and_fails_over(kubectl: Kubectl, namespace: str, 
 
         # SIGKILL: the standby takes over once the lease (15 s) has run out, plus one try (2 s).
         killed_at = time.time()
-        os.killpg(leader.proc.pid, signal.SIGKILL)
-        leader.proc.wait(timeout=10)
+        kill_process_group(leader.proc)
         wait_for(lambda: holder(ns, lease) == standby.pod, timeout=40, interval=0.2, what="standby holds the Lease")
         FIGURES["sigkill_lease_s"] = time.time() - killed_at
         wait_for(lambda: standby.cycles(), timeout=20, what="standby cycles")
@@ -205,8 +203,7 @@ def test_shards_split_policies_and_relabel_hands_over(kubectl: Kubectl, namespac
                   "green": "prefect-workpool-operator-green"}
         before = {shard: holder(ns, lease) for shard, lease in leases.items()}
         blue_leader = next(r for r in reps if r.pod == before["blue"])
-        os.killpg(blue_leader.proc.pid, signal.SIGKILL)
-        blue_leader.proc.wait(timeout=10)
+        kill_process_group(blue_leader.proc)
         other_blue = next(r for r in reps if r.shard == "blue" and r is not blue_leader)
         wait_for(lambda: holder(ns, leases["blue"]) == other_blue.pod, timeout=40, what="blue fails over")
         assert {shard: holder(ns, lease) for shard, lease in leases.items() if shard != "blue"} == {

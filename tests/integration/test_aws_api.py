@@ -34,7 +34,7 @@ from prefect_workpool_operator import aws
 from prefect_workpool_operator.core import infrastructure
 from prefect_workpool_operator.aws import AwsClient, AwsCredentials, AwsError, EcsInfrastructureCheck
 from prefect_workpool_operator.core.stale import InfraReading, Infrastructure, PendingRun
-from sandbox.kube import free_port
+from sandbox.processes import free_port
 from sandbox.moto_server import MotoServer
 from tests.ecs_sandbox import REGION, EcsSandbox
 

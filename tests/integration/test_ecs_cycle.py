@@ -10,7 +10,7 @@ import pytest
 
 from prefect_workpool_operator.core import infrastructure
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
-from sandbox.kube import free_port
+from sandbox.processes import free_port
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, default_ecs_base_job_template, late_state, utcnow
 from tests.ecs_sandbox import REGION, EcsSandbox

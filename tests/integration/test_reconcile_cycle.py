@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
-from sandbox.kube import free_port
+from sandbox.processes import free_port
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from tests.integration.recovery_helpers import NoSecrets
 
