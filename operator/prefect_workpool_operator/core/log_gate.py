@@ -7,7 +7,7 @@ again) is news and is logged in full again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -22,11 +22,10 @@ class LogGate:
     _key: str | None = None
     _last: datetime | None = None
     _repeats: int = 0
-    _since: datetime | None = field(default=None)
 
     def decide(self, key: str, now: datetime) -> Verdict:
         if key != self._key:
-            self._key, self._last, self._repeats, self._since = key, now, 0, now
+            self._key, self._last, self._repeats = key, now, 0
             return "full"
         self._repeats += 1
         if self._last is None or now - self._last >= self.reminder:
@@ -41,5 +40,5 @@ class LogGate:
 
     def clear(self) -> None:
         """The failure is over: the next one is news."""
-        self._key = self._last = self._since = None
+        self._key = self._last = None
         self._repeats = 0
