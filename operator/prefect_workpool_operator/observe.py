@@ -19,6 +19,8 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import httpx
+
 from .aws import AwsClient, AwsError, EcsInfrastructureCheck
 from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
 from .concurrent_reads import gather_or_cancel
@@ -32,8 +34,6 @@ from .models import PolicySpec
 from .prefect_api import PrefectClient, PrefectError
 from .prefect_http import PrefectHttp
 from .recovery import RecoveryMemory, observe_stale_runs
-
-import httpx
 
 AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
 MIN_DEADLINE = timedelta(seconds=60)  # a short interval must not cut off a slow but working Prefect
@@ -67,13 +67,14 @@ async def observe_policy(
     deadline = max(spec.interval_delta, MIN_DEADLINE).total_seconds()
     try:
         async with asyncio.timeout(deadline):
-            return await _observe(spec, namespace, generation, policy, created, secrets, http, prefect, aws, cache, now)
+            return await _observe(spec, namespace=namespace, generation=generation, policy=policy, created=created,
+                                  secrets=secrets, http=http, prefect=prefect, aws=aws, cache=cache, now=now)
     except TimeoutError:
         raise OperatorError(health.UNREACHABLE, f"The cycle's reads did not finish within {deadline:.0f}s.") from None
 
 
 async def _observe(
-    spec: PolicySpec, namespace: str, generation: int | None, policy: str, created: datetime | None,
+    spec: PolicySpec, *, namespace: str, generation: int | None, policy: str, created: datetime | None,
     secrets: SecretReader, http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, aws: AwsConnection,
     cache: ReadCache, now: datetime,
 ) -> Observed:

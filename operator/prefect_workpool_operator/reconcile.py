@@ -86,7 +86,7 @@ async def run_cycle(
         if rival is not None:
             conditions = [Condition(health.READY, "False", claims.CONFLICT, claims.conflict_message(rival))]
         else:
-            conditions, figures, acted = await _cycle(spec, meta, http, secrets, runtime, now)
+            conditions, figures, acted = await _cycle(spec, meta, http=http, secrets=secrets, runtime=runtime, now=now)
 
     retired = retired_conditions(spec)
     conditions += unobserved(previous, conditions, retired, f"{conditions[0].reason}. {conditions[0].message}")
@@ -110,6 +110,7 @@ async def run_cycle(
 async def _cycle(
     spec: PolicySpec,
     meta: Mapping[str, Any],
+    *,
     http: httpx.AsyncClient | PrefectHttp,
     secrets: SecretReader,
     runtime: PolicyRuntime,
