@@ -209,16 +209,19 @@ async def recover_stale_runs(
     if not recovered:
         return RecoveryOutcome(condition, figures, writes=writes)
     sample = [i for ids in changed.values() for i in ids][:SAMPLE_SIZE]
+    written = {i for ids in changed.values() for i in ids}
+    reasons = Counter(plan.decisions[i].reason for i in written)
     last = {
         "time": format_time(now),
         "rescheduled": len(changed.get(stale.RESCHEDULE, [])),
         "crashed": len(changed.get(stale.MARK_CRASHED, [])),
         "cancelled": len(changed.get(stale.CANCEL, [])),
         "runIds": sample,
+        "exhausted": sum(1 for i in plan.exhausted if i in written),
+        "reasons": dict(sorted(reasons.items())),
     }
     verbs = [f"{last['rescheduled']} rescheduled", f"{last['crashed']} marked Crashed", f"{last['cancelled']} cancelled"]
     summary = ", ".join(v for v in verbs if not v.startswith("0 "))
-    reasons = Counter(plan.decisions[i].reason for ids in changed.values() for i in ids)
     why = "; ".join(f"{n} {reason}: {plan.example(reason)}" for reason, n in sorted(reasons.items()))
     skipped = sum(plan.skipped.values()) + moved_on
     event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary} ({why})" + (
