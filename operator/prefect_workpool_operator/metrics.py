@@ -72,14 +72,14 @@ class OperatorMetrics:
         if stale:
             self.stale.labels(*key).set(stale.get("stale", 0))
             self.recovered.labels(*key).inc(stale.get("recovered", 0))
-        last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
-        for action in ("rescheduled", "crashed", "cancelled"):
-            if last.get(action):
-                self.changed.labels(*key, action).inc(last[action])
-        for reason, count in (last.get("reasons") or {}).items():
-            self.recovered_by_reason.labels(*key, reason).inc(count)
-        if last.get("exhausted"):
-            self.exhausted.labels(*key).inc(last["exhausted"])
+            # Counters start at 0 with recovery, not at their first run: rate() and increase()
+            # cannot see a series' first value, so a first increment would go unnoticed.
+            last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
+            for action in ("rescheduled", "crashed", "cancelled"):
+                self.changed.labels(*key, action).inc(last.get(action, 0))
+            for reason, count in (last.get("reasons") or {}).items():
+                self.recovered_by_reason.labels(*key, reason).inc(count)
+            self.exhausted.labels(*key).inc(last.get("exhausted", 0))
         self._conditions(key, status.get("conditions") or [])
 
     def _conditions(self, key: tuple[str, str, str], conditions: list[Mapping[str, Any]]) -> None:
@@ -104,8 +104,8 @@ class OperatorMetrics:
 
     def record_aws_budget(self, meta: Mapping[str, Any], refused: int) -> None:
         """Calls the spent AWS call budget refused this cycle (the cycle counts once)."""
-        if refused:
-            self.aws_budget_exhausted.labels(str(meta.get("namespace", "")), str(meta.get("name", ""))).inc()
+        counter = self.aws_budget_exhausted.labels(str(meta.get("namespace", "")), str(meta.get("name", "")))
+        counter.inc(1 if refused else 0)  # created at 0 on the first cycle, for increase()
 
     def forget(self, meta: Mapping[str, Any]) -> None:
         """A deleted policy's series go away."""
