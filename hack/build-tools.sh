@@ -14,8 +14,8 @@ build() { # name module-dir package [ldflags] [build tags]
   key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags" "$tags"; } | sha256sum | cut -c1-12)
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
-    echo ">> building $name from $pkg (first run only; kube-apiserver takes ~7 min on 2 cores," \
-      "promtool ~TBD min)" >&2
+    echo ">> building $name from $pkg (first run only; on 2 cores kube-apiserver takes ~7 min," \
+      "promtool ~2.5 min, helm and etcd a few)" >&2
     local start=$SECONDS
     # Progress for the long build: a dot a minute on stderr. It stops within a second of
     # the flag file going, so no stray `sleep` holds the caller's pipe open.
@@ -56,6 +56,14 @@ build helm helm $hp/cmd/helm \
 # promtool never needs here (it still links Kubernetes discovery), which shortens the cold build.
 prom_version=$(sed -n 's/^[[:space:]]*github.com\/prometheus\/prometheus \(v[0-9.]*\).*/\1/p' "$here/tools/promtool/go.mod" | head -1)
 [ -n "$prom_version" ] || { echo "!! no prometheus version in tools/promtool/go.mod" >&2; exit 1; }
+# The Go module v0.316.0 is Prometheus 3.16.0 (v0.<major><2-digit minor>.<patch>).
+prom_mm=${prom_version#v0.}; prom_mm=${prom_mm%%.*}
+prom_release="${prom_mm:0:1}.$((10#${prom_mm:1})).${prom_version##*.}"
 build promtool promtool github.com/prometheus/prometheus/cmd/promtool \
-  "-X github.com/prometheus/common/version.Version=$prom_version" remove_all_sd
+  "-X github.com/prometheus/common/version.Version=$prom_release" remove_all_sd
+# helm-docs writes the chart README from the commented values.yaml (`make chart-docs`);
+# the tests check the README has not drifted. The version is what its footer prints.
+hd_version=$(sed -n 's/^[[:space:]]*github.com\/norwoodj\/helm-docs \(v[0-9.]*\).*/\1/p' "$here/tools/helm-docs/go.mod" | head -1)
+[ -n "$hd_version" ] || { echo "!! no helm-docs version in tools/helm-docs/go.mod" >&2; exit 1; }
+build helm-docs helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "-X main.version=${hd_version#v}"
 echo "$cache"
