@@ -225,7 +225,7 @@ def test_metrics(helm: str, tmp_path: pathlib.Path, metrics: dict[str, Any], exp
     if "ServiceMonitor" in expected:
         monitor = objs["ServiceMonitor"]
         assert monitor["spec"]["endpoints"] == [
-            {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+            {"port": "http-metrics", "path": "/metrics", "honorLabels": True, "interval": "30s", "scrapeTimeout": "10s"}]
         # It selects exactly the metrics Service.
         assert monitor["spec"]["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
         assert monitor["metadata"]["labels"].get("release") == metrics["serviceMonitor"].get("labels", {}).get("release")
