@@ -35,6 +35,9 @@ import yaml
 from sandbox.kube import LocalControlPlane, build_tools, free_port
 from sandbox.processes import operator_process as run_operator
 from sandbox.prefect_seed import PrefectSeeder, late_state
+from tests.chart_monitoring import (
+    alert_expressions, dashboard_expressions, exported_names, label_matchers, metric_names, render_rules,
+)
 from tests.conftest import BASIC_AUTH, unique
 from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
 
@@ -239,6 +242,18 @@ def assert_crd_upgrade_path(k: Kubectl, helm: Helm) -> None:
         k("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crds)
 
 
+def assert_alerts_and_dashboard_read_what_is_exported(page: str, helm: Helm) -> None:
+    """Every series the chart's alerts and dashboard query is on this real /metrics page, and
+    every label they match on is on its samples (where the page has samples of it)."""
+    exported = exported_names(page)
+    queries = [*alert_expressions(render_rules(helm.binary)).values(), *dashboard_expressions().values()]
+    used = set().union(*(metric_names(q) for q in queries)) - {"up"}
+    assert used and used <= set(exported), used - set(exported)
+    for metric, label, _ in set().union(*(label_matchers(q) for q in queries)):
+        if exported[metric] and label != "job":  # job: the target's label, set by Prometheus
+            assert label in exported[metric], (metric, label)
+
+
 # -- tests ---------------------------------------------------------------------------------------
 
 
@@ -304,7 +319,9 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             with urllib.request.urlopen(urls["liveness"], timeout=5) as probe:
                 assert probe.status == 200
             with urllib.request.urlopen(urls["metrics"], timeout=5) as scrape:
-                assert f'namespace="{team}"' in scrape.read().decode()
+                page = scrape.read().decode()
+            assert f'namespace="{team}"' in page
+            assert_alerts_and_dashboard_read_what_is_exported(page, helm)
             # A spec edit is seen through the watch and reconciled (patch + status patch again).
             ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
             wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")
