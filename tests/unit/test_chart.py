@@ -438,3 +438,12 @@ def test_kind_script_parses() -> None:
     script = REPO / "hack" / "kind-deploy.sh"
     assert script.stat().st_mode & 0o111, "executable"
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_irsa_role_annotates_the_service_account(helm: str, tmp_path: pathlib.Path) -> None:
+    arn = "arn:aws:iam::123456789012:role/prefect-workpool-operator"
+    docs = render(helm, {"aws": {"irsaRoleArn": arn}, "serviceAccount": {"annotations": {"team": "platform"}}}, tmp_path)
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn, "team": "platform"}
+    assert "annotations" not in next(d for d in render(helm) if d["kind"] == "ServiceAccount")["metadata"]
+    assert template(helm, {"aws": {"irsaRoleArn": "not-an-arn"}}, tmp_path).returncode != 0
