@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -242,6 +243,21 @@ def assert_crd_upgrade_path(k: Kubectl, helm: Helm) -> None:
         k("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crds)
 
 
+def assert_helm_test_passes_on(urls: dict[str, str], helm: Helm, release_name: str, namespace: str) -> None:
+    """The `helm test` Pod's own script, as installed, run here against the real operator's
+    endpoints (this control plane runs no Pods); it fails when an endpoint does not answer."""
+    hooks = [d for d in yaml.safe_load_all(helm.run("get", "hooks", release_name, "-n", namespace).stdout) if d]
+    (pod,) = [d for d in hooks if d["kind"] == "Pod"]
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][:2] == ["python", "-c"] and {e["name"] for e in c["env"]} == {"HEALTH_URL", "METRICS_URL"}
+    env = {**os.environ, "HEALTH_URL": urls["liveness"], "METRICS_URL": urls["metrics"], "ATTEMPTS": "3"}
+    passed = subprocess.run([sys.executable, "-c", c["command"][2]], env=env, capture_output=True, text=True, timeout=60)
+    assert passed.returncode == 0 and passed.stdout.count("ok: ") == 2, passed.stdout + passed.stderr
+    dead = {**env, "METRICS_URL": f"http://127.0.0.1:{free_port()}/metrics", "ATTEMPTS": "1"}
+    failed = subprocess.run([sys.executable, "-c", c["command"][2]], env=dead, capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0 and "failed: " in failed.stderr
+
+
 def assert_alerts_and_dashboard_read_what_is_exported(page: str, helm: Helm) -> None:
     """Every series the chart's alerts and dashboard query is on this real /metrics page, and
     every label they match on is on its samples (where the page has samples of it)."""
@@ -322,6 +338,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
                 page = scrape.read().decode()
             assert f'namespace="{team}"' in page
             assert_alerts_and_dashboard_read_what_is_exported(page, helm)
+            assert_helm_test_passes_on(urls, helm, name, rel_ns)
             # A spec edit is seen through the watch and reconciled (patch + status patch again).
             ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
             wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")
