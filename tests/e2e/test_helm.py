@@ -542,3 +542,27 @@ def test_replicas_and_shards_release(cluster: Kubectl, helm: Helm, prefect_serve
         for deployment in shard_names.values():
             assert can_i(sa, "update", f"{LEASES}/{deployment}", "-n", rel_ns)
         assert not can_i(sa, "update", f"{LEASES}/{fullname}-red", "-n", rel_ns)
+
+
+@pytest.mark.parametrize("values_file", ["ha-shards-values.yaml", "locked-down-values.yaml", "namespaced-values.yaml"])
+def test_ci_values_install(cluster: Kubectl, helm: Helm, values_file: str) -> None:
+    """The chart's ci/ value sets are accepted by a real API server (NetworkPolicy, topology
+    spread, volumes, PDBs...). The monitoring set needs prometheus-operator's CRDs, which this
+    control plane does not have; its objects are checked offline (tests/unit/test_alerts.py)."""
+    rel_ns = unique("pwo")
+    path = CHART / "ci" / values_file
+    watched = yaml.safe_load(path.read_text()).get("watchNamespaces", [])
+    existing = [n for n in watched if cluster.run("get", "namespace", n, check=False).returncode == 0]
+    with namespaces(cluster, rel_ns, *[n for n in watched if n not in existing]), \
+            release(helm, "pwo", rel_ns, "-f", str(path)):
+        installed = kinds(helm.manifest("pwo", rel_ns))
+        for kind, name, namespace in installed:
+            args = ["get", kind.lower(), name] + (["-n", namespace] if namespace else [])
+            assert cluster.run(*args, check=False).returncode == 0, (kind, name)
+        if values_file == "locked-down-values.yaml":
+            assert ("NetworkPolicy", "pwo-prefect-workpool-operator", rel_ns) in installed
+            deployment = cluster.in_namespace(rel_ns).get_json("deployment", "pwo-prefect-workpool-operator")
+            assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+                "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        if values_file == "ha-shards-values.yaml":
+            assert sum(1 for kind, _, _ in installed if kind == "PodDisruptionBudget") == 3
