@@ -55,6 +55,9 @@ chart-docs: tools ## regenerate the chart README's values table from the comment
 	"$$(hack/build-tools.sh | tail -1)/helm-docs" --chart-search-root charts --template-files README.md.gotmpl \
 		--sort-values-order file --log-level warning
 
+release: venv tools ## package a release in dist/: chart, wheel, image (where docker/podman/buildah exists), SHA256SUMS (DRAFT=1: undated changelog ok)
+	hack/release.sh
+
 bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed and the fleet (before/after)
 	$(BIN)/python bench/recovery_write_race.py
 	$(BIN)/python bench/recovery_fleet.py
