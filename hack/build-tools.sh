@@ -15,7 +15,7 @@ build() { # name module-dir package [ldflags] [build tags]
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
     echo ">> building $name from $pkg (first run only; on 2 cores kube-apiserver takes ~7 min," \
-      "promtool ~2.5 min, helm and etcd a few)" >&2
+      "promtool ~2.5 min, helm-docs ~1 min, helm and etcd a few)" >&2
     local start=$SECONDS
     # Progress for the long build: a dot a minute on stderr. It stops within a second of
     # the flag file going, so no stray `sleep` holds the caller's pipe open.
