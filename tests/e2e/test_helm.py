@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -566,3 +567,47 @@ def test_ci_values_install(cluster: Kubectl, helm: Helm, values_file: str) -> No
                 "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         if values_file == "ha-shards-values.yaml":
             assert sum(1 for kind, _, _ in installed if kind == "PodDisruptionBudget") == 3
+
+
+def test_upgrading_md_scaling_mode_off_to_disabled(cluster: Kubectl, tmp_path: pathlib.Path) -> None:
+    """UPGRADING.md's 0.2.0 procedure on a real API server: a policy stored with `mode: Off` under
+    the 0.1 schema (the chart's CRD with 0.1's enum), the new CRD applied, the documented patch."""
+    crd_text = (CHART / "crds" / f"{CRD_NAME}.yaml").read_text()
+    old = yaml.safe_load(crd_text)
+    mode = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["scaling"][
+        "properties"]["mode"]
+    assert mode["enum"] == ["DesiredCount", "CloudWatchMetric", "Disabled"]
+    mode["enum"] = ["DesiredCount", "CloudWatchMetric", "Off"]  # 0.1's
+    team = unique("team")
+
+    def manifest(name: str, value: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy", "metadata": {"name": name},
+            "spec": {"prefect": {"apiUrl": "http://127.0.0.1:1/api", "workPool": "p"},
+                     "scaling": {"mode": value, "minWorkers": 0, "maxWorkers": 2}},
+        })
+
+    try:
+        cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(old))
+        with namespaces(cluster, team):
+            ns = cluster.in_namespace(team)
+            wait_for(lambda: ns.run("apply", "-f", "-", stdin=manifest("report-only", "Off"), check=False).returncode == 0,
+                     timeout=30, what="the 0.1 schema in force")
+            refused = ns.run("apply", "-f", "-", stdin=manifest("early", "Disabled"), check=False)
+            assert refused.returncode != 0, "0.1's schema must refuse Disabled: the patch comes after the new CRD"
+            # The listing step (UPGRADING.md uses jq on the same JSON).
+            listed = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in cluster.get_json("pwpp", "-A")["items"]
+                      if p["spec"].get("scaling", {}).get("mode") == "Off"]
+            assert f"{team}/report-only" in listed
+            if shutil.which("jq"):  # the exact filter UPGRADING.md gives
+                jq = subprocess.run(["jq", "-r", '.items[] | select(.spec.scaling.mode == "Off") | '
+                                     '"\\(.metadata.namespace)/\\(.metadata.name)"'],
+                                    input=cluster("get", "pwpp", "-A", "-o", "json"), capture_output=True, text=True)
+                assert jq.returncode == 0 and jq.stdout.split() == listed, jq.stdout + jq.stderr
+            cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_text)
+            wait_for(lambda: ns.run("apply", "-f", "-", stdin=manifest("new", "Off"), check=False).returncode != 0,
+                     timeout=30, what="the 0.2 schema in force (Off refused)")
+            ns("patch", "pwpp", "report-only", "--type=merge", "-p", '{"spec":{"scaling":{"mode":"Disabled"}}}')
+            assert ns.get_json("pwpp", "report-only")["spec"]["scaling"]["mode"] == "Disabled"
+    finally:
+        cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_text)
