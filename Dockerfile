@@ -15,7 +15,10 @@ RUN /opt/venv/bin/pip install --constraint constraints.txt . \
  && /opt/venv/bin/python -c "import prefect_workpool_operator.handlers"
 
 FROM ${PYTHON_IMAGE}
+# The release's version (make release passes it); it matches pyproject.toml and the chart's appVersion.
+ARG VERSION=dev
 LABEL org.opencontainers.image.title="prefect-workpool-operator" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.description="Kubernetes operator that keeps Prefect work pools on AWS ECS healthy" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/venv /opt/venv

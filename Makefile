@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHART := charts/prefect-workpool-operator
 
-.PHONY: help venv test unit integration e2e lint crds docs chart bench bench-fleet demo cluster-up cluster-down tools run \
+.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs release bench bench-fleet demo cluster-up cluster-down tools run \
 	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP) ## create .venv with the operator and test dependencies (pinned by constraints.txt)
 
-tools: ## build (once, cached) kube-apiserver, etcd and helm from Go modules
+tools: ## build (once, cached) kube-apiserver, etcd, helm, promtool and helm-docs from Go modules
 	hack/build-tools.sh
 
 test: venv tools ## all tests: lint contracts, unit, integration (real Prefect), e2e (real kube-apiserver)
@@ -47,9 +47,16 @@ crds: venv ## regenerate crds/ (and the chart's copy) and docs/policy-reference.
 
 docs: crds ## regenerate the generated docs (same as crds)
 
-chart: venv tools ## lint the chart and run its tests (rendering, schema, Argo CD health check)
+chart: venv tools ## lint the chart and run its tests (rendering, every ci/ and example values file, schema, alerts, dashboard, README drift)
 	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
-	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py
+	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py tests/unit/test_alerts.py tests/unit/test_dashboard.py
+
+chart-docs: tools ## regenerate the chart README's values table from the comments in values.yaml (helm-docs)
+	"$$(hack/build-tools.sh | tail -1)/helm-docs" --chart-search-root charts --template-files README.md.gotmpl \
+		--sort-values-order file --log-level warning
+
+release: venv tools ## package a release in dist/: chart, wheel, image (where docker/podman/buildah exists), SHA256SUMS (DRAFT=1: undated changelog ok)
+	hack/release.sh
 
 bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed and the fleet (before/after)
 	$(BIN)/python bench/recovery_write_race.py

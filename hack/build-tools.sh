@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and helm from the Go modules pinned under hack/tools/ and
+# Builds kube-apiserver, etcd, helm, promtool and helm-docs from the Go modules pinned under hack/tools/ and
 # caches the binaries, keyed by a hash of each tools module, so only the first run pays.
 # Prints the directory holding the binaries on its last line.
 set -euo pipefail
@@ -7,21 +7,22 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${PWO_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/prefect-workpool-operator/bin}
 mkdir -p "$cache"
 
-build() { # name module-dir package [ldflags]
-  local name=$1 dir=$2 pkg=$3 ldflags=${4:-}
+build() { # name module-dir package [ldflags] [build tags]
+  local name=$1 dir=$2 pkg=$3 ldflags=${4:-} tags=${5:-}
   local key
-  # ldflags are part of the key: they carry the versions the binary reports.
-  key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags"; } | sha256sum | cut -c1-12)
+  # ldflags and tags are part of the key: they carry the versions the binary reports.
+  key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags" "$tags"; } | sha256sum | cut -c1-12)
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
-    echo ">> building $name from $pkg (first run only; kube-apiserver takes ~7 min on 2 cores)" >&2
+    echo ">> building $name from $pkg (first run only; on 2 cores kube-apiserver takes ~7 min," \
+      "promtool ~2.5 min, helm-docs ~1 min, helm and etcd a few)" >&2
     local start=$SECONDS
     # Progress for the long build: a dot a minute on stderr. It stops within a second of
     # the flag file going, so no stray `sleep` holds the caller's pipe open.
     local flag; flag=$(mktemp)
     ( n=0; while [ -e "$flag" ]; do sleep 1; n=$((n + 1)); [ $((n % 60)) -ne 0 ] || printf '.' >&2; done ) &
     local ticker=$!
-    ( cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp.$$" "$pkg" ) \
+    ( cd "$here/tools/$dir" && CGO_ENABLED=0 go build -trimpath -tags "$tags" -ldflags "-s -w $ldflags" -o "$out.tmp.$$" "$pkg" ) \
       || { rm -f "$flag"; wait "$ticker"; echo "!! build of $name failed" >&2; exit 1; }
     rm -f "$flag"; wait "$ticker" || true
     mv -f "$out.tmp.$$" "$out"  # per-process temp: concurrent builds (two checkouts) never clobber each other
@@ -50,4 +51,19 @@ build helm helm $hp/cmd/helm \
   "-X $hp/internal/version.version=$helm_version -X $hp/pkg/chartutil.k8sVersionMajor=1 \
    -X $hp/pkg/chartutil.k8sVersionMinor=$client_minor -X $hp/pkg/lint/rules.k8sVersionMajor=1 \
    -X $hp/pkg/lint/rules.k8sVersionMinor=$client_minor"
+# promtool (`promtool test rules` / `check rules` for the chart's alerts and dashboard). The
+# remove_all_sd tag is Prometheus's own switch that leaves out the cloud service discoveries
+# promtool never needs here (it still links Kubernetes discovery), which shortens the cold build.
+prom_version=$(sed -n 's/^[[:space:]]*github.com\/prometheus\/prometheus \(v[0-9.]*\).*/\1/p' "$here/tools/promtool/go.mod" | head -1)
+[ -n "$prom_version" ] || { echo "!! no prometheus version in tools/promtool/go.mod" >&2; exit 1; }
+# The Go module v0.316.0 is Prometheus 3.16.0 (v0.<major><2-digit minor>.<patch>).
+prom_mm=${prom_version#v0.}; prom_mm=${prom_mm%%.*}
+prom_release="${prom_mm:0:1}.$((10#${prom_mm:1})).${prom_version##*.}"
+build promtool promtool github.com/prometheus/prometheus/cmd/promtool \
+  "-X github.com/prometheus/common/version.Version=$prom_release" remove_all_sd
+# helm-docs writes the chart README from the commented values.yaml (`make chart-docs`);
+# the tests check the README has not drifted. The version is what its footer prints.
+hd_version=$(sed -n 's/^[[:space:]]*github.com\/norwoodj\/helm-docs \(v[0-9.]*\).*/\1/p' "$here/tools/helm-docs/go.mod" | head -1)
+[ -n "$hd_version" ] || { echo "!! no helm-docs version in tools/helm-docs/go.mod" >&2; exit 1; }
+build helm-docs helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "-X main.version=${hd_version#v}"
 echo "$cache"

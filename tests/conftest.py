@@ -64,3 +64,28 @@ def sandbox(moto: MotoServer):
     from tests.ecs_sandbox import EcsSandbox
 
     return EcsSandbox(moto)
+
+
+# -- every AWS operation the operator makes, against the IAM policies in deploy/iam/ ------------
+
+from tests.aws_operations import LOG as AWS_OPERATIONS, all_granted  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    AWS_OPERATIONS.install()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Any run, whole or partial: an operation the operator made that no policy grants fails it.
+    (That a policy grants nothing unused is tested per mode: tests/integration/test_iam_policies.py.)"""
+    used = AWS_OPERATIONS.actions()
+    if session.config.cache is not None:
+        session.config.cache.set("pwo/aws-operations", sorted(used))
+    missing = used - all_granted()
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"AWS operations the operator made that no policy in deploy/iam/ grants: "
+                                f"{sorted(missing)} (docs/iam.md)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,6 +1,6 @@
 """Kubernetes operator that keeps Prefect work pools on AWS ECS healthy."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 GROUP = "prefectops.dev"
 VERSION = "v1alpha1"

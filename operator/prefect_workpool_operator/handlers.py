@@ -279,6 +279,7 @@ async def reconcile(
         failed += unobserved(body.status.get("conditions"), failed, frozenset(), failed[0].message)
         patch.status["conditions"] = merge_conditions(body.status.get("conditions"), failed, now, generation)
         patch.status["lastReconcileTime"] = format_time(datetime.now(timezone.utc))
+        memo.metrics.record_failure(meta, "InternalError")
         return
     if outcome.spec is not None and _not_ready(outcome.status):
         # Whatever failed (a refused or missing key, a bad value), the next cycle reads the Secrets afresh.
@@ -288,6 +289,7 @@ async def reconcile(
     memo.metrics.record_cycle(meta, body.spec, outcome.status, time.monotonic() - started)
     if runtime.ecs.client is not None:
         memo.metrics.record_aws_calls(runtime.ecs.take_call_counts())
+        memo.metrics.record_aws_budget(meta, runtime.ecs.client.budget.refused)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 

@@ -25,6 +25,17 @@ class OperatorMetrics:
         self.recommended = Gauge("pwo_scaling_recommended_workers", "Workers the backlog wants, within bounds.", POLICY, registry=r)
         self.stale = Gauge("pwo_stale_runs", "Runs PENDING longer than pendingTimeout in the last cycle.", POLICY, registry=r)
         self.recovered = Counter("pwo_runs_recovered", "Stale runs changed by the operator.", POLICY, registry=r)
+        # The same runs split two ways (status.lastRecovery): the state given, and why each was recoverable.
+        self.changed = Counter("pwo_runs_changed", "Stale runs changed, by action (rescheduled, crashed, cancelled).",
+                               (*POLICY, "action"), registry=r)
+        self.recovered_by_reason = Counter(
+            "pwo_runs_recovered_by_reason", "Stale runs changed, by why (TaskGone, ClaimerGone, HardTimeout...).",
+            (*POLICY, "reason"), registry=r)
+        self.exhausted = Counter("pwo_runs_exhausted", "Runs past maxRequeuesPerRun given onExhausted (MarkCrashed...).",
+                                 POLICY, registry=r)
+        self.aws_budget_exhausted = Counter(
+            "pwo_aws_call_budget_exhausted", "Cycles whose AWS call budget ran out (some calls were not made).",
+            ("namespace", "policy"), registry=r)
         self.condition = Gauge("pwo_condition", "1 for each condition's current status.", (*POLICY, "type", "status", "reason"), registry=r)
         self.duration = Histogram("pwo_reconcile_duration_seconds", "Time of one reconcile cycle.", ("namespace", "policy"),
                                   registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -61,6 +72,14 @@ class OperatorMetrics:
         if stale:
             self.stale.labels(*key).set(stale.get("stale", 0))
             self.recovered.labels(*key).inc(stale.get("recovered", 0))
+            # Counters start at 0 with recovery, not at their first run: rate() and increase()
+            # cannot see a series' first value, so a first increment would go unnoticed.
+            last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
+            for action in ("rescheduled", "crashed", "cancelled"):
+                self.changed.labels(*key, action).inc(last.get(action, 0))
+            for reason, count in (last.get("reasons") or {}).items():
+                self.recovered_by_reason.labels(*key, reason).inc(count)
+            self.exhausted.labels(*key).inc(last.get("exhausted", 0))
         self._conditions(key, status.get("conditions") or [])
 
     def _conditions(self, key: tuple[str, str, str], conditions: list[Mapping[str, Any]]) -> None:
@@ -79,10 +98,20 @@ class OperatorMetrics:
             if count:
                 self.aws_requests.labels(operation).inc(count)
 
+    def record_failure(self, meta: Mapping[str, Any], reason: str) -> None:
+        """A cycle that ended before it had a status (an unexpected error) still counts as failed."""
+        self.errors.labels(str(meta.get("namespace", "")), str(meta.get("name", "")), reason).inc()
+
+    def record_aws_budget(self, meta: Mapping[str, Any], refused: int) -> None:
+        """Calls the spent AWS call budget refused this cycle (the cycle counts once)."""
+        counter = self.aws_budget_exhausted.labels(str(meta.get("namespace", "")), str(meta.get("name", "")))
+        counter.inc(1 if refused else 0)  # created at 0 on the first cycle, for increase()
+
     def forget(self, meta: Mapping[str, Any]) -> None:
         """A deleted policy's series go away."""
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         for metric in (self.runs, self.workers, self.ecs_tasks, self.recommended, self.stale, self.recovered,
+                       self.changed, self.recovered_by_reason, self.exhausted, self.aws_budget_exhausted,
                        self.condition, self.duration, self.errors):
             for labels in list(metric._metrics):  # noqa: SLF001
                 if labels[:2] == (ns, name):

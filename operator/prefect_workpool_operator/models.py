@@ -515,6 +515,11 @@ class LastRecovery(_Model):
     run_ids: list[RunId] = Field(
         default_factory=list, max_length=10, description="Up to 10 of the changed runs' ids."
     )
+    exhausted: int = Field(default=0, ge=0, description="Of these, runs past maxRequeuesPerRun (given onExhausted).")
+    reasons: dict[str, int] = Field(
+        default_factory=dict, max_length=8,
+        description="Changed runs by why they were recoverable (TaskGone, ClaimerGone, HardTimeout...).",
+    )
 
 
 class ScalingChange(_Model):

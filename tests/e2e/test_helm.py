@@ -22,7 +22,9 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +38,9 @@ from sandbox.kube import LocalControlPlane, build_tools
 from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
 from sandbox.prefect_seed import PrefectSeeder, late_state
+from tests.chart_monitoring import (
+    alert_expressions, dashboard_expressions, exported_names, label_matchers, metric_names, render_rules,
+)
 from tests.conftest import BASIC_AUTH, unique
 from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
 
@@ -240,6 +245,33 @@ def assert_crd_upgrade_path(k: Kubectl, helm: Helm) -> None:
         k("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crds)
 
 
+def assert_helm_test_passes_on(urls: dict[str, str], helm: Helm, release_name: str, namespace: str) -> None:
+    """The `helm test` Pod's own script, as installed, run here against the real operator's
+    endpoints (this control plane runs no Pods); it fails when an endpoint does not answer."""
+    hooks = [d for d in yaml.safe_load_all(helm.run("get", "hooks", release_name, "-n", namespace).stdout) if d]
+    (pod,) = [d for d in hooks if d["kind"] == "Pod"]
+    (c,) = pod["spec"]["containers"]
+    assert c["command"][:2] == ["python", "-c"] and {e["name"] for e in c["env"]} == {"HEALTH_URL", "METRICS_URL"}
+    env = {**os.environ, "HEALTH_URL": urls["liveness"], "METRICS_URL": urls["metrics"], "ATTEMPTS": "3"}
+    passed = subprocess.run([sys.executable, "-c", c["command"][2]], env=env, capture_output=True, text=True, timeout=60)
+    assert passed.returncode == 0 and passed.stdout.count("ok: ") == 2, passed.stdout + passed.stderr
+    dead = {**env, "METRICS_URL": f"http://127.0.0.1:{free_port()}/metrics", "ATTEMPTS": "1"}
+    failed = subprocess.run([sys.executable, "-c", c["command"][2]], env=dead, capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0 and "failed: " in failed.stderr
+
+
+def assert_alerts_and_dashboard_read_what_is_exported(page: str, helm: Helm) -> None:
+    """Every series the chart's alerts and dashboard query is on this real /metrics page, and
+    every label they match on is on its samples (where the page has samples of it)."""
+    exported = exported_names(page)
+    queries = [*alert_expressions(render_rules(helm.binary)).values(), *dashboard_expressions().values()]
+    used = set().union(*(metric_names(q) for q in queries)) - {"up"}
+    assert used and used <= set(exported), used - set(exported)
+    for metric, label, _ in set().union(*(label_matchers(q) for q in queries)):
+        if exported[metric] and label != "job":  # job: the target's label, set by Prometheus
+            assert label in exported[metric], (metric, label)
+
+
 # -- tests ---------------------------------------------------------------------------------------
 
 
@@ -305,7 +337,10 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             with urllib.request.urlopen(urls["liveness"], timeout=5) as probe:
                 assert probe.status == 200
             with urllib.request.urlopen(urls["metrics"], timeout=5) as scrape:
-                assert f'namespace="{team}"' in scrape.read().decode()
+                page = scrape.read().decode()
+            assert f'namespace="{team}"' in page
+            assert_alerts_and_dashboard_read_what_is_exported(page, helm)
+            assert_helm_test_passes_on(urls, helm, name, rel_ns)
             # A spec edit is seen through the watch and reconciled (patch + status patch again).
             ns("patch", "pwpp", "etl", "--type=merge", "-p", '{"spec":{"interval":"20s"}}')
             wait_for(lambda: ns.get_json("pwpp", "etl")["status"]["observedGeneration"] == 2, what="generation 2")
@@ -509,3 +544,71 @@ def test_replicas_and_shards_release(cluster: Kubectl, helm: Helm, prefect_serve
         for deployment in shard_names.values():
             assert can_i(sa, "update", f"{LEASES}/{deployment}", "-n", rel_ns)
         assert not can_i(sa, "update", f"{LEASES}/{fullname}-red", "-n", rel_ns)
+
+
+@pytest.mark.parametrize("values_file", ["ha-shards-values.yaml", "locked-down-values.yaml", "namespaced-values.yaml"])
+def test_ci_values_install(cluster: Kubectl, helm: Helm, values_file: str) -> None:
+    """The chart's ci/ value sets are accepted by a real API server (NetworkPolicy, topology
+    spread, volumes, PDBs...). The monitoring set needs prometheus-operator's CRDs, which this
+    control plane does not have; its objects are checked offline (tests/unit/test_alerts.py)."""
+    rel_ns = unique("pwo")
+    path = CHART / "ci" / values_file
+    watched = yaml.safe_load(path.read_text()).get("watchNamespaces", [])
+    existing = [n for n in watched if cluster.run("get", "namespace", n, check=False).returncode == 0]
+    with namespaces(cluster, rel_ns, *[n for n in watched if n not in existing]), \
+            release(helm, "pwo", rel_ns, "-f", str(path)):
+        installed = kinds(helm.manifest("pwo", rel_ns))
+        for kind, name, namespace in installed:
+            args = ["get", kind.lower(), name] + (["-n", namespace] if namespace else [])
+            assert cluster.run(*args, check=False).returncode == 0, (kind, name)
+        if values_file == "locked-down-values.yaml":
+            assert ("NetworkPolicy", "pwo-prefect-workpool-operator", rel_ns) in installed
+            deployment = cluster.in_namespace(rel_ns).get_json("deployment", "pwo-prefect-workpool-operator")
+            assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
+                "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        if values_file == "ha-shards-values.yaml":
+            assert sum(1 for kind, _, _ in installed if kind == "PodDisruptionBudget") == 3
+
+
+def test_upgrading_md_scaling_mode_off_to_disabled(cluster: Kubectl, tmp_path: pathlib.Path) -> None:
+    """UPGRADING.md's 0.2.0 procedure on a real API server: a policy stored with `mode: Off` under
+    the 0.1 schema (the chart's CRD with 0.1's enum), the new CRD applied, the documented patch."""
+    crd_text = (CHART / "crds" / f"{CRD_NAME}.yaml").read_text()
+    old = yaml.safe_load(crd_text)
+    mode = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["scaling"][
+        "properties"]["mode"]
+    assert mode["enum"] == ["DesiredCount", "CloudWatchMetric", "Disabled"]
+    mode["enum"] = ["DesiredCount", "CloudWatchMetric", "Off"]  # 0.1's
+    team = unique("team")
+
+    def manifest(name: str, value: str) -> str:
+        return yaml.safe_dump({
+            "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy", "metadata": {"name": name},
+            "spec": {"prefect": {"apiUrl": "http://127.0.0.1:1/api", "workPool": "p"},
+                     "scaling": {"mode": value, "minWorkers": 0, "maxWorkers": 2}},
+        })
+
+    try:
+        cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=yaml.safe_dump(old))
+        with namespaces(cluster, team):
+            ns = cluster.in_namespace(team)
+            wait_for(lambda: ns.run("apply", "-f", "-", stdin=manifest("report-only", "Off"), check=False).returncode == 0,
+                     timeout=30, what="the 0.1 schema in force")
+            refused = ns.run("apply", "-f", "-", stdin=manifest("early", "Disabled"), check=False)
+            assert refused.returncode != 0, "0.1's schema must refuse Disabled: the patch comes after the new CRD"
+            # The listing step (UPGRADING.md uses jq on the same JSON).
+            listed = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in cluster.get_json("pwpp", "-A")["items"]
+                      if p["spec"].get("scaling", {}).get("mode") == "Off"]
+            assert f"{team}/report-only" in listed
+            if shutil.which("jq"):  # the exact filter UPGRADING.md gives
+                jq = subprocess.run(["jq", "-r", '.items[] | select(.spec.scaling.mode == "Off") | '
+                                     '"\\(.metadata.namespace)/\\(.metadata.name)"'],
+                                    input=cluster("get", "pwpp", "-A", "-o", "json"), capture_output=True, text=True)
+                assert jq.returncode == 0 and jq.stdout.split() == listed, jq.stdout + jq.stderr
+            cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_text)
+            wait_for(lambda: ns.run("apply", "-f", "-", stdin=manifest("new", "Off"), check=False).returncode != 0,
+                     timeout=30, what="the 0.2 schema in force (Off refused)")
+            ns("patch", "pwpp", "report-only", "--type=merge", "-p", '{"spec":{"scaling":{"mode":"Disabled"}}}')
+            assert ns.get_json("pwpp", "report-only")["spec"]["scaling"]["mode"] == "Disabled"
+    finally:
+        cluster("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_text)

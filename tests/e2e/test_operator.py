@@ -176,6 +176,10 @@ def test_scaling_and_recovery_on_ecs(kubectl: Kubectl, namespace: str, operator_
     for text in ("AwsConnected", "Scaling", "ScaledUp", "desiredCount 1 -> 3"):
         assert text in described, described
     assert re.search(r"Infrastructure Alive:\s+1\n", described), described
+    wide = ns("get", "pwpp", "ecs", "-o", "wide").splitlines()
+    columns = dict(zip(wide[0].split(), wide[1].split()))
+    assert (columns["MODE"], columns["DESIRED"]) == ("DesiredCount", "3") and columns["RUNNING"].isdigit(), wide
+    assert re.fullmatch(r"\d+[smh]", columns["RECOVERED"]), wide  # an age: when runs were last recovered
     metrics = httpx.get(operator_process.metrics_url).text
     assert f'pwo_worker_service_tasks{{count="desired",namespace="{namespace}",policy="ecs",pool="{pool}"}} 3.0' in metrics
     assert 'pwo_aws_requests_total{operation="DescribeServices"}' in metrics

@@ -53,6 +53,8 @@ async def test_stale_runs_are_requeued_and_workers_pick_them_up(
     assert (outcome.condition.status, outcome.condition.reason) == ("True", "Recovered")
     assert outcome.figures["stale"] == 5 and outcome.figures["recovered"] == 5
     assert sorted(outcome.last_recovery["runIds"]) == sorted(old)
+    # No claimer, no infrastructure: each is recoverable as ClaimerGone; none reached the cap.
+    assert outcome.last_recovery["reasons"] == {"ClaimerGone": 5} and outcome.last_recovery["exhausted"] == 0
     assert len(Recorder.writes(recorder.since(mark))) == 1  # one bulk call for five runs
     message = seeder.read_run(old[0])["state"]["message"]
     assert "prefectops.dev policy ns/policy" in message
@@ -84,6 +86,7 @@ async def test_requeue_cap_survives_an_operator_restart(
 
     assert {s for s in states(seeder, runs).values()} == {("CRASHED", "Crashed")}
     assert second.condition.reason == "CapExhausted" and second.figures["exhausted"] == 3
+    assert second.last_recovery["exhausted"] == 3 and second.last_recovery["crashed"] == 3
     # The restarted operator's total comes from Prefect's Requeued events, not from memory.
     assert first.figures["totalRecovered"] == 3 and second.figures["totalRecovered"] == 3
 

@@ -53,14 +53,19 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
 
 
-def render(helm: str, values: dict[str, Any] | None = None, tmp: pathlib.Path | None = None) -> list[dict[str, Any]]:
-    proc = template(helm, values, tmp)
+def render(helm: str, values: dict[str, Any] | None = None, tmp: pathlib.Path | None = None,
+           hooks: bool = False) -> list[dict[str, Any]]:
+    """The release's objects; with ``hooks``, also the `helm test` hook's."""
+    proc = template(helm, values, tmp, hooks)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def template(helm: str, values: dict[str, Any] | None, tmp: pathlib.Path | None) -> subprocess.CompletedProcess[str]:
+def template(helm: str, values: dict[str, Any] | None, tmp: pathlib.Path | None,
+             hooks: bool = True) -> subprocess.CompletedProcess[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    if not hooks:
+        args.append("--no-hooks")
     if values is not None:
         assert tmp is not None
         path = tmp / "values.yaml"
@@ -225,7 +230,7 @@ def test_metrics(helm: str, tmp_path: pathlib.Path, metrics: dict[str, Any], exp
     if "ServiceMonitor" in expected:
         monitor = objs["ServiceMonitor"]
         assert monitor["spec"]["endpoints"] == [
-            {"port": "http-metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+            {"port": "http-metrics", "path": "/metrics", "honorLabels": True, "interval": "30s", "scrapeTimeout": "10s"}]
         # It selects exactly the metrics Service.
         assert monitor["spec"]["selector"]["matchLabels"].items() <= objs["Service"]["metadata"]["labels"].items()
         assert monitor["metadata"]["labels"].get("release") == metrics["serviceMonitor"].get("labels", {}).get("release")
@@ -347,6 +352,15 @@ def test_no_wildcards_and_no_destructive_verbs(helm: str, tmp_path: pathlib.Path
         ({"metrics": {"port": 8081}}, "metrics.port and operator.livenessPort must differ"),
         ({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}, "serviceMonitor.enabled needs metrics.enabled"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        ({"metrics": {"enabled": False}, "prometheusRule": {"enabled": True}}, "prometheusRule.enabled needs metrics.enabled"),
+        ({"metrics": {"enabled": False}, "grafanaDashboard": {"enabled": True}}, "grafanaDashboard.enabled needs metrics.enabled"),
+        ({"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}}, "disabledAlerts"),
+        ({"prometheusRule": {"failingCyclesRatio": 2}}, "failingCyclesRatio"),
+        ({"networkPolicy": {"aws": {"ports": []}}}, "ports"),
+        ({"networkPolicy": {"prefect": {"to": [{"cidr": "10.0.0.0/8"}], "ports": [443]}}}, "cidr"),
+        ({"topologySpreadConstraints": [{"maxSkew": 1}]}, "topologySpreadConstraints"),
+        ({"extraVolumeMounts": [{"name": "ca"}]}, "mountPath"),
+        ({"tests": {"enable": True}}, "enable"),
     ],
     ids=lambda v: json.dumps(v, separators=(",", ":")) if isinstance(v, dict) else "",
 )
@@ -385,11 +399,57 @@ def documented_paths() -> tuple[list[str], list[str]]:
 def test_every_value_is_documented() -> None:
     paths, undocumented = documented_paths()
     assert len(paths) > 30 and undocumented == []
-    readme = (CHART / "README.md").read_text()
-    top_sections = {p for p in paths if p.count(".") <= 2 and not p.startswith(("resources.", "podSecurityContext."))}
-    missing = [p for p in sorted(top_sections) if f"`{p}`" not in readme and not any(
-        q.startswith(p + ".") for q in top_sections)]
-    assert missing == [], "not in the chart README's values table"
+
+
+def helm_docs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(build_tools() / "helm-docs"), "--chart-search-root", str(CHART.parent), "--template-files", "README.md.gotmpl",
+         "--sort-values-order", "file", "--log-level", "warning", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_chart_readme_is_generated_from_the_values() -> None:
+    """The README's values table is helm-docs' rendering of values.yaml's comments (`make chart-docs`)."""
+    proc = helm_docs("--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (CHART / "README.md").read_text(), "the chart README is out of date: run `make chart-docs`"
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| Key")]
+    assert len(rows) > 60
+    assert not [r for r in rows if r.rstrip().endswith("|  |") or r.rstrip().endswith("| |")], "a value without a description"
+
+
+# -- every values file in examples/ and ci/ lints and renders ---------------------------------------------
+
+VALUES_FILES = sorted([*(CHART / "ci").glob("*.yaml"), *(REPO / "examples").glob("*/values*.yaml")])
+
+
+def values_file_problems(helm: str, path: pathlib.Path) -> list[str]:
+    """`helm lint --strict` and `helm template`: lint alone reports a failing `fail` of the
+    chart's validate template as [INFO] and passes, so the file is rendered too."""
+    problems = []
+    lint = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(path))
+    if lint.returncode != 0 or "[WARNING]" in lint.stdout or "[ERROR]" in lint.stdout:
+        problems.append(f"lint: {lint.stdout}{lint.stderr}")
+    rendered = run_helm(helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", KUBE_VERSION, "-f", str(path))
+    if rendered.returncode != 0:
+        problems.append(f"template: {rendered.stderr}")
+    return problems
+
+
+@pytest.mark.parametrize("path", VALUES_FILES, ids=[str(p.relative_to(REPO)) for p in VALUES_FILES])
+def test_values_file_lints_and_renders(helm: str, path: pathlib.Path) -> None:
+    assert len(VALUES_FILES) >= 6
+    assert values_file_problems(helm, path) == []
+
+
+def test_lint_alone_passes_what_the_validate_template_rejects(helm: str, tmp_path: pathlib.Path) -> None:
+    """Why values files are rendered as well: helm lint passes a file the chart refuses to install."""
+    bad = tmp_path / "values.yaml"
+    bad.write_text(yaml.safe_dump({"metrics": {"port": 8081}}))  # the liveness port too
+    assert run_helm(helm, "lint", "--strict", str(CHART), "-f", str(bad)).returncode == 0
+    problems = values_file_problems(helm, bad)
+    assert len(problems) == 1 and "must differ" in problems[0]
 
 
 def test_schema_accepts_the_defaults_and_the_readme_examples() -> None:
@@ -438,3 +498,81 @@ def test_kind_script_parses() -> None:
     script = REPO / "hack" / "kind-deploy.sh"
     assert script.stat().st_mode & 0o111, "executable"
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_irsa_role_annotates_the_service_account(helm: str, tmp_path: pathlib.Path) -> None:
+    arn = "arn:aws:iam::123456789012:role/prefect-workpool-operator"
+    docs = render(helm, {"aws": {"irsaRoleArn": arn}, "serviceAccount": {"annotations": {"team": "platform"}}}, tmp_path)
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": arn, "team": "platform"}
+    assert "annotations" not in next(d for d in render(helm) if d["kind"] == "ServiceAccount")["metadata"]
+    assert template(helm, {"aws": {"irsaRoleArn": "not-an-arn"}}, tmp_path).returncode != 0
+
+
+def test_network_policy(helm: str, tmp_path: pathlib.Path) -> None:
+    assert not [d for d in render(helm) if d["kind"] == "NetworkPolicy"]  # opt-in
+    (policy,) = [d for d in render(helm, {"networkPolicy": {"enabled": True}}, tmp_path) if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prefect-workpool-operator",
+                                                  "app.kubernetes.io/instance": RELEASE}
+    egress = [(sorted((p["port"], p["protocol"]) for p in rule["ports"]), rule.get("to")) for rule in spec["egress"]]
+    assert egress == [
+        ([(443, "TCP"), (6443, "TCP")], None), ([(443, "TCP"), (4200, "TCP")], None), ([(443, "TCP")], None),
+        ([(53, "TCP"), (53, "UDP")], [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]),
+    ]
+    # Nothing else comes in than scrapes of the metrics port, and the helm test Pod.
+    assert [r["ports"] for r in spec["ingress"]] == [
+        [{"port": "http-metrics", "protocol": "TCP"}],
+        [{"port": "liveness", "protocol": "TCP"}, {"port": "http-metrics", "protocol": "TCP"}]]
+    test_pod = next(d for d in render(helm, hooks=True) if d["kind"] == "Pod")
+    allowed = spec["ingress"][1]["from"][0]["podSelector"]["matchLabels"]
+    assert allowed.items() <= test_pod["metadata"]["labels"].items()
+
+    locked = yaml.safe_load((CHART / "ci" / "locked-down-values.yaml").read_text())
+    (policy,) = [d for d in render(helm, locked, tmp_path) if d["kind"] == "NetworkPolicy"]
+    rules = policy["spec"]["egress"]
+    assert rules[0] == {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}]}
+    assert rules[2]["to"] == [{"ipBlock": {"cidr": "10.0.128.0/24"}}]
+    assert policy["spec"]["ingress"][0]["from"] == locked["networkPolicy"]["metricsFrom"]
+
+
+def test_topology_spread_selects_each_shards_replicas(helm: str, tmp_path: pathlib.Path) -> None:
+    spread = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    own = {**spread, "labelSelector": {"matchLabels": {"team": "x"}}}
+    docs = render(helm, {"shards": ["blue"], "topologySpreadConstraints": [spread, own]}, tmp_path)
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]
+        first, second = pod["spec"]["topologySpreadConstraints"]
+        assert first == {**spread, "labelSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}}
+        assert first["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert second == own  # a selector given is kept
+
+
+def test_extra_volumes_and_mounts(helm: str, tmp_path: pathlib.Path) -> None:
+    docs = render(helm, {"extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                         "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}]}, tmp_path)
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["volumes"][-1] == {"name": "ca", "configMap": {"name": "corp-ca"}}
+    assert container(docs)["volumeMounts"][-1] == {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(docs)["volumeMounts"]
+
+
+def test_helm_test_hook(helm: str, tmp_path: pathlib.Path) -> None:
+    hooks = [d for d in render(helm, hooks=True) if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    service, pod = sorted(hooks, key=lambda d: d["kind"] != "Service")
+    assert service["kind"] == "Service" and pod["kind"] == "Pod"
+    assert int(service["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0  # before the Pod
+    # The Service reaches the default shard's operator Pods on both ports.
+    deployment = next(d for d in render(helm) if d["kind"] == "Deployment")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8081, "liveness"), (8080, "http-metrics")}
+    (c,) = pod["spec"]["containers"]
+    assert c["image"] == container(render(helm))["image"]  # the operator's image: nothing else to pull
+    assert {e["name"]: e["value"] for e in c["env"]} == {
+        "HEALTH_URL": f"http://{FULLNAME}-test:8081/healthz", "METRICS_URL": f"http://{FULLNAME}-test:8080/metrics"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["automountServiceAccountToken"] is False
+    # Without metrics only the health check; off altogether with tests.enabled false.
+    (c,) = next(d for d in render(helm, {"metrics": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Pod")["spec"]["containers"]
+    assert [e["name"] for e in c["env"]] == ["HEALTH_URL"]
+    assert not [d for d in render(helm, {"tests": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Pod"]

@@ -57,10 +57,13 @@ def test_conditions_are_a_map_keyed_by_type_and_status_is_a_subresource() -> Non
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Pool", "Late", "Pending", "Workers", "Ready", "Reason", "Shard", "Owner", "Age"
+        "Pool", "Late", "Pending", "Workers", "Ready", "Reason", "Mode", "Desired", "Running", "Recovered", "Shard",
+        "Owner", "Age"
     ]
-    # Shard and owner only in `kubectl get -o wide`.
-    assert {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}["Owner"] == 1
+    # Mode, workers, last recovery, shard and owner only in `kubectl get -o wide`.
+    priority = {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}
+    assert {name for name, p in priority.items() if p == 1} == {
+        "Reason", "Mode", "Desired", "Running", "Recovered", "Shard", "Owner"}
 
 
 def test_policy_reference_doc_matches_models() -> None:

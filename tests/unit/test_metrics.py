@@ -50,3 +50,32 @@ def test_aws_calls_are_counted() -> None:
     m.record_aws_calls({"DescribeServices": 1, "DescribeTasks": 0})
     assert 'pwo_aws_requests_total{operation="DescribeServices"} 1.0' in text(m)
     assert "DescribeTasks" not in text(m)
+
+
+def test_recoveries_by_action_reason_and_cap() -> None:
+    m = OperatorMetrics()
+    st = status("True", "Reconciled", recovered=3)
+    st["lastRecovery"] = {"rescheduled": 2, "crashed": 1, "cancelled": 0, "exhausted": 1,
+                          "reasons": {"TaskGone": 2, "ClaimerGone": 1}}
+    m.record_cycle(META, SPEC, st, 0.1)
+    m.record_cycle(META, SPEC, status("True", "Reconciled"), 0.1)  # a quiet cycle adds nothing
+    out = text(m)
+    labels = 'namespace="data",policy="etl",pool="ecs-pool"'
+    assert f'pwo_runs_changed_total{{action="rescheduled",{labels}}} 2.0' in out
+    assert f'pwo_runs_changed_total{{action="crashed",{labels}}} 1.0' in out
+    assert f'pwo_runs_changed_total{{action="cancelled",{labels}}} 0.0' in out  # exists from the start, for increase()
+    assert f'pwo_runs_recovered_by_reason_total{{{labels},reason="TaskGone"}} 2.0' in out
+    assert f'pwo_runs_exhausted_total{{{labels}}} 1.0' in out
+    m.forget(META)
+    assert 'policy="etl"' not in text(m)
+
+
+def test_failed_cycles_and_spent_aws_budget_are_counted() -> None:
+    m = OperatorMetrics()
+    m.record_failure(META, "InternalError")
+    m.record_aws_budget(META, 0)
+    assert 'pwo_aws_call_budget_exhausted_total{namespace="data",policy="etl"} 0.0' in text(m)
+    m.record_aws_budget(META, 3)
+    out = text(m)
+    assert 'pwo_reconcile_errors_total{namespace="data",policy="etl",reason="InternalError"} 1.0' in out
+    assert 'pwo_aws_call_budget_exhausted_total{namespace="data",policy="etl"} 1.0' in out

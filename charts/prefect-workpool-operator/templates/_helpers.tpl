@@ -55,6 +55,12 @@ app.kubernetes.io/part-of: prefect-workpool-operator
 {{- end -}}
 {{- end -}}
 
+{{/* The job label Prometheus gives the operator's target: the metrics Service's name, as a
+ServiceMonitor makes it, unless prometheusRule.job says otherwise (another scrape config). */}}
+{{- define "pwo.metricsJob" -}}
+{{- .Values.prometheusRule.job | default (printf "%s-metrics" (include "pwo.fullname" .)) -}}
+{{- end -}}
+
 {{/* Value combinations the schema cannot express; fail early with a clear message. */}}
 {{- define "pwo.validate" -}}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.operator.livenessPort)) -}}
@@ -62,6 +68,12 @@ app.kubernetes.io/part-of: prefect-workpool-operator
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled" -}}
+{{- end -}}
+{{- if and .Values.prometheusRule.enabled (not .Values.metrics.enabled) -}}
+{{- fail "prometheusRule.enabled needs metrics.enabled (the alerts read the operator's metrics)" -}}
+{{- end -}}
+{{- if and .Values.grafanaDashboard.enabled (not .Values.metrics.enabled) -}}
+{{- fail "grafanaDashboard.enabled needs metrics.enabled (the dashboard reads the operator's metrics)" -}}
 {{- end -}}
 {{- end -}}
 

@@ -121,16 +121,19 @@ def recovery_news(plan: RecoveryPlan, outcome: WriteOutcome, now: datetime) -> R
     if not recovered:
         return None
     sample = [i for ids in changed.values() for i in ids][:SAMPLE_SIZE]
+    written = {i for ids in changed.values() for i in ids}
+    reasons = Counter(plan.decisions[i].reason for i in written)
     last = {
         "time": format_time(now),
         "rescheduled": len(changed.get(stale.RESCHEDULE, [])),
         "crashed": len(changed.get(stale.MARK_CRASHED, [])),
         "cancelled": len(changed.get(stale.CANCEL, [])),
         "runIds": sample,
+        "exhausted": sum(1 for i in plan.exhausted if i in written),
+        "reasons": dict(sorted(reasons.items())),
     }
     verbs = [f"{last['rescheduled']} rescheduled", f"{last['crashed']} marked Crashed", f"{last['cancelled']} cancelled"]
     summary = ", ".join(v for v in verbs if not v.startswith("0 "))
-    reasons = Counter(plan.decisions[i].reason for ids in changed.values() for i in ids)
     why = "; ".join(f"{n} {reason}: {plan.example(reason)}" for reason, n in sorted(reasons.items()))
     skipped = sum(plan.skipped.values()) + outcome.moved_on
     event = f"Recovered {recovered} of {plan.stale} stale PENDING run(s): {summary} ({why})" + (
