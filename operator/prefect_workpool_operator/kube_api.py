@@ -73,9 +73,12 @@ async def credentials(configuration: Configuration) -> dict[str, Any]:
 
 
 def api_client(configuration: Configuration) -> ApiClient:
-    """An ApiClient that never retries on its own: every caller has its own deadline and retry rule."""
+    """An ApiClient that never retries on its own (every caller has its own deadline and retry
+    rule) and has no connection cap: each Secret watch holds a connection for as long as it
+    runs, and a cap (the library's default is 100) would leave Lease renewals waiting behind them."""
     configuration.retries = None
     configuration.client_go_retries = False
+    configuration.connection_pool_maxsize = 0  # aiohttp: no limit
     return ApiClient(configuration)
 
 
