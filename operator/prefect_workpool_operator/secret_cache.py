@@ -4,7 +4,7 @@ A watch starts the first time a cycle reads a Secret of its scope: a whole names
 (``mode="namespace"``: one watch however many Secrets the policies there use) or one
 Secret (``mode="name"``: a ``metadata.name`` field selector, which RBAC ``resourceNames``
 can allow — the chart's ``rbac.secretNames``). It lists, then watches from the list's
-resourceVersion (bookmarks on, the server ends each watch after ``WATCH_SECONDS`` and it
+resourceVersion (bookmarks on; the server ends each watch after ``WATCH_SECONDS`` and it
 resumes from the last version seen); a 410 Gone lists again. While a scope is listed and
 watched its Secrets are served from memory and a change or deletion is seen as soon as the
 event arrives. While it is not (starting, broken, refused by RBAC, ``mode="off"``), a read
@@ -39,7 +39,9 @@ from .kube_api import KubeClient, SecretError
 log = logging.getLogger(__name__)
 
 MODES = ("namespace", "name", "off")
-WATCH_SECONDS = 60  # the server ends each watch after this; a silent dead one is noticed by then + margin
+# The server ends each watch after this (kopf's own watches use the same); a connection that
+# died silently (no reset) is noticed by then + 30 s, and its Secrets are then read with GET.
+WATCH_SECONDS = 300
 REQUEST_SECONDS = 10.0
 LIST_PAGE = 250
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -257,7 +259,7 @@ class SecretCache:
         self.requests["watch"] += 1
         response = await CoreV1Api(self._kube.api).list_namespaced_secret_without_preload_content(
             scope.namespace, watch=True, allow_watch_bookmarks=True, resource_version=scope.resource_version,
-            timeout_seconds=WATCH_SECONDS, _request_timeout=WATCH_SECONDS + 15.0, **self._selector(scope))
+            timeout_seconds=WATCH_SECONDS, _request_timeout=WATCH_SECONDS + 30.0, **self._selector(scope))
         async with response:
             if response.status == 410:
                 raise _Gone()
