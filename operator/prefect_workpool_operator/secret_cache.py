@@ -45,6 +45,7 @@ WATCH_SECONDS = 300
 REQUEST_SECONDS = 10.0
 LIST_PAGE = 250
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+GETS_IN_FLIGHT = 8  # a fleet's first cycles would otherwise open a connection per Secret at once
 FORBIDDEN_RETRY_SECONDS = 300.0  # RBAC without list/watch: GET only, and ask again this often
 
 
@@ -86,6 +87,7 @@ class SecretCache:
         self._reading: dict[tuple[str, str], asyncio.Future[dict[str, str]]] = {}
         self._scopes: dict[tuple[str, str | None], _Scope] = {}
         self.requests: Counter[str] = Counter()  # get / list / watch requests sent (tests, benchmark)
+        self._get_slots = asyncio.Semaphore(GETS_IN_FLIGHT)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -153,13 +155,14 @@ class SecretCache:
 
     async def _get(self, namespace: str, name: str) -> tuple[dict[str, str], int]:
         where = f"Secret {namespace}/{name}"
-        self.requests["get"] += 1
         try:
-            response = await CoreV1Api(self._kube.api).read_namespaced_secret_without_preload_content(
-                name, namespace, _request_timeout=REQUEST_SECONDS)
-            async with response:
-                status = response.status
-                body = await response.read() if status == 200 else b""
+            async with self._get_slots:
+                self.requests["get"] += 1
+                response = await CoreV1Api(self._kube.api).read_namespaced_secret_without_preload_content(
+                    name, namespace, _request_timeout=REQUEST_SECONDS)
+                async with response:
+                    status = response.status
+                    body = await response.read() if status == 200 else b""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: {type(exc).__name__}") from None
         if status == 404:
