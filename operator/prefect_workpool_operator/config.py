@@ -39,11 +39,16 @@ class OperatorConfig:
     # PWO_PREFECT_MAX_CONNECTIONS: connections to Prefect shared by every policy, and so the
     # requests in flight at once; more wait in the operator, within their request timeout.
     prefect_max_connections: int = 50
-    # PWO_SECRET_CACHE_SECONDS: how long a Secret read stays cached; 0 reads it every cycle.
+    # PWO_SECRET_WATCH: how Secrets are kept current (secret_cache.py): "namespace" (one
+    # list+watch per namespace a policy reads a Secret in; RBAC list/watch on Secrets there),
+    # "name" (one watch per Secret, by field selector: RBAC resourceNames can allow it), "off".
+    secret_watch: str = "namespace"
+    # PWO_SECRET_CACHE_SECONDS: while a Secret is not watched (mode off, a watch starting,
+    # broken or refused), how long a GET's answer is used; 0 reads it every cycle.
     secret_cache_seconds: float = 300.0
     # PWO_STATUS_HEARTBEAT_SECONDS: status.lastReconcileTime is refreshed at least this often
     # even when nothing else in the status changed (which is otherwise not written).
-    status_heartbeat_seconds: float = 300.0
+    status_heartbeat_seconds: float = 600.0
     # PWO_SHARD: the shard this process serves: policies labelled prefectops.dev/shard=<it>;
     # empty = the default shard (unlabelled policies and those labelled "default").
     shard: str = ""
@@ -90,8 +95,9 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
         prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
+        secret_watch=_secret_watch(env.get("PWO_SECRET_WATCH", "namespace")),
         secret_cache_seconds=_non_negative(env, "PWO_SECRET_CACHE_SECONDS", "300"),
-        status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "300"),
+        status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "600"),
         shard=shard,
         identity=env.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         leader_election=env.get("PWO_LEADER_ELECTION", "1") not in {"0", "false", "no"},
@@ -115,6 +121,13 @@ def in_shard(labels: dict[str, str] | None, shard: str) -> bool:
     """Whether a policy with these labels belongs to ``shard`` ("" = the default shard)."""
     label = (labels or {}).get(SHARD_LABEL, "")
     return label == shard or (not shard and label == DEFAULT_SHARD) or (shard == DEFAULT_SHARD and not label)
+
+
+def _secret_watch(text: str) -> str:
+    mode = text.strip().lower() or "namespace"
+    if mode not in ("namespace", "name", "off"):
+        raise ValueError("PWO_SECRET_WATCH must be namespace, name or off")
+    return mode
 
 
 def _port(text: str) -> int:

@@ -20,18 +20,19 @@ from .config import in_shard, load_config, quiet_libraries
 from .core import claims, health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions, unobserved
 from .core.durations import parse_duration
-from .kube_api import KubernetesSecrets, client_for
+from .kube_api import KubeClient, credentials, load_configuration
 from .leader import LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
 from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
+from .secret_cache import SecretCache
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
 # An invalid spec has no interval of its own; a spec edit retries at once anyway.
 FALLBACK_INTERVAL = timedelta(seconds=30)
-_connection: list[kopf.ConnectionInfo] = []  # set by the login handler; read when building clients
+_connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
 
@@ -123,30 +124,38 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         event_hooks={"response": [memo.metrics.on_prefect_response]},
     )
     # Per-object memos are shallow copies of this one: a dict here is shared by all
-    # policies, so they share one Secrets reader (built once kopf has logged in).
+    # policies, so they share one Kubernetes client and Secret cache (built once logged in).
     memo.shared = {}
     if ELECTOR is not None:
-        memo.shared["elector"] = asyncio.ensure_future(_elect(ELECTOR, memo.metrics))
+        memo.shared["elector"] = asyncio.ensure_future(_elect(ELECTOR, memo))
 
 
-async def _elect(elector: LeaseElector, metrics: OperatorMetrics) -> None:
+def _kube(memo: kopf.Memo) -> KubeClient | None:
+    """The shared Kubernetes client and Secret cache, on the login's current credentials."""
+    if not _connection:
+        return None
+    kube: KubeClient | None = memo.shared.get("kube")
+    if kube is None:
+        kube = memo.shared["kube"] = KubeClient(_connection[0])
+        memo.shared["secrets"] = SecretCache(kube, mode=CONFIG.secret_watch, fallback_seconds=CONFIG.secret_cache_seconds)
+    else:
+        kube.use(_connection[0])  # kopf logged in again (e.g. a 401): the new credentials from now on
+    return kube
+
+
+async def _elect(elector: LeaseElector, memo: kopf.Memo) -> None:
     """Take part in the shard's election once kopf has logged in (login follows startup)."""
-    while not _connection:
+    while (kube := _kube(memo)) is None:
         await asyncio.sleep(0.1)
-    metrics.leader.labels(CONFIG.shard_name).set(0)
-    login = _connection[0]
-    elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
+    gauge = memo.metrics.leader.labels(CONFIG.shard_name)
+    gauge.set(0)
+    elector.connect(kube)
     election = asyncio.ensure_future(elector.run())
     try:
         while not election.done():  # the gauge follows the role
-            metrics.leader.labels(CONFIG.shard_name).set(1 if elector.is_leader else 0)
+            gauge.set(1 if elector.is_leader else 0)
             await asyncio.wait({election}, timeout=0.5)
-            if _connection and _connection[0] is not login:
-                # kopf logged in again (a rotated ServiceAccount token): use the new credentials.
-                old, login = elector.http, _connection[0]
-                elector.connect(client_for(login, timeout=elector.retry_seconds), login.server)
-                if old is not None:
-                    await old.aclose()
+            _kube(memo)
     finally:
         election.cancel()
 
@@ -158,11 +167,12 @@ def leader_probe(**_: Any) -> dict[str, Any]:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    if info is not None:
-        _connection[:] = [info]
-    return info
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """One login source for kopf and the operator's own client: the official client's loader
+    (in-cluster ServiceAccount, else the kubeconfig)."""
+    configuration = await load_configuration()
+    _connection[:] = [configuration]
+    return kopf.ConnectionInfo(**await credentials(configuration))
 
 
 @kopf.on.cleanup()
@@ -175,10 +185,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.wait({election}, timeout=1.0)
     if ELECTOR is not None:
         await ELECTOR.release()
-        if ELECTOR.http is not None:
-            await ELECTOR.http.aclose()
     if memo.shared.get("secrets") is not None:
         await memo.shared["secrets"].aclose()
+    if memo.shared.get("kube") is not None:
+        await memo.shared["kube"].aclose()
     if memo.get("http") is not None:
         await memo.http.aclose()
 
@@ -242,10 +252,7 @@ async def reconcile(
             await stopped.wait(wait)  # at most one tick, and cut short by deletion or shutdown
             if stopped:
                 return
-    if _connection and memo.shared.get("secrets_login") is not _connection[0]:
-        # First cycle, or kopf logged in again (a rotated ServiceAccount token): new credentials.
-        memo.shared["secrets"] = KubernetesSecrets.from_connection(_connection[0], cache_seconds=CONFIG.secret_cache_seconds)
-        memo.shared["secrets_login"] = _connection[0]
+    _kube(memo)
     started = time.monotonic()
     now = datetime.now(timezone.utc)
     runtime.last_generation = generation
@@ -298,7 +305,7 @@ def _not_ready(status: dict[str, Any]) -> bool:
     return any(c.get("type") == health.READY and c.get("status") != "True" for c in status.get("conditions") or [])
 
 
-def _forget_secrets(secrets: KubernetesSecrets | None, namespace: str, spec: PolicySpec) -> None:
+def _forget_secrets(secrets: SecretCache | None, namespace: str, spec: PolicySpec) -> None:
     """Read the policy's Secrets again next cycle (a fixed or rotated key is picked up at once)."""
     if secrets is None:
         return

@@ -1,12 +1,15 @@
 """Leader election on a ``coordination.k8s.io`` Lease, one per shard (docs/design.md).
 
-controller-runtime's rules, over kopf's ``ConnectionInfo`` and httpx (like kube_api):
+controller-runtime's rules, through the official client's asyncio API (the ``KubeClient``
+the Secret cache uses too):
 
 - every ``retry_seconds`` each replica reads the Lease; the holder renews it, a standby
   takes it only when it is free (empty holder) or when its record has not changed for
   ``leaseDurationSeconds`` *as timed on the standby's own clock* (no clock comparison);
 - every write carries the ``resourceVersion`` read: of two replicas racing for the Lease
-  the API server accepts one and refuses the other (409) — that is the fencing;
+  the API server accepts one and refuses the other (409) — that is the fencing. The leader
+  renews without reading first (client-go's fast path: the Lease it last wrote, with that
+  write's resourceVersion), so renewing costs one request; a 409 falls back to the read;
 - a leader whose last successful renewal was sent more than ``renew_deadline`` ago stops
   acting (``on_lost``) even before it hears from the server, and the renew deadline is
   shorter than the lease, so it has stopped before any standby may take over;
@@ -22,21 +25,22 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
 
-import httpx
+import aiohttp
+from kubernetes.aio.client import ApiException, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
+
+from .kube_api import KubeClient
 
 log = logging.getLogger(__name__)
 
 
-def _now_micro() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # MicroTime
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _problem(exc: Exception) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        code = exc.response.status_code
-        return f"HTTP {code}" + (" Forbidden (RBAC: the Lease's Role)" if code == 403 else "")
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status}" + (" Forbidden (RBAC: the Lease's Role)" if exc.status == 403 else "")
     return type(exc).__name__
 
 
@@ -50,25 +54,22 @@ class LeaseElector:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds, self.renew_deadline, self.retry_seconds = lease_seconds, renew_deadline, retry_seconds
         self._on_lost = on_lost
-        self._http: httpx.AsyncClient | None = None
-        self._server = ""
+        self._kube: KubeClient | None = None
+        self._written_lease: V1Lease | None = None  # what our last successful write returned (fast-path renewal)
         self._renewed_at: float | None = None  # monotonic time the last successful write was *sent*
         self._observed: tuple[Any, ...] | None = None  # the other holder's record as last seen
         self._observed_at = 0.0  # when it was first seen unchanged (our clock)
         self.last_contact: float | None = None  # monotonic time of the last answer from the API server
         self.transitions = 0  # times this replica became leader
 
-    @property
-    def url(self) -> str:
-        return f"{self._server}/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace, safe='')}/leases"
-
-    def connect(self, http: httpx.AsyncClient, server: str) -> None:
-        """Use this client (kopf's credentials) from the next request on."""
-        self._http, self._server = http, server.rstrip("/")
+    def connect(self, kube: KubeClient) -> None:
+        """Use this client (the operator's one login) for every request."""
+        self._kube = kube
 
     @property
-    def http(self) -> httpx.AsyncClient | None:
-        return self._http
+    def _api(self) -> CoordinationV1Api:
+        assert self._kube is not None, "connect() first"
+        return CoordinationV1Api(self._kube.api)
 
     @property
     def is_leader(self) -> bool:
@@ -106,72 +107,83 @@ class LeaseElector:
         self._on_lost()
 
     async def _try_once(self) -> None:
-        assert self._http is not None, "connect() first"
         sent = time.monotonic()
-        response = await self._http.get(f"{self.url}/{quote(self.name, safe='')}")
-        self.last_contact = time.monotonic()
-        if response.status_code == 404:
-            spec = self._spec(None)
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
-            created = await self._http.post(self.url, json=body)
-            self._written(created, sent)
+        if self._renewed_at is not None and self._written_lease is not None:
+            # Fast path: renew what we last wrote; its resourceVersion still fences the write.
+            lease = self._written_lease
+            lease.spec = self._spec(lease.spec)
+            if await self._write(self._api.replace_namespaced_lease(
+                    self.name, self.namespace, lease, _request_timeout=self.retry_seconds), sent):
+                return
+        try:
+            lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.retry_seconds)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.last_contact = time.monotonic()
+            body = V1Lease(api_version="coordination.k8s.io/v1", kind="Lease",
+                           metadata=V1ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(None))
+            await self._write(self._api.create_namespaced_lease(
+                self.namespace, body, _request_timeout=self.retry_seconds), sent)
             return
-        response.raise_for_status()
-        lease = response.json()
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity") or ""
+        self.last_contact = time.monotonic()
+        spec = lease.spec or V1LeaseSpec()
+        holder = spec.holder_identity or ""
         if holder and holder != self.identity:
-            record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"), spec.get("acquireTime"))
+            record = (holder, spec.renew_time, spec.lease_duration_seconds, spec.acquire_time)
             if record != self._observed:
                 self._observed, self._observed_at = record, sent
             if self._renewed_at is not None:
                 self._lose(f"the Lease is held by {holder}")
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
+            duration = float(spec.lease_duration_seconds or self.lease_seconds)
             if sent < self._observed_at + duration:
                 return  # held, and renewed within its duration as far as we can see
-        lease["spec"] = self._spec(spec)
-        updated = await self._http.put(f"{self.url}/{quote(self.name, safe='')}", json=lease)
-        self._written(updated, sent)
+        lease.spec = self._spec(spec)
+        await self._write(self._api.replace_namespaced_lease(
+            self.name, self.namespace, lease, _request_timeout=self.retry_seconds), sent)
 
-    def _spec(self, old: dict[str, Any] | None) -> dict[str, Any]:
-        now = _now_micro()
-        spec = dict(old or {})
-        taking = old is None or (old.get("holderIdentity") or "") != self.identity
-        spec.update(holderIdentity=self.identity, leaseDurationSeconds=int(round(self.lease_seconds)), renewTime=now)
+    def _spec(self, old: V1LeaseSpec | None) -> V1LeaseSpec:
+        now = _now()
+        taking = old is None or (old.holder_identity or "") != self.identity
+        spec = old.model_copy() if old is not None else V1LeaseSpec()
+        spec.holder_identity, spec.lease_duration_seconds, spec.renew_time = self.identity, int(round(self.lease_seconds)), now
         if taking:
-            spec["acquireTime"] = now
-            spec["leaseTransitions"] = int((old or {}).get("leaseTransitions") or 0) + (1 if old else 0)
+            spec.acquire_time = now
+            spec.lease_transitions = int((old.lease_transitions if old else 0) or 0) + (1 if old else 0)
         return spec
 
-    def _written(self, response: httpx.Response, sent: float) -> None:
+    async def _write(self, request: Any, sent: float) -> bool:
+        """Whether the write was accepted (then this replica leads, from ``sent``); 409: someone else wrote."""
+        try:
+            lease = await request
+        except ApiException as exc:
+            self.last_contact = time.monotonic()
+            self._written_lease = None
+            if exc.status == 409:
+                return False  # another replica wrote first (or our fast path was stale): read next
+            raise
         self.last_contact = time.monotonic()
-        if response.status_code == 409:
-            return  # another replica wrote first: it holds the Lease now
-        response.raise_for_status()
         if self._renewed_at is None:
             self.transitions += 1
             log.info("lease %s/%s: %s is leader", self.namespace, self.name, self.identity)
         self._renewed_at = sent
         self._observed = None
+        self._written_lease = lease
+        return True
 
     async def release(self) -> None:
         """Give the Lease up (holder emptied, duration 1 s) so a standby takes it at once."""
-        if self._http is None:
+        if self._kube is None:
             return
         was_leader = self._renewed_at is not None
         self._renewed_at = None
+        self._written_lease = None
         if not was_leader:
             return
-        with contextlib.suppress(httpx.HTTPError):
-            url = f"{self.url}/{quote(self.name, safe='')}"
-            response = await self._http.get(url, timeout=2.0)
-            if response.status_code != 200:
+        with contextlib.suppress(ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=2.0)
+            if lease.spec is None or lease.spec.holder_identity != self.identity:
                 return
-            lease = response.json()
-            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
-                return
-            lease["spec"].update(holderIdentity="", leaseDurationSeconds=1, renewTime=_now_micro())
-            response = await self._http.put(url, json=lease, timeout=2.0)
-            if response.status_code == 200:
-                log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
+            lease.spec.holder_identity, lease.spec.lease_duration_seconds, lease.spec.renew_time = "", 1, _now()
+            await self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=2.0)
+            log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)

@@ -577,7 +577,7 @@ class PolicyStatus(_Model):
     last_reconcile_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description=(
             "End of the cycle that last changed the status; refreshed at least every "
-            "PWO_STATUS_HEARTBEAT_SECONDS (5 min) while cycles run."
+            "PWO_STATUS_HEARTBEAT_SECONDS (10 min) while cycles run."
         ),
     )
     owner: OwnerStatus | None = Field(default=None, description="The shard and the operator pod that cycle the policy.")

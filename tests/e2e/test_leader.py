@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import pathlib
 import re
@@ -15,16 +16,18 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from types import SimpleNamespace
 
 import pytest
 import yaml
+from kubernetes.aio.client import Configuration
+from kubernetes.aio.config import load_kube_config_from_dict
 
-from prefect_workpool_operator.kube_api import client_for
+from prefect_workpool_operator.kube_api import KubeClient
 from prefect_workpool_operator.leader import LeaseElector
 from sandbox.processes import kill_process_group, operator_process, stop_process_group
 from tests.conftest import unique
 from tests.kubectl import Kubectl, wait_for
+from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -214,55 +217,20 @@ def test_shards_split_policies_and_relabel_hands_over(kubectl: Kubectl, namespac
     print("FIGURES", FIGURES)
 
 
-class CuttableProxy:
-    """A TCP proxy to the API server whose cut() partitions its clients: open connections
-    are dropped and new ones accepted but never answered (a network black hole)."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.cut_at: float | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        if self.cut_at is not None:
-            return  # accepted, never answered
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.append(up_writer)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while self.cut_at is None and (data := await src.read(65536)):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        self.cut_at = time.monotonic()
-        for writer in self._writers:
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        self._server.close()
-
-
 def test_partitioned_leader_stops_before_another_can_start(kubectl: Kubectl, namespace: str) -> None:
     """The leader's API-server connection is cut: it stops acting (renew deadline, its own
     clock) before the standby, which still reaches the server, can take the Lease."""
     config = yaml.safe_load(pathlib.Path(kubectl.kubeconfig).read_text())
-    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+    cluster = config["clusters"][0]["cluster"]
     server = urllib.parse.urlsplit(cluster["server"])
 
-    def info(url: str) -> SimpleNamespace:
-        return SimpleNamespace(server=url, insecure=False, ca_path=None, ca_data=cluster["certificate-authority-data"],
-                               certificate_path=None, certificate_data=None, token=user["token"], scheme="Bearer",
-                               username=None, password=None)
+    async def client(url: str) -> KubeClient:
+        """The operator's client, on the test kubeconfig with its server replaced."""
+        changed = copy.deepcopy(config)
+        changed["clusters"][0]["cluster"]["server"] = url
+        configuration = Configuration()
+        await load_kube_config_from_dict(changed, client_configuration=configuration)
+        return KubeClient(configuration)
 
     timings = {"lease_seconds": 6.0, "renew_deadline": 4.0, "retry_seconds": 1.0}
 
@@ -273,8 +241,9 @@ def test_partitioned_leader_stops_before_another_can_start(kubectl: Kubectl, nam
         a = LeaseElector(namespace=namespace, name="partition", identity="a",
                          on_lost=lambda: events.setdefault("a_stopped", time.monotonic()), **timings)
         b = LeaseElector(namespace=namespace, name="partition", identity="b", **timings)
-        a.connect(client_for(info(via_proxy), timeout=timings["retry_seconds"]), via_proxy)
-        b.connect(client_for(info(cluster["server"]), timeout=timings["retry_seconds"]), cluster["server"])
+        kubes = [await client(via_proxy), await client(cluster["server"])]
+        a.connect(kubes[0])
+        b.connect(kubes[1])
         tasks = [asyncio.ensure_future(a.run())]
         try:
             while not a.is_leader:
@@ -296,6 +265,8 @@ def test_partitioned_leader_stops_before_another_can_start(kubectl: Kubectl, nam
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await proxy.close()
+            for kube in kubes:
+                await kube.aclose()
 
     after_cut = asyncio.run(scenario())
     FIGURES.update({f"partition_{k}_s": round(v, 2) for k, v in after_cut.items()})

@@ -99,6 +99,13 @@ def test_missing_secret_then_recovery(kubectl: Kubectl, namespace: str, operator
     dumped = ns("get", "pwpp", "guarded", "-o", "yaml") + ns("get", "events", "-o", "yaml")
     assert "s3cr3t-pass" not in dumped and "wrong-password" not in dumped
 
+    # While Ready, the Secret is served from the operator's watch: a rotation is used by the
+    # next cycle (not after a cache time), and a deletion is SecretNotFound.
+    ns.apply(secret("prefect-auth", "auth-string", "operator:rotated-wrong"))
+    wait_for(ready(ns, "guarded", "False", "Unauthorized"), timeout=45, what="rotated Secret used")
+    ns("delete", "secret", "prefect-auth")
+    wait_for(ready(ns, "guarded", "False", "SecretNotFound"), timeout=45, what="deleted Secret seen")
+
 
 def test_unknown_pool_is_reported(kubectl: Kubectl, namespace: str, operator_process, prefect_server) -> None:
     ns = kubectl.in_namespace(namespace)

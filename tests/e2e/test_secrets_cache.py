@@ -1,48 +1,122 @@
-"""The operator's Secret reader (kube_api.KubernetesSecrets) on a real API server: one GET
-per Secret while cached, both keys from one read, a refused credential read again."""
+"""The operator's Secret cache (secret_cache.SecretCache) on a real API server: list+watch
+per namespace (or per Secret), one GET for both keys of a Secret, a rotated or deleted Secret
+seen without another GET, a broken watch resumed, GET as the fallback."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
+import pathlib
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-import kopf
 import pytest
+import yaml
+from kubernetes.aio.client import Configuration
+from kubernetes.aio.config import load_kube_config, load_kube_config_from_dict
 
 from prefect_workpool_operator.core import health
-from prefect_workpool_operator.kube_api import KubernetesSecrets, SecretError
+from prefect_workpool_operator.core.secret_values import Use
+from prefect_workpool_operator.kube_api import KubeClient, SecretError, credentials, load_configuration, read_secret_for
+from prefect_workpool_operator.secret_cache import SecretCache
 from tests.conftest import unique
 from tests.e2e.test_operator import secret
 from tests.kubectl import Kubectl
+from tests.tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.e2e
+KEYS = ("aws-access-key-id", "aws-secret-access-key")
+
+
+async def kube_client(kubeconfig: str, server: str | None = None) -> KubeClient:
+    configuration = Configuration()
+    if server is None:
+        await load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config = copy.deepcopy(yaml.safe_load(pathlib.Path(kubeconfig).read_text()))
+        config["clusters"][0]["cluster"]["server"] = server
+        await load_kube_config_from_dict(config, client_configuration=configuration)
+    return KubeClient(configuration)
 
 
 @pytest.fixture
-async def secrets(kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("KUBECONFIG", os.fspath(kubectl.kubeconfig))
-    info = kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
-    assert info is not None
-    reader = KubernetesSecrets.from_connection(info, cache_seconds=600)
-    yield reader
-    await reader.aclose()
+async def kube(kubectl: Kubectl) -> AsyncIterator[KubeClient]:
+    client = await kube_client(kubectl.kubeconfig)
+    yield client
+    await client.aclose()
 
 
-async def test_both_keys_come_from_one_get_and_stay_cached(kubectl: Kubectl, namespace: str, secrets) -> None:
+@pytest.fixture
+async def secrets(kube: KubeClient) -> AsyncIterator[SecretCache]:
+    cache = SecretCache(kube, fallback_seconds=600)
+    yield cache
+    await cache.aclose()
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    """Wait for a condition (an async or plain callable returning a truthy value)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def aws_secret(ns: Kubectl, name: str, key_id: str, key: str) -> None:
+    ns.apply(secret(name, KEYS[0], key_id))
+    ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[1]}":"{key}"}}}}')
+
+
+async def read_both(cache: SecretCache, namespace: str, name: str) -> list[str]:
+    return list(await asyncio.gather(*(cache.read_secret_key(namespace, name, k) for k in KEYS)))
+
+
+async def test_one_get_then_the_watch_serves_rotations_and_deletions(kubectl: Kubectl, namespace: str, secrets) -> None:
     ns = kubectl.in_namespace(namespace)
     name = unique("aws")
-    ns.apply(secret(name, "aws-access-key-id", "AKIAFIRST"))
-    ns.run("patch", "secret", name, "--type=merge", "-p", '{"stringData":{"aws-secret-access-key":"first-secret"}}')
-    values = await asyncio.gather(*(secrets.read_secret_key(namespace, name, key)
-                                    for key in ("aws-access-key-id", "aws-secret-access-key") * 10))
-    assert values[:2] == ["AKIAFIRST", "first-secret"] and secrets.gets == 1
+    aws_secret(ns, name, "AKIAFIRST", "first-secret")
+    values = await asyncio.gather(*(secrets.read_secret_key(namespace, name, k) for k in KEYS * 10))
+    assert values[:2] == ["AKIAFIRST", "first-secret"] and secrets.requests["get"] == 1
+    await eventually(lambda: secrets.synced(namespace, name), "the namespace listed and watched")
+    assert await read_both(secrets, namespace, name) == ["AKIAFIRST", "first-secret"]
+    assert secrets.requests["get"] == 1 and secrets.requests["list"] == 1
 
-    ns.run("patch", "secret", name, "--type=merge", "-p", '{"stringData":{"aws-access-key-id":"AKIASECOND"}}')
-    assert await secrets.read_secret_key(namespace, name, "aws-access-key-id") == "AKIAFIRST"  # cached
-    assert secrets.gets == 1
-    secrets.forget(namespace, name)  # what the operator does when the credentials are refused
-    assert await secrets.read_secret_key(namespace, name, "aws-access-key-id") == "AKIASECOND"
-    assert secrets.gets == 2
+    # Rotated: the next read has the new value, from the watch (no GET).
+    ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIASECOND"}}}}')
+    await eventually(lambda: _equals(secrets.read_secret_key(namespace, name, KEYS[0]), "AKIASECOND"), "rotation seen")
+    assert secrets.requests["get"] == 1
+    # A bad value is still answered SecretInvalid, from the watched copy.
+    ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIA\\u0007BELL"}}}}')
+    bad = await eventually(lambda: _error(read_secret_for(secrets, namespace, name, KEYS[0], Use.AWS_ACCESS_KEY_ID)),
+                           "bad value seen")
+    assert bad.reason == health.SECRET_INVALID and "BELL" not in bad.message and "AKIA" not in bad.message
+    assert secrets.requests["get"] == 1
+
+    # Deleted: SecretNotFound (the deletion drops the copy; the read confirms with one GET).
+    ns("delete", "secret", name)
+    err = await eventually(lambda: _error(secrets.read_secret_key(namespace, name, KEYS[0])), "deletion seen")
+    assert err.reason == health.SECRET_NOT_FOUND
+    # Made again: read at once (a failed read is never cached).
+    aws_secret(ns, name, "AKIATHIRD", "third-secret")
+    assert await read_both(secrets, namespace, name) == ["AKIATHIRD", "third-secret"]
+
+
+async def _equals(read: Any, expected: str) -> bool:
+    return await read == expected
+
+
+async def _error(read: Any) -> SecretError | None:
+    try:
+        await read
+    except SecretError as exc:
+        return exc
+    return None
 
 
 async def test_a_failed_read_is_not_cached(kubectl: Kubectl, namespace: str, secrets) -> None:
@@ -52,6 +126,92 @@ async def test_a_failed_read_is_not_cached(kubectl: Kubectl, namespace: str, sec
     assert err.value.reason == health.SECRET_NOT_FOUND
     kubectl.in_namespace(namespace).apply(secret(name, "token", "now-there"))
     assert await secrets.read_secret_key(namespace, name, "token") == "now-there"
+    gets = secrets.requests["get"]
     with pytest.raises(SecretError) as missing_key:
-        await secrets.read_secret_key(namespace, name, "other")  # from the cache: the key is not there
-    assert missing_key.value.reason == health.SECRET_KEY_NOT_FOUND and secrets.gets == 2
+        await secrets.read_secret_key(namespace, name, "other")  # from the copy: the key is not there
+    assert missing_key.value.reason == health.SECRET_KEY_NOT_FOUND and secrets.requests["get"] == gets
+
+
+async def test_only_read_secrets_and_keys_are_kept(kubectl: Kubectl, namespace: str, secrets) -> None:
+    ns = kubectl.in_namespace(namespace)
+    used, other = unique("used"), unique("other")
+    aws_secret(ns, used, "AKIAUSED", "used-secret")
+    aws_secret(ns, other, "AKIAOTHER", "other-secret")
+    assert await secrets.read_secret_key(namespace, used, KEYS[0]) == "AKIAUSED"
+    await eventually(lambda: secrets.synced(namespace, used), "watching")
+    ns.run("patch", "secret", other, "--type=merge", "-p", '{"stringData":{"x":"y"}}')
+    ns.run("patch", "secret", used, "--type=merge", "-p", '{"stringData":{"x":"z"}}')
+    await eventually(lambda: "x" in secrets._secrets[(namespace, used)].keys, "the change to the used Secret")
+    assert set(secrets._secrets) == {(namespace, used)}  # the other Secret was parsed and dropped
+    assert set(secrets._secrets[(namespace, used)].values) == {KEYS[0]}  # only the key read
+    # A key not read before costs one GET, then it is kept too.
+    assert await secrets.read_secret_key(namespace, used, KEYS[1]) == "used-secret"
+    assert await secrets.read_secret_key(namespace, used, KEYS[1]) == "used-secret"
+    assert secrets.requests["get"] == 2
+
+
+async def test_a_broken_watch_resumes_and_a_dead_one_falls_back_to_get(kubectl: Kubectl, namespace: str) -> None:
+    ns = kubectl.in_namespace(namespace)
+    name = unique("aws")
+    aws_secret(ns, name, "AKIAFIRST", "first-secret")
+    server = urllib.parse.urlsplit(yaml.safe_load(pathlib.Path(kubectl.kubeconfig).read_text())
+                                   ["clusters"][0]["cluster"]["server"])
+    proxy = CuttableProxy(server.hostname or "127.0.0.1", server.port or 443)
+    kube = await kube_client(kubectl.kubeconfig, await proxy.start())
+    cache = SecretCache(kube, fallback_seconds=600)
+    try:
+        assert await cache.read_secret_key(namespace, name, KEYS[0]) == "AKIAFIRST"
+        await eventually(lambda: cache.synced(namespace, name), "watching")
+        watches = cache.requests["watch"]
+
+        # Broken: every connection dropped. A change made meanwhile is seen once the watch
+        # resumes from its resourceVersion (no new list), and no GET is needed.
+        proxy.reset()
+        ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIASECOND"}}}}')
+        await eventually(lambda: cache.requests["watch"] > watches and cache.synced(namespace, name), "watch resumed", 30)
+        await eventually(lambda: _equals(cache.read_secret_key(namespace, name, KEYS[0]), "AKIASECOND"), "change seen")
+        assert cache.requests["list"] == 1 and cache.requests["get"] == 1
+
+        # Cut off (a black hole): once the watch is known dead, reads fall back to GET.
+        proxy.cut()
+        await eventually(lambda: not cache.synced(namespace, name), "watch noticed dead", 30)
+        gets = cache.requests["get"]
+        assert (await _error(cache.read_secret_key(namespace, name, KEYS[0]))) is None  # the copy is recent
+        cache._secrets[(namespace, name)].confirmed -= 600  # as if confirmed longer ago than the fallback
+        err = await _error(cache.read_secret_key(namespace, name, KEYS[0]))
+        assert err is not None and err.reason == health.SECRET_UNREADABLE and cache.requests["get"] == gets + 1
+    finally:
+        await cache.aclose()
+        await kube.aclose()
+        await proxy.close()
+
+
+async def test_per_secret_watches_and_no_watch(kubectl: Kubectl, namespace: str, kube: KubeClient) -> None:
+    ns = kubectl.in_namespace(namespace)
+    name = unique("aws")
+    aws_secret(ns, name, "AKIAFIRST", "first-secret")
+    by_name = SecretCache(kube, mode="name", fallback_seconds=600)
+    off = SecretCache(kube, mode="off", fallback_seconds=0)
+    try:
+        assert await read_both(by_name, namespace, name) == ["AKIAFIRST", "first-secret"]
+        await eventually(lambda: by_name.synced(namespace, name), "watching the one Secret")
+        ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIASECOND"}}}}')
+        await eventually(lambda: _equals(by_name.read_secret_key(namespace, name, KEYS[0]), "AKIASECOND"), "rotation")
+        assert by_name.requests["get"] == 1
+        # mode off, no cache time: a GET for every read, and no watch at all.
+        assert await off.read_secret_key(namespace, name, KEYS[0]) == "AKIASECOND"
+        assert await off.read_secret_key(namespace, name, KEYS[0]) == "AKIASECOND"
+        assert off.requests == {"get": 2}
+    finally:
+        await by_name.aclose()
+        await off.aclose()
+
+
+async def test_kopf_logs_in_with_the_same_credentials(kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", os.fspath(kubectl.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    configuration = await load_configuration()
+    info = await credentials(configuration)
+    user = yaml.safe_load(pathlib.Path(kubectl.kubeconfig).read_text())["users"][0]["user"]
+    assert info["server"] == configuration.host and info["token"] == user["token"]
+    assert info["scheme"].lower() == "bearer" and info["ca_path"] and not info["insecure"]

@@ -30,7 +30,7 @@ SCOPED = f"{NAMESPACE}-{FULLNAME}"
 POLICIES = ("prefectops.dev", "prefectworkpoolpolicies", ("list", "patch", "watch"), ())
 STATUS = ("prefectops.dev", "prefectworkpoolpolicies/status", ("patch",), ())
 EVENTS = ("", "events", ("create",), ())
-SECRETS = ("", "secrets", ("get",), ())
+SECRETS = ("", "secrets", ("get", "list", "watch"), ())  # list+watch: the Secret cache (secret_cache.py)
 CRDS = ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"), ())
 NAMESPACES = ("", "namespaces", ("list", "watch"), ())
 LEADER = f"{FULLNAME}-leader-election"
@@ -123,7 +123,7 @@ def test_cluster_wide_default(helm: str) -> None:
     for binding in ("ClusterRoleBinding", SCOPED, None), ("ClusterRoleBinding", f"{SCOPED}-discovery", None):
         assert objs[binding]["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     assert env(docs) == {
-        "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:8081/healthz",
+        "PWO_NAMESPACES": "", "PWO_SECRET_WATCH": "namespace", "PWO_TICK_SECONDS": "5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:8081/healthz",
         "PWO_LOG_FORMAT": "json", "PWO_VERBOSE": "0", "PWO_METRICS_PORT": "8080", **POD_ENV,
     }
 
@@ -177,8 +177,19 @@ def test_secret_names_restrict_reads(helm: str, tmp_path: pathlib.Path, namespac
         values["watchNamespaces"] = ["data"]
     objs = by_kind(render(helm, values, tmp_path))
     role = objs["Role", SCOPED, "data"] if namespaced else objs["ClusterRole", SCOPED, None]
-    assert ("", "secrets", ("get",), ("prefect-auth", "prefect-cloud")) in rules(role)
+    # Each named Secret is watched on its own (a metadata.name field selector, which RBAC
+    # authorizes against resourceNames): the operator cannot enumerate Secrets.
+    assert ("", "secrets", ("get", "list", "watch"), ("prefect-auth", "prefect-cloud")) in rules(role)
     assert SECRETS not in rules(role)
+    assert env(render(helm, values, tmp_path))["PWO_SECRET_WATCH"] == "name"
+
+
+def test_secret_watch_modes(helm: str, tmp_path: pathlib.Path) -> None:
+    assert env(render(helm, {}, tmp_path))["PWO_SECRET_WATCH"] == "namespace"
+    values = {"rbac": {"watchSecrets": False}}
+    assert env(render(helm, values, tmp_path))["PWO_SECRET_WATCH"] == "off"
+    role = by_kind(render(helm, values, tmp_path))["ClusterRole", SCOPED, None]
+    assert ("", "secrets", ("get",), ()) in rules(role) and SECRETS not in rules(role)
 
 
 @pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-wide", "namespaced"])
@@ -255,7 +266,7 @@ def test_everything_set(helm: str, tmp_path: pathlib.Path) -> None:
     c = container(docs)
     assert c["image"] == "registry.example.com:5000/ops/pwo@sha256:" + "a" * 64
     assert env(docs) == {
-        "PWO_NAMESPACES": "", "PWO_TICK_SECONDS": "2.5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:9000/healthz",
+        "PWO_NAMESPACES": "", "PWO_SECRET_WATCH": "namespace", "PWO_TICK_SECONDS": "2.5", "PWO_LIVENESS_ENDPOINT": "http://0.0.0.0:9000/healthz",
         "PWO_LOG_FORMAT": "plain", "PWO_VERBOSE": "1", "PWO_METRICS_PORT": "9100", "AWS_REGION": "eu-west-1",
         "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "aws", "key": "id"}}, **POD_ENV,
     }

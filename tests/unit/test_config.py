@@ -42,3 +42,14 @@ def test_renew_deadline_must_be_shorter_than_the_lease(lease: str, renew: str, r
 )
 def test_shard_rule(labels: dict[str, str] | None, shard: str, mine: bool) -> None:
     assert in_shard(labels, shard) is mine
+
+
+def test_secret_watch_mode_and_quiet_defaults() -> None:
+    config = load_config({})
+    assert config.secret_watch == "namespace"
+    # 600 s heartbeat: at a 30 s interval, 0.05 status PATCHes per policy-cycle when nothing changes
+    assert config.status_heartbeat_seconds == 600
+    assert load_config({"PWO_SECRET_WATCH": "Name"}).secret_watch == "name"
+    assert load_config({"PWO_SECRET_WATCH": "off"}).secret_watch == "off"
+    with pytest.raises(ValueError, match="PWO_SECRET_WATCH"):
+        load_config({"PWO_SECRET_WATCH": "cluster"})

@@ -94,7 +94,7 @@ status, and posts Events; the operator reads the Secrets policies reference.
   verbs: ["create"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: {{ ternary (list "get" "list" "watch") (list "get") .Values.rbac.watchSecrets | toJson }}
   {{- with .Values.rbac.secretNames }}
   resourceNames: {{ toJson . }}
   {{- end }}
