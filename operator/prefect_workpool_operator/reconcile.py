@@ -162,7 +162,7 @@ async def _observe(
         cycle.conditions.append(fit)
     if fit.status != "True":
         cycle.fail(fit.reason, fit.message)
-    aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now) if features.ecs else None
+    aws = await _aws_step(spec, namespace, secrets, runtime, observation, cycle, now, client) if features.ecs else None
     if spec.stale_runs is not None and features.recovery:
         await _recovery_step(spec, policy, client, aws, runtime, observation, _created(meta), cycle, now)
     if spec.job_template is not None or (spec.stale_runs is not None and features.ecs):
@@ -205,7 +205,7 @@ class _Cycle:
 
 async def _aws_step(
     spec: PolicySpec, namespace: str, secrets: SecretReader, runtime: PolicyRuntime,
-    observation: PoolObservation, cycle: _Cycle, now: datetime,
+    observation: PoolObservation, cycle: _Cycle, now: datetime, prefect: PrefectClient | None = None,
 ) -> AwsClient | None:
     if spec.ecs is None:
         return None
@@ -221,6 +221,7 @@ async def _aws_step(
         outcome = await workers_scaling.scale_workers(
             aws, spec.scaling, spec.ecs, observation, runtime.ecs,
             pool=spec.prefect.work_pool, dry_run=spec.dry_run, now=now,
+            prefect=prefect, queues=tuple(spec.prefect.work_queues),
         )
     except AwsError as exc:
         cycle.aws_error = exc
@@ -231,6 +232,7 @@ async def _aws_step(
     cycle.figures["scaling"] = outcome.figures
     if outcome.event:
         cycle.events.append(Event(*outcome.event, covers=scaling.SCALING))
+    cycle.events += [Event(*e, covers=scaling.SCALING) for e in outcome.more_events]
     return aws
 
 

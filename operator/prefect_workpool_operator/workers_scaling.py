@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import aws_autoscaling, scaling_backlog
 from .aws_api import AwsClient, AwsCredentials, AwsError
 from .core import scaling
 from .core.conditions import Condition, format_time
@@ -20,6 +21,7 @@ from .core.health import PoolObservation
 from .core.secret_values import Use
 from .kube_api import SecretReader, read_secret_for
 from .models import EcsTarget, ScalingSpec
+from .prefect_api import PrefectClient, PrefectError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class EcsRuntime:
     client: AwsClient | None = None
     client_key: str | None = None
     memory: scaling.ScalingMemory = field(default_factory=scaling.ScalingMemory)
+    backlog: scaling_backlog.BacklogMemory = field(default_factory=lambda: scaling_backlog.BacklogMemory())
+    autoscaling: aws_autoscaling.AutoscalingMemory = field(default_factory=lambda: aws_autoscaling.AutoscalingMemory())
     autoscaling_target: bool = False
     autoscaling_checked_at: datetime | None = None
 
@@ -59,6 +63,7 @@ class ScalingOutcome:
     condition: Condition
     figures: dict[str, Any]
     event: tuple[str, str, str] | None = None  # (type, reason, message) when desiredCount changed
+    more_events: list[tuple[str, str, str]] = field(default_factory=list)  # managed AWS resources changed
 
 
 async def aws_client_for(ecs: EcsTarget, namespace: str, secrets: SecretReader, runtime: EcsRuntime) -> AwsClient:
@@ -116,12 +121,21 @@ async def scale_workers(
     pool: str,
     dry_run: bool,
     now: datetime,
+    prefect: PrefectClient | None = None,
+    queues: tuple[str, ...] = (),
 ) -> ScalingOutcome:
-    backlog = scaling.Backlog(late=observation.late, pending=observation.pending,
-                              workers_online=observation.workers_online)
-    size = scaling.backlog_size(backlog, spec.include_pending)
-    if spec.mode == "CloudWatchMetric":
-        return await _publish_metric(aws, spec, pool, size, dry_run)
+    try:
+        view = await scaling_backlog.observe(prefect, spec, observation, runtime.backlog, pool=pool, queues=queues,
+                                             now=now)
+    except PrefectError as exc:  # fail static: no figure rather than a zero
+        return ScalingOutcome(holding(f"No fresh backlog from Prefect ({exc.reason})"), {})
+    backlog, figures = view.backlog, view.figures
+    if spec.publishes:
+        published = await scaling_backlog.publish(aws, spec, pool, view, dry_run=dry_run, now=now)
+        if spec.mode == "CloudWatchMetric":
+            return ScalingOutcome(published.condition, {**figures, **published.figures})
+        return await aws_autoscaling.manage(aws, spec, ecs, runtime.autoscaling, published, figures,
+                                            dry_run=dry_run, now=now)
 
     rules = rules_from(spec)
     service = None
@@ -134,7 +148,7 @@ async def scale_workers(
             await _refresh_autoscaling_target(aws, ecs, runtime, now)
     observed = scaling.ScalingObservation(backlog, service, in_progress, runtime.autoscaling_target)
     decision = scaling.plan_scaling(observed, rules, runtime.memory, on_conflict=spec.on_conflict, now=now)
-    figures: dict[str, Any] = {"backlog": size, "recommendation": decision.recommendation}
+    figures["recommendation"] = decision.recommendation
     if service is not None:
         figures.update(desired=service.desired, running=service.running, pending=service.pending)
 
@@ -163,17 +177,6 @@ async def _refresh_autoscaling_target(aws: AwsClient, ecs: EcsTarget, runtime: E
     if due and ecs.service:
         runtime.autoscaling_target = await aws.scalable_target(ecs.cluster, ecs.service)
         runtime.autoscaling_checked_at = now
-
-
-async def _publish_metric(aws: AwsClient, spec: ScalingSpec, pool: str, size: int, dry_run: bool) -> ScalingOutcome:
-    figures = {"backlog": size}
-    where = f"{spec.metric_namespace}/{spec.metric_name} (WorkPool={pool})"
-    if dry_run:
-        return ScalingOutcome(Condition(scaling.SCALING, "True", "DryRun", f"dryRun: would publish {size} to {where}."),
-                              figures)
-    await aws.put_backlog_metric(spec.metric_namespace, spec.metric_name, {"WorkPool": pool}, size)
-    return ScalingOutcome(Condition(scaling.SCALING, "True", "MetricPublished", f"Published backlog {size} to {where}."),
-                          figures)
 
 
 def aws_condition(aws: AwsClient | None, error: AwsError | None) -> Condition:
