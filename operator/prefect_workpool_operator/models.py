@@ -608,6 +608,9 @@ class AutoscalingFigures(_Model):
     alarms: list[AlarmFigure] = Field(default_factory=list, max_length=10, description="Its alarms and their states.")
     last_activity: str | None = Field(default=None, max_length=1024,
                                       description="The last scaling activity AWS reported for the service.")
+    owned_target: bool = Field(default=False, description=(
+        "The operator registered the scalable target, so it deregisters it when the mode changes or the policy is "
+        "deleted (a target it did not create is never removed)."))
 
 
 class ScalingFigures(_Model):

@@ -86,6 +86,7 @@ async def run_cycle(
     generation = meta.get("generation")
     previous = (body.get("status") or {}).get("conditions")
     figures: dict[str, Any] = {}
+    runtime.ecs.autoscaling.restore(f"{meta.get('namespace')}/{meta.get('name')}", body.get("status"))
 
     spec: PolicySpec | None = None
     acted: list[Event] = []
@@ -216,6 +217,13 @@ async def _aws_step(
         cycle.aws_error = AwsError(exc.reason, exc.message)
         return None
     if spec.scaling is None:
+        try:  # scaling removed: what the managed modes created goes too
+            released = await workers_scaling.aws_autoscaling.release(aws, spec.ecs, runtime.ecs.autoscaling,
+                                                                     dry_run=spec.dry_run)
+        except AwsError as exc:
+            cycle.aws_error = exc
+            return aws
+        cycle.events += [Event(*e) for e in released]
         return aws
     try:
         outcome = await workers_scaling.scale_workers(

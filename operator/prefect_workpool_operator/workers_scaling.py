@@ -130,12 +130,18 @@ async def scale_workers(
     except PrefectError as exc:  # fail static: no figure rather than a zero
         return ScalingOutcome(holding(f"No fresh backlog from Prefect ({exc.reason})"), {})
     backlog, figures = view.backlog, view.figures
+    released: list[tuple[str, str, str]] = []
+    if spec.mode not in aws_autoscaling.MANAGED_MODES:  # a mode switch removes what the managed modes created
+        released = await aws_autoscaling.release(aws, ecs, runtime.autoscaling, dry_run=dry_run)
+        if released:
+            runtime.autoscaling_checked_at = None  # look again: the target just went
     if spec.publishes:
         published = await scaling_backlog.publish(aws, spec, pool, view, dry_run=dry_run, now=now)
         if spec.mode == "CloudWatchMetric":
-            return ScalingOutcome(published.condition, {**figures, **published.figures})
-        return await aws_autoscaling.manage(aws, spec, ecs, runtime.autoscaling, published, figures,
-                                            dry_run=dry_run, now=now)
+            return ScalingOutcome(published.condition, {**figures, **published.figures}, more_events=released)
+        managed = await aws_autoscaling.manage(aws, spec, ecs, runtime.autoscaling, published, figures, pool=pool,
+                                               dry_run=dry_run, now=now)
+        return ScalingOutcome(managed.condition, managed.figures, more_events=managed.events)
 
     rules = rules_from(spec)
     service = None
@@ -160,7 +166,7 @@ async def scale_workers(
             condition = Condition(scaling.SCALING, "True", "DryRun" if dry_run else "ReportOnly",
                                   f"{verb}: would set desiredCount {decision.current} -> {decision.target}: "
                                   f"{decision.message}")
-        return ScalingOutcome(condition, figures)
+        return ScalingOutcome(condition, figures, more_events=released)
 
     assert ecs.service is not None  # DesiredCount mode is only valid with a service (CEL + model check)
     updated = await aws.set_desired_count(ecs.cluster, ecs.service, decision.target)
@@ -169,7 +175,8 @@ async def scale_workers(
     figures["lastChange"] = {"time": format_time(now), "from": decision.current, "to": decision.target,
                              "reason": decision.reason}
     message = f"{ecs.service}: {decision.message}"
-    return ScalingOutcome(scaling.scaling_condition(decision), figures, ("Normal", decision.reason, message))
+    return ScalingOutcome(scaling.scaling_condition(decision), figures, ("Normal", decision.reason, message),
+                          more_events=released)
 
 
 async def _refresh_autoscaling_target(aws: AwsClient, ecs: EcsTarget, runtime: EcsRuntime, now: datetime) -> None:
