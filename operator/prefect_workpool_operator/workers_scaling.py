@@ -20,7 +20,7 @@ from .core.durations import parse_duration
 from .core.health import PoolObservation
 from .core.secret_values import Use
 from .kube_api import SecretReader, read_secret_for
-from .models import EcsTarget, ScalingSpec
+from .models import EcsTarget, PolicySpec, ScalingSpec
 from .prefect_api import PrefectClient, PrefectError
 
 log = logging.getLogger(__name__)
@@ -192,3 +192,17 @@ def aws_condition(aws: AwsClient | None, error: AwsError | None) -> Condition:
         return Condition(AWS_CONNECTED, "False", failure.reason, failure.message)
     region = aws.region if aws else "?"
     return Condition(AWS_CONNECTED, "True", "Connected", f"AWS answered in {region}.")
+
+
+async def release_on_delete(body: dict[str, Any], runtime: EcsRuntime, secrets: SecretReader | None) -> list[tuple[str, str, str]]:
+    """The policy is being deleted: remove the Application Auto Scaling resources it created (and only those)."""
+    meta = body.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    runtime.autoscaling.restore(f"{namespace}/{meta.get('name')}", body.get("status"))
+    if not runtime.autoscaling.managed:
+        return []
+    spec = PolicySpec.model_validate(body.get("spec") or {})  # ValidationError: the caller gives up
+    if spec.ecs is None or secrets is None and spec.ecs.credentials_secret_ref is not None:
+        return []
+    aws = await aws_client_for(spec.ecs, namespace, secrets, runtime)  # type: ignore[arg-type]
+    return await aws_autoscaling.release(aws, spec.ecs, runtime.autoscaling, dry_run=spec.dry_run)

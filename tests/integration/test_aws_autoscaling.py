@@ -11,13 +11,12 @@ import datetime as dt
 
 import pytest
 
-from prefect_workpool_operator import aws_autoscaling
-from prefect_workpool_operator.aws_api import AwsClient
-from prefect_workpool_operator.models import EcsTarget
+from prefect_workpool_operator import workers_scaling
 from sandbox.kube import free_port
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, late_state, utcnow
-from tests.ecs_sandbox import REGION, EcsSandbox
+from tests.ecs_sandbox import EcsSandbox
+from tests.integration.recovery_helpers import NoSecrets
 from tests.integration.test_ecs_cycle import Cycles, aws_env, body, close_clients, cond  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -236,14 +235,13 @@ async def test_mode_switch_and_deletion_remove_ours_only(
     cycles.body["metadata"]["generation"] = 3
     await cycles.run()
     assert targets(sandbox, rid) == [(1, 10)]
-    memory = aws_autoscaling.AutoscalingMemory()
-    memory.restore("ns/ecs", cycles.body["status"])
-    aws = AwsClient(REGION, endpoint_url=moto.endpoint_url)
+    fresh = workers_scaling.EcsRuntime()  # what the deletion handler has after an operator restart
     try:
-        events = await aws_autoscaling.release(aws, EcsTarget(region=REGION, cluster=cluster, service=service),
-                                               memory, dry_run=False)
+        events = await workers_scaling.release_on_delete(cycles.body, fresh, NoSecrets())
+        again = await workers_scaling.release_on_delete(cycles.body, workers_scaling.EcsRuntime(), NoSecrets())
     finally:
-        aws.close()
+        fresh.close()
+    assert again == []  # a retried deletion finds nothing of ours left
     assert [e[1] for e in events] == ["AutoscalingRemoved"]
     assert targets(sandbox, rid) == [] and policies(sandbox, rid) == {}
     assert targets(sandbox, other_rid) == [(0, 2)] and f"user-{pool_name}" in alarms(sandbox, "user-")
