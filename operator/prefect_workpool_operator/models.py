@@ -587,7 +587,8 @@ class QueueBacklog(_Model):
 class PublishedDatum(_Model):
     """The last backlog value sent to CloudWatch."""
 
-    time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was published.")
+    time: str = Field(json_schema_extra={"format": "date-time"},
+                      description="When this value was first published (it is published every cycle).")
     value: int = Field(ge=0, description="The pool's backlog published.")
     metric: str = Field(max_length=600, description="Namespace/MetricName and dimensions.")
     series: int = Field(default=1, ge=0, description="Series published (the pool's plus one per queue).")

@@ -28,6 +28,9 @@ METRIC_PUBLISHED = "MetricPublished"
 @dataclass
 class BacklogMemory:
     queues_seen: set[str] = field(default_factory=set)  # a queue that drained still publishes its 0
+    # The last datum's figure: its time moves only when the value does, so an unchanged
+    # backlog does not rewrite the status every cycle.
+    published: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ async def observe(prefect: PrefectClient | None, spec: ScalingSpec, observation:
 
 
 async def publish(aws: AwsClient, spec: ScalingSpec, pool: str, view: BacklogView, *, dry_run: bool,
-                  now: datetime) -> Published:
+                  now: datetime, memory: BacklogMemory | None = None) -> Published:
     """One PutMetricData with every series (the pool's, then one per queue)."""
     series = queue_backlog.backlog_series(pool, view.pool_size, view.queue_sizes if spec.per_queue_metrics else None)
     where = f"{spec.metric_namespace}/{spec.metric_name} (WorkPool={pool})"
@@ -86,8 +89,13 @@ async def publish(aws: AwsClient, spec: ScalingSpec, pool: str, view: BacklogVie
                                    f"dryRun: would publish {view.pool_size} to {where}{extra}."), {}, tuple(series))
     for start in range(0, len(series), MAX_DATA_PER_PUT):
         await put_series(aws, spec.metric_namespace, spec.metric_name, series[start:start + MAX_DATA_PER_PUT])
-    figures = {"published": {"time": format_time(now), "value": view.pool_size, "metric": where,
-                             "series": len(series)}}
+    datum = {"time": format_time(now), "value": view.pool_size, "metric": where, "series": len(series)}
+    last = memory.published if memory is not None else None
+    if last is not None and {**last, "time": datum["time"]} == datum:
+        datum = last
+    if memory is not None:
+        memory.published = datum
+    figures = {"published": datum}
     return Published(Condition(scaling.SCALING, "True", METRIC_PUBLISHED,
                                f"Published backlog {view.pool_size} to {where}{extra}."), figures, tuple(series))
 

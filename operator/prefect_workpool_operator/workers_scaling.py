@@ -136,7 +136,8 @@ async def scale_workers(
         if released:
             runtime.autoscaling_checked_at = None  # look again: the target just went
     if spec.publishes:
-        published = await scaling_backlog.publish(aws, spec, pool, view, dry_run=dry_run, now=now)
+        published = await scaling_backlog.publish(aws, spec, pool, view, dry_run=dry_run, now=now,
+                                                  memory=runtime.backlog)
         if spec.mode == "CloudWatchMetric":
             return ScalingOutcome(published.condition, {**figures, **published.figures}, more_events=released)
         managed = await aws_autoscaling.manage(aws, spec, ecs, runtime.autoscaling, published, figures, pool=pool,

@@ -87,16 +87,20 @@ async def test_target_tracking_creates_its_resources_then_writes_nothing(
     assert autoscaling["ownedTarget"] is True and autoscaling["scalableTarget"] == f"{rid} min 2 max 6"
     assert first.status["scaling"]["published"]["value"] == 0
 
-    per_cycle = []
+    per_cycle, figures = [], []
     for _ in range(7):  # more than one turn of the read rotation
         before = moto.calls()
         outcome = await cycles.run()
+        figures.append(outcome.status["scaling"])
         made_calls = writes(moto, before)
         per_cycle.append(made_calls)
         assert write_count(made_calls) == 0, made_calls
         assert cond(outcome.status, "Scaling") == ("True", "AutoscalingReady")
         assert managed_events(outcome.events) == []
     print(f"\nsteady TargetTracking cycles, AWS calls each: {per_cycle}")
+    assert figures[-1] == figures[-2]  # nothing moves in the status (no Kubernetes write) while nothing changes
+    assert [a["name"] for a in figures[-1]["autoscaling"]["alarms"]] == \
+        [a["AlarmName"] for a in policies(sandbox, rid)[f"{PREFIX}-target"]["Alarms"]]  # AWS's TT alarms, with states
     activity = [c for c in per_cycle if any(k.endswith("DescribeScalingActivities") for k in c)]
     assert len(activity) == 1  # moto lacks it (botocore retries its error): asked once, then never again
     for made_calls in per_cycle:
