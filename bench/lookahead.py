@@ -10,8 +10,8 @@ desiredCount >= 1 counts it (negative: the worker was asked for ahead of time).
 moto reports a task running the moment desiredCount is set; on Fargate add the task's
 start time (tens of seconds) — that is what the lookahead should cover.
 
-Environment: BENCH_LOOKAHEAD (45s), BENCH_SCHEDULE_SECONDS (90), BENCH_INTERVAL_SECONDS
-(10), BENCH_RUNS (3 runs measured per policy). Prints a table; asserts nothing.
+Environment: BENCH_LOOKAHEAD (45s), BENCH_SCHEDULE_SECONDS (97: not a multiple of the cycle, so runs fall at different phases), BENCH_INTERVAL_SECONDS
+(10), BENCH_RUNS (4 runs measured per policy). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from sandbox.prefect_seed import PrefectSeeder, iso, scheduled_state, utcnow  # 
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 
 LOOKAHEAD = os.environ.get("BENCH_LOOKAHEAD", "45s")
-SCHEDULE = float(os.environ.get("BENCH_SCHEDULE_SECONDS", "90"))
+SCHEDULE = float(os.environ.get("BENCH_SCHEDULE_SECONDS", "97"))
 INTERVAL = float(os.environ.get("BENCH_INTERVAL_SECONDS", "10"))
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "4"))
 REGION = "us-east-1"
 
 

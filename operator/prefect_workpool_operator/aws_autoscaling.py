@@ -4,6 +4,9 @@ The decisions are in ``core.aws_scaling``; this module reads AWS, applies the pl
 reports. Calls go through the policy's ``AwsClient`` (its budget, retries, error
 mapping and call counts).
 
+Calls go through ``AwsClient._call`` (the transport of aws_api) until that module
+exposes it by service.
+
 Call budget. The first cycle (and the one after a spec change) reads everything: the
 scalable target, the policies on it, our alarms. After that a cycle makes one read,
 in turn (target, policies, alarms, last scaling activity), and compares; with
@@ -117,13 +120,21 @@ async def read_policies(aws: AwsClient, rid: str) -> tuple[core.Policy, ...]:
     return tuple(policies)
 
 
-async def read_alarms(aws: AwsClient, prefix: str, policies: tuple[core.Policy, ...] | None) -> tuple[core.Alarm, ...]:
-    """Our alarms (by name prefix) and, in target tracking, the alarms AWS made for our policy (one call)."""
-    theirs = sorted({a for p in policies or () if core.is_ours(p.name, prefix) for a in p.alarms})
-    params: dict[str, Any] = {"AlarmNames": theirs[:100]} if theirs else {"AlarmNamePrefix": prefix + "-"}
-    answer = await aws._call("cloudwatch", "describe_alarms", params)
-    return tuple(core.Alarm(str(a.get("AlarmName")), a, "", tuple(a.get("AlarmActions") or []),
-                            str(a.get("StateValue") or "")) for a in answer.get("MetricAlarms") or [])
+async def read_alarms(aws: AwsClient, prefix: str, policies: tuple[core.Policy, ...] | None, *,
+                      both: bool = False) -> tuple[core.Alarm, ...]:
+    """The alarms our policies name (target tracking's own, or the step alarms) in one call; ours by
+    name prefix when they name none, or also (``both``: a full read, so a leftover alarm is found)."""
+    named = sorted({a for p in policies or () if core.is_ours(p.name, prefix) for a in p.alarms})
+    queries: list[dict[str, Any]] = [{"AlarmNames": named[:100]}] if named else []
+    if both or not named:
+        queries.append({"AlarmNamePrefix": prefix + "-"})
+    found: dict[str, core.Alarm] = {}
+    for params in queries:
+        answer = await aws._call("cloudwatch", "describe_alarms", params)
+        for a in answer.get("MetricAlarms") or []:
+            found[str(a.get("AlarmName"))] = core.Alarm(str(a.get("AlarmName")), a, "",
+                                                         tuple(a.get("AlarmActions") or []), str(a.get("StateValue") or ""))
+    return tuple(found.values())
 
 
 async def read_activity(aws: AwsClient, rid: str) -> str | None:
@@ -140,7 +151,7 @@ async def _observe(aws: AwsClient, memory: AutoscalingMemory, rid: str, key: str
     if everything or memory.key != key:
         memory.target = await read_target(aws, rid)
         memory.policies = await read_policies(aws, rid)
-        memory.alarms = await read_alarms(aws, memory.prefix, memory.policies)
+        memory.alarms = await read_alarms(aws, memory.prefix, memory.policies, both=True)
         memory.key = key
         return
     rotation = ROTATION[:-1] if memory.activity_unsupported else ROTATION

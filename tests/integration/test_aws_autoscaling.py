@@ -178,6 +178,14 @@ async def test_console_drift_is_corrected_once(seeder: PrefectSeeder, pool_name:
     await cycles.run()
     assert write_count(writes(moto, before)) == 0
 
+    # StepScaling -> TargetTracking: the step policies and alarms go, the target stays ours.
+    cycles.body["spec"]["scaling"]["mode"] = "TargetTracking"
+    cycles.body["metadata"]["generation"] = 2
+    switched = await cycles.run()
+    assert list(policies(sandbox, rid)) == [f"{PREFIX}-target"] and alarms(sandbox) == {}
+    assert targets(sandbox, rid) == [(1, 4)] and switched.status["scaling"]["autoscaling"]["ownedTarget"] is True
+    assert sorted(managed_events(switched.events)) == ["AutoscalingCreated", "AutoscalingRemoved"]
+
 
 async def test_a_foreign_target_is_a_conflict_unless_override(
         seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
