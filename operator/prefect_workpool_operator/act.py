@@ -105,3 +105,22 @@ async def apply_managed(aws: AwsClient, step: ManagedStep, cache: AutoscalingCac
         cache.managed = False
         cache.forget_reads()
 
+
+async def _template(plan: Plan, prefect: PrefectClient, pool: str, outcome: Outcome) -> None:
+    assert plan.template is not None and plan.template.template is not None
+    try:
+        await prefect.update_base_job_template(pool, plan.template.template)
+        outcome.template_reread = (await prefect.read_work_pool(pool)).get("base_job_template")
+    except OperatorError as exc:
+        outcome.template_failure = exc.as_failure()
+
+
+async def _recover(
+    plan: Plan, prefect: PrefectClient, observation: Observation, memory: RecoveryMemory, outcome: Outcome,
+    now: datetime,
+) -> None:
+    assert observation.stale is not None
+    try:
+        outcome.recovery = await write_batches(prefect, plan.batches, observation.stale, memory, now)
+    except OperatorError as exc:
+        outcome.recovery_failure = exc.as_failure()
