@@ -275,3 +275,29 @@ async def test_nothing_is_published_when_prefect_cannot_be_read(
     made = writes(moto, before)
     assert not any(k.endswith("PutMetricData") for k in made) and write_count(made) == 0
     assert cond(down.status, "Scaling") == ("Unknown", "Holding")
+
+
+async def test_a_spent_call_budget_stops_midway_and_the_next_cycles_finish(
+        seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
+    """The writes stop where AWS refused (here: the call budget); what went through is
+    reported and remembered, so later cycles carry on from there without repeating it."""
+    seeder.create_ecs_pool(pool_name)
+    cluster, service, rid = world(sandbox)
+    policy_body = body(seeder.api_url, pool_name, moto, cluster, service, scaling={"mode": "StepScaling"})
+    policy_body["spec"]["ecs"]["maxCallsPerCycle"] = 5  # 3 reads + PutMetricData + RegisterScalableTarget
+    cycles = Cycles(policy_body)
+    first = await cycles.run()
+    assert cond(first.status, "Scaling") == ("Unknown", "Holding")
+    assert cond(first.status, "AwsConnected") == ("False", "CallBudgetExhausted")
+    assert targets(sandbox, rid) == [(1, 10)] and policies(sandbox, rid) == {}
+    assert managed_events(first.events) == ["AutoscalingCreated"]  # the target, told once
+    events = []
+    for _ in range(3):
+        outcome = await cycles.run()
+        events += managed_events(outcome.events)
+        if cond(outcome.status, "Scaling")[1] == "AutoscalingReady":
+            break
+    assert cond(outcome.status, "Scaling") == ("True", "AutoscalingReady")
+    assert sorted(policies(sandbox, rid)) == [f"{PREFIX}-step-in", f"{PREFIX}-step-out"] and len(alarms(sandbox)) == 2
+    assert "AutoscalingDriftCorrected" not in events  # nothing was written twice
+    assert outcome.status["scaling"]["autoscaling"]["ownedTarget"] is True

@@ -215,8 +215,8 @@ def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> 
             memory = replace(memory, scaling=step.change.applied_memory)
             events.append(Event("Normal", step.change.reason, f"{step.change.service}: {step.change.message}",
                                 covers=scaling.SCALING))
-    if plan.managed is not None and outcome.scaling_failure is None:
-        _settle_managed(plan.managed, outcome, conditions, figures, events)
+    if plan.managed is not None:  # after a failed write too: what went through is told
+        _settle_managed(plan.managed, outcome, conditions, figures, events, failed=outcome.scaling_failure is not None)
     if plan.recovery is not None and plan.recovery_rules is not None:
         figures, events = _settle_recovery(spec, plan, outcome, conditions, figures, events, failures, now)
     if plan.template is not None:
@@ -239,12 +239,12 @@ def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> 
 
 
 def _settle_managed(step: ManagedStep, outcome: Outcome, conditions: dict[str, Condition], figures: dict[str, Any],
-                    events: list[Event]) -> None:
+                    events: list[Event], *, failed: bool) -> None:
     condition, managed_figures, news = settle_managed(step, outcome.managed_done, outcome.managed_after or step.reading)
-    if condition is not None:
+    if condition is not None and not failed:
         conditions[scaling.SCALING] = condition
         figures["scaling"] = {**figures.get("scaling", {}), **managed_figures}
-    events += [Event(*e, covers=scaling.SCALING if condition is not None else None) for e in news]
+    events += [Event(*e, covers=scaling.SCALING if condition is not None and not failed else None) for e in news]
 
 
 def _settle_recovery(
