@@ -2,8 +2,9 @@
 
 Two phases, because recovery's per-run reads depend on the first phase's answers:
 
-1. Prefect (work pool, workers, run counts) and AWS (the worker service, its Application
-   Auto Scaling target) together. A Prefect failure cancels the AWS reads and ends the
+1. Prefect (work pool, workers, run counts; runs due soon and the backlog per queue when
+   scaling asks) and AWS (the worker service, its Application Auto Scaling target; in the
+   managed modes one read of their resources in turn, ``observe_autoscaling``) together. A Prefect failure cancels the AWS reads and ends the
    cycle's observation (fail static); an AWS failure is part of the observation.
 2. Recovery: the stale candidates, then claims, requeue counts, claimers and ECS tasks
    for only the runs in the capped window (``recovery.observe_stale_runs``).
