@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHART := charts/prefect-workpool-operator
 
-.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs release bench bench-fleet demo cluster-up cluster-down tools run \
+.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs release bench bench-fleet bench-lookahead demo cluster-up cluster-down tools run \
 	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
@@ -62,6 +62,10 @@ bench: venv tools ## benchmarks that print figures: recovery write methods racin
 	$(BIN)/python bench/recovery_write_race.py
 	$(BIN)/python bench/recovery_fleet.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/lookahead.py
+
+bench-lookahead: venv ## seconds from a scheduled run's start to a worker counted for it, with and without scaling.lookahead
+	$(BIN)/python bench/lookahead.py
 
 bench-fleet: venv tools ## the fleet benchmark only (BENCH_POLICIES=200, BENCH_LARGE=1000, BENCH_SECONDS=180)
 	$(BIN)/python bench/fleet.py

@@ -102,7 +102,7 @@ def _list(value: str | list[str]) -> list[str]:
 
 
 def allows(doc: dict[str, Any], call: Call, region: str, cluster: str, service: str | None,
-           metric_namespace: str = "Prefect") -> bool:
+           metric_namespace: str = "Prefect", k8s_namespace: str = "ns", policy_name: str = "ecs") -> bool:
     """Whether the policy (placeholders filled in) allows this exact request: the request's
     resource ARN matches a statement's Resource and its condition keys its Condition.
 
@@ -110,7 +110,7 @@ def allows(doc: dict[str, Any], call: Call, region: str, cluster: str, service: 
     StringEquals), enough to catch a wrong ARN shape or a missing action.
     """
     fill = {"REGION": region, "ACCOUNT_ID": MOTO_ACCOUNT, "CLUSTER": cluster, "SERVICE": service or "",
-            "METRIC_NAMESPACE": metric_namespace}
+            "METRIC_NAMESPACE": metric_namespace, "K8S_NAMESPACE": k8s_namespace, "POLICY_NAME": policy_name}
     resources, context = _request(call, region)
     for statement in doc["Statement"]:
         if statement["Effect"] != "Allow" or call.action not in _list(statement["Action"]):
@@ -157,4 +157,45 @@ def _request(call: Call, region: str) -> tuple[list[str], dict[str, str]]:
         return ["*"], {"ecs:cluster": cluster_arn()}
     if action == "cloudwatch:PutMetricData":
         return ["*"], {"cloudwatch:namespace": str(args["Namespace"])}
+    if action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms", "cloudwatch:TagResource"):
+        names = args.get("AlarmNames") or [args["AlarmName"]]
+        return [f"arn:aws:cloudwatch:{region}:{MOTO_ACCOUNT}:alarm:{n}" for n in names], {}
+    if action in AUTOSCALING_WRITES:
+        # A scalable target's ARN ends in an id AWS makes up; its namespace and dimension are condition keys.
+        return [f"arn:aws:application-autoscaling:{region}:{MOTO_ACCOUNT}:scalable-target/0123456789abcdef"], {
+            "application-autoscaling:service-namespace": str(args.get("ServiceNamespace")),
+            "application-autoscaling:scalable-dimension": str(args.get("ScalableDimension"))}
+    if action == "iam:CreateServiceLinkedRole":
+        return [f"arn:aws:iam::{MOTO_ACCOUNT}:role/aws-service-role/{args['AWSServiceName']}/"
+                "AWSServiceRoleForApplicationAutoScaling_ECSService"], {"iam:AWSServiceName": args["AWSServiceName"]}
     return ["*"], {}
+
+
+AUTOSCALING_WRITES = tuple(f"application-autoscaling:{op}" for op in (
+    "RegisterScalableTarget", "DeregisterScalableTarget", "PutScalingPolicy", "DeleteScalingPolicy", "TagResource"))
+ECS_AUTOSCALING_ROLE = "ecs.application-autoscaling.amazonaws.com"
+
+
+def implied_calls(calls: list[Call]) -> list[Call]:
+    """The requests AWS authorizes in the caller's name as part of the operator's own (no API
+    call of the operator's shows them, so no hook records them):
+
+    - tags on creation need ``TagResource`` too (RegisterScalableTarget / PutMetricAlarm with Tags);
+    - the first RegisterScalableTarget in an account creates the ECS service-linked role;
+    - a target tracking policy's alarms are created (PutScalingPolicy) and deleted
+      (DeleteScalingPolicy) by Application Auto Scaling with the caller's permissions.
+    """
+    implied = []
+    for call in calls:
+        args = call.args
+        if call.action == "application-autoscaling:RegisterScalableTarget":
+            implied.append(Call("iam:CreateServiceLinkedRole", json.dumps({"AWSServiceName": ECS_AUTOSCALING_ROLE})))
+        if call.action in ("application-autoscaling:RegisterScalableTarget", "cloudwatch:PutMetricAlarm") \
+                and args.get("Tags"):
+            implied.append(Call(call.action.split(":")[0] + ":TagResource", call.params))
+        if args.get("PolicyType") == "TargetTrackingScaling" or call.action == \
+                "application-autoscaling:DeleteScalingPolicy" and args["PolicyName"].endswith("-target"):
+            alarm = f"TargetTracking-{args['ResourceId']}-AlarmHigh-0123"
+            verb = "PutMetricAlarm" if call.action.endswith("PutScalingPolicy") else "DeleteAlarms"
+            implied.append(Call(f"cloudwatch:{verb}", json.dumps({"AlarmNames": [alarm]})))
+    return implied

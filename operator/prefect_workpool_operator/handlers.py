@@ -20,18 +20,23 @@ from .config import in_shard, load_config, quiet_libraries
 from .core import claims, health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions, unobserved
 from .core.durations import parse_duration
-from .kube_api import KubeClient, credentials, load_configuration
+from .aws import AwsError
+from .clients import AwsConnection
+from .kube_api import KubeClient, SecretError, credentials, load_configuration
 from .leader import LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
+from .observe import ReadCache
 from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
+from .release import release_on_delete
 from .secret_cache import SecretCache
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
 # An invalid spec has no interval of its own; a spec edit retries at once anyway.
 FALLBACK_INTERVAL = timedelta(seconds=30)
+DELETE_RETRIES = 5  # AWS cleanup on deletion: then the policy goes anyway (a Warning says what was left)
 _connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
@@ -194,15 +199,31 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def forget(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-    """A deleted policy's clients close and its metric series go away."""
+async def forget(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any) -> None:
+    """A deleted policy's clients close, its metric series go away, and the Application Auto
+    Scaling resources it created are removed (retried a few times, then left with a warning)."""
     runtime = memo.get("runtime")
     if runtime is not None:
         cycle = runtime.extra.get("cycle")
         if cycle is not None and not cycle.done():
             cycle.cancel()
-        runtime.ecs.close()
+    ecs = runtime.ecs if runtime is not None else AwsConnection()
+    reads = runtime.reads if runtime is not None else ReadCache()
+    try:
+        for type_, reason, message in await release_on_delete(dict(body), reads.autoscaling, ecs, _secrets(memo)):
+            kopf.event(body, type=type_, reason=reason, message=message)
+    except (AwsError, SecretError, ValueError) as exc:
+        if retry < DELETE_RETRIES:
+            raise kopf.TemporaryError(f"removing the Application Auto Scaling resources: {exc}", delay=10) from None
+        logger.warning("left the Application Auto Scaling resources in place after %d tries: %s", retry + 1, exc)
+    finally:
+        ecs.close()
     memo.metrics.forget(meta)
+
+
+def _secrets(memo: kopf.Memo) -> SecretCache | None:
+    _kube(memo)
+    return memo.shared.get("secrets")
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

@@ -310,6 +310,13 @@ class EcsTarget(_Model):
     )
 
 
+class ScalingStep(_Model):
+    """One step of a StepScaling policy."""
+
+    at_least: int = Field(ge=1, le=100000, description="Applies when the backlog is at least this.")
+    add: int = Field(ge=1, le=1000, description="Worker tasks to add.")
+
+
 class ScalingSpec(_Model):
     """Backlog-driven scaling of the ECS service that runs the Prefect workers."""
 
@@ -322,12 +329,37 @@ class ScalingSpec(_Model):
     )
 
     # "Off" was renamed: unquoted in YAML 1.1 it is the boolean false (docs/install.md, upgrading).
-    mode: Literal["DesiredCount", "CloudWatchMetric", "Disabled"] = Field(
+    mode: Literal["DesiredCount", "CloudWatchMetric", "TargetTracking", "StepScaling", "Disabled"] = Field(
         default="DesiredCount",
         description=(
             "DesiredCount: set the service's desiredCount. CloudWatchMetric: only publish the backlog as a "
-            "CloudWatch metric (for AWS target tracking). Disabled: compute and report only."
+            "CloudWatch metric (bring your own AWS policy). TargetTracking / StepScaling: publish the backlog and "
+            "manage the service's Application Auto Scaling target and policy (docs/scaling.md). "
+            "Disabled: compute and report only."
         ),
+    )
+    lookahead: Duration | None = Field(
+        default=None,
+        description=(
+            "Count SCHEDULED runs due within this time in the backlog too (e.g. 2m), so workers are up when "
+            "they become due. Omit (or 0s) for due runs only."
+        ),
+        json_schema_extra=_duration_rules("lookahead"),
+    )
+    work_queues: list[QueueName] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Scale on the backlog of these queues only. Empty means the whole pool (or spec.prefect.workQueues).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    per_queue_metrics: bool = Field(
+        default=True,
+        description="In the metric-publishing modes, also publish one series per work queue (dimension WorkQueue).",
+    )
+    steps: list[ScalingStep] = Field(
+        default_factory=lambda: [ScalingStep(at_least=1, add=1), ScalingStep(at_least=5, add=3)],
+        min_length=1, max_length=10,
+        description="StepScaling: tasks added when the backlog reaches each bound (the default: >= 1 -> +1, >= 5 -> +3).",
     )
     min_workers: int = Field(default=1, ge=0, le=1000, description="Never fewer worker tasks than this.")
     max_workers: int = Field(default=10, ge=0, le=1000, description="Never more worker tasks than this.")
@@ -360,7 +392,19 @@ class ScalingSpec(_Model):
     def _bounds(self) -> ScalingSpec:
         if self.min_workers > self.max_workers:
             raise ValueError("minWorkers must not exceed maxWorkers")
+        bounds = [s.at_least for s in self.steps]
+        if bounds != sorted(set(bounds)):
+            raise ValueError("steps must have increasing atLeast bounds")
         return self
+
+    @property
+    def lookahead_delta(self) -> timedelta:
+        return parse_duration(self.lookahead) if self.lookahead else timedelta(0)
+
+    @property
+    def publishes(self) -> bool:
+        """Modes that publish the backlog to CloudWatch."""
+        return self.mode in ("CloudWatchMetric", "TargetTracking", "StepScaling")
 
 
 class JobTemplateSpec(_Model):
@@ -390,6 +434,11 @@ class PolicySpec(_Model):
                 _cel(
                     "!has(self.scaling) || self.scaling.mode != 'CloudWatchMetric' || has(self.ecs)",
                     "scaling.mode CloudWatchMetric needs spec.ecs (for the region)",
+                ),
+                _cel(
+                    "!has(self.scaling) || !(self.scaling.mode in ['TargetTracking', 'StepScaling']) "
+                    "|| (has(self.ecs) && has(self.ecs.service))",
+                    "scaling.mode TargetTracking and StepScaling need spec.ecs with a service",
                 ),
             ]
         }
@@ -428,6 +477,8 @@ class PolicySpec(_Model):
             raise ValueError("scaling.mode DesiredCount needs spec.ecs with a service")
         if mode == "CloudWatchMetric" and self.ecs is None:
             raise ValueError("scaling.mode CloudWatchMetric needs spec.ecs (for the region)")
+        if mode in ("TargetTracking", "StepScaling") and (self.ecs is None or not self.ecs.service):
+            raise ValueError("scaling.mode TargetTracking and StepScaling need spec.ecs with a service")
         return self
 
     @property
@@ -531,6 +582,43 @@ class ScalingChange(_Model):
     reason: str = Field(max_length=64, description="Why, e.g. ScaledUp, ScaledDown, ScaledFromZero.")
 
 
+class QueueBacklog(_Model):
+    """One work queue's backlog."""
+
+    name: str = Field(max_length=255, description="The work queue.")
+    backlog: int = Field(ge=0, description="Its backlog (as the pool's is counted).")
+
+
+class PublishedDatum(_Model):
+    """The last backlog value sent to CloudWatch."""
+
+    time: str = Field(json_schema_extra={"format": "date-time"},
+                      description="When this value was first published (it is published every cycle).")
+    value: int = Field(ge=0, description="The pool's backlog published.")
+    metric: str = Field(max_length=600, description="Namespace/MetricName and dimensions.")
+    series: int = Field(default=1, ge=0, description="Series published (the pool's plus one per queue).")
+
+
+class AlarmFigure(_Model):
+    """A CloudWatch alarm acting on the managed policy."""
+
+    name: str = Field(max_length=255, description="Alarm name.")
+    state: str = Field(max_length=32, description="OK, ALARM or INSUFFICIENT_DATA.")
+
+
+class AutoscalingFigures(_Model):
+    """The Application Auto Scaling resources the operator manages (TargetTracking/StepScaling)."""
+
+    scalable_target: str | None = Field(default=None, max_length=600, description="Resource id and min/max capacity.")
+    policy: str | None = Field(default=None, max_length=600, description="The scaling policy's name and type.")
+    alarms: list[AlarmFigure] = Field(default_factory=list, max_length=10, description="Its alarms and their states.")
+    last_activity: str | None = Field(default=None, max_length=1024,
+                                      description="The last scaling activity AWS reported for the service.")
+    owned_target: bool = Field(default=False, description=(
+        "The operator registered the scalable target, so it deregisters it when the mode changes or the policy is "
+        "deleted (a target it did not create is never removed)."))
+
+
 class ScalingFigures(_Model):
     """Worker scaling in the last cycle."""
 
@@ -540,6 +628,11 @@ class ScalingFigures(_Model):
     running: int | None = Field(default=None, ge=0, description="The ECS service's runningCount.")
     pending: int | None = Field(default=None, ge=0, description="The ECS service's pendingCount.")
     last_change: ScalingChange | None = Field(default=None, description="The last change of desiredCount.")
+    upcoming: int | None = Field(default=None, ge=0,
+                                 description="SCHEDULED runs due within scaling.lookahead, counted in the backlog.")
+    queues: list[QueueBacklog] = Field(default_factory=list, max_length=200, description="Backlog per work queue.")
+    published: PublishedDatum | None = Field(default=None, description="The last datum published to CloudWatch.")
+    autoscaling: AutoscalingFigures | None = Field(default=None, description="Managed Application Auto Scaling resources.")
 
 
 class OwnerStatus(_Model):

@@ -2,8 +2,9 @@
 
 Two phases, because recovery's per-run reads depend on the first phase's answers:
 
-1. Prefect (work pool, workers, run counts) and AWS (the worker service, its Application
-   Auto Scaling target) together. A Prefect failure cancels the AWS reads and ends the
+1. Prefect (work pool, workers, run counts; runs due soon and the backlog per queue when
+   scaling asks) and AWS (the worker service, its Application Auto Scaling target; in the
+   managed modes one read of their resources in turn, ``observe_autoscaling``) together. A Prefect failure cancels the AWS reads and ends the
    cycle's observation (fail static); an AWS failure is part of the observation.
 2. Recovery: the stale candidates, then claims, requeue counts, claimers and ECS tasks
    for only the runs in the capped window (``recovery.observe_stale_runs``).
@@ -25,12 +26,16 @@ from .aws import AwsClient, AwsError, EcsInfrastructureCheck
 from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
 from .concurrent_reads import gather_or_cancel
 from .core import health, pool_types, scaling
+from .core.autoscaling_plan import needs_queues
+from .core.queue_backlog import BacklogReading
 from .core.errors import OperatorError
 from .core.health import Failure, PoolObservation
 from .core.plan import Observation, StaleReading
 from .core.scaling_plan import EcsReading
 from .kube_api import SecretError, SecretReader
 from .models import PolicySpec
+from .observe_autoscaling import AutoscalingCache, read_managed, wants_reading
+from .prefect_backlog import read_backlog
 from .prefect_api import PrefectClient, PrefectError
 from .prefect_http import PrefectHttp
 from .recovery import RecoveryMemory, observe_stale_runs
@@ -47,6 +52,8 @@ class ReadCache:
     autoscaling_target: bool = False
     autoscaling_checked_at: datetime | None = None
     recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
+    autoscaling: AutoscalingCache = field(default_factory=AutoscalingCache)  # the managed modes' AWS resources
+    queues_seen: set[str] = field(default_factory=set)  # a queue that drained still publishes its 0
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,11 @@ async def _observe(
     cache: ReadCache, now: datetime,
 ) -> Observed:
     aws_wanted = spec.ecs is not None and pool_types.features_for(cache.pool_type).ecs
-    reads = [_read_pool(spec, namespace, generation, secrets, http, prefect, now)]
+    reads = [_read_pool(spec, namespace, generation, secrets, http, prefect, cache, now)]
     if aws_wanted:
         reads.append(_read_ecs(spec, namespace, secrets, aws, cache, now))
     answers = await gather_or_cancel(*reads)
-    client, pool = answers[0]
+    client, pool, backlog = answers[0]
     cache.pool_type = pool.pool_type
     features = pool_types.features_for(pool.pool_type)
     aws_client, ecs = answers[1] if aws_wanted else (None, None)
@@ -98,19 +105,29 @@ async def _observe(
                 and not spec.dry_run and aws_client.budget.limit > 2:
             aws_client.budget.reserved = 1  # for UpdateService / PutMetricData in act
         reading = await _read_stale(spec, policy, client, aws_client, pool, cache, created, now)
-    return Observed(Observation(pool, ecs, reading), client, aws_client)
+    return Observed(Observation(pool, ecs, reading, backlog), client, aws_client)
 
 
 async def _read_pool(
     spec: PolicySpec, namespace: str, generation: int | None, secrets: SecretReader,
-    http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, now: datetime,
-) -> tuple[PrefectClient, PoolObservation]:
+    http: httpx.AsyncClient | PrefectHttp, prefect: PrefectConnection, cache: ReadCache, now: datetime,
+) -> tuple[PrefectClient, PoolObservation, BacklogReading | None]:
     conn = spec.prefect
     client = await prefect_client_for(spec, namespace, secrets, http, prefect)
     if prefect.queues_checked_generation != generation:
         await client.check_queues(conn.work_pool, list(conn.work_queues))
         prefect.queues_checked_generation = generation
-    return client, await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
+    pool = await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
+    backlog = None
+    scaling_spec = spec.scaling
+    if scaling_spec is not None and (scaling_spec.lookahead_delta or needs_queues(scaling_spec)):
+        # Runs due soon and the backlog per queue; a failure fails the observation (fail static).
+        backlog = await read_backlog(
+            client, conn.work_pool, list(conn.work_queues), now, lookahead=scaling_spec.lookahead_delta,
+            include_pending=scaling_spec.include_pending, per_queue=needs_queues(scaling_spec),
+            known=cache.queues_seen | set(scaling_spec.work_queues))
+        cache.queues_seen |= set(backlog.queues or ())
+    return client, pool, backlog
 
 
 async def _read_ecs(
@@ -124,20 +141,24 @@ async def _read_ecs(
         client = await aws_client_for(ecs, namespace, secrets, connection)
     except SecretError as exc:
         return None, EcsReading(ecs.region, credentials_failure=exc.as_failure())
-    if spec.scaling is None or spec.scaling.mode == "CloudWatchMetric" or not ecs.service:
-        return client, EcsReading(ecs.region)
+    managed = None
     try:
+        if wants_reading(spec.scaling, ecs, cache.autoscaling):
+            managed = await read_managed(client, spec.scaling, ecs, cache.autoscaling, pool=spec.prefect.work_pool)
+        if spec.scaling is None or spec.scaling.publishes or not ecs.service:
+            return client, EcsReading(ecs.region, autoscaling=managed)
         state = await client.describe_service(ecs.cluster, ecs.service)
         if spec.scaling.mode == "DesiredCount":
             due = cache.autoscaling_checked_at is None or now - cache.autoscaling_checked_at >= AUTOSCALING_RECHECK
-            if due:
+            if due or cache.autoscaling.target_removed:
+                cache.autoscaling.target_removed = False
                 cache.autoscaling_target = await client.scalable_target(ecs.cluster, ecs.service)
                 cache.autoscaling_checked_at = now
     except AwsError as exc:
-        return client, EcsReading(ecs.region, read_failure=exc.as_failure())
+        return client, EcsReading(ecs.region, read_failure=exc.as_failure(), autoscaling=managed)
     return client, EcsReading(
         ecs.region, scaling.ServiceCounts(state.desired, state.running, state.pending),
-        state.deployment_in_progress, cache.autoscaling_target,
+        state.deployment_in_progress, cache.autoscaling_target, managed,
     )
 
 

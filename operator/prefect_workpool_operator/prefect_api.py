@@ -218,6 +218,12 @@ class PrefectClient:
             raise PrefectError(health.BAD_RESPONSE, "flow_runs/count answered an unexpected body")
         return count
 
+    async def filter_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        runs = await self._json("POST", "/flow_runs/filter", body)
+        if not isinstance(runs, list):
+            raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
+        return runs
+
     async def observe_pool(self, pool: str, queues: list[str], now: datetime) -> PoolObservation:
         """Pool status, workers and run counts in five small reads (six on a client's first cycle)."""
         version = await self.server_version()

@@ -48,6 +48,7 @@ class PolicyRuntime:
     ecs: AwsConnection = field(default_factory=AwsConnection)
     reads: ReadCache = field(default_factory=ReadCache)  # what observe remembers to read less
     scaling_memory: scaling.ScalingMemory = field(default_factory=scaling.ScalingMemory)  # stabilization, cooldowns
+    published: Mapping[str, Any] | None = None  # the last published datum's figure
     last_generation: int | None = None
     next_start: float | None = None  # epoch seconds (core.schedule), set by the kopf glue
     log_gate: LogGate = field(default_factory=LogGate)  # a persisting failure is logged once, then reminded
@@ -75,6 +76,7 @@ async def run_cycle(
     generation = meta.get("generation")
     previous = (body.get("status") or {}).get("conditions")
     figures: dict[str, Any] = {}
+    runtime.reads.autoscaling.restore(f"{meta.get('namespace')}/{meta.get('name')}", body.get("status"))
 
     spec: PolicySpec | None = None
     acted: list[Event] = []
@@ -131,12 +133,14 @@ async def _cycle(
         return unobserved_plan(spec, exc.as_failure()), {}, []
 
     observation = observed.observation
-    memory = Memory(scaling=runtime.scaling_memory, observations=runtime.reads.recovery.observations)
+    memory = Memory(scaling=runtime.scaling_memory, observations=runtime.reads.recovery.observations,
+                    published=runtime.published)
     plan = plan_cycle(spec, observation, memory, now=now, policy=policy)
     outcome = await act(plan, observation, prefect=observed.prefect, aws=observed.aws, pool=spec.prefect.work_pool,
-                        recovery=runtime.reads.recovery, now=now)
+                        recovery=runtime.reads.recovery, now=now, autoscaling=runtime.reads.autoscaling)
     settled = settle(spec, plan, outcome, now=now)
     runtime.scaling_memory = settled.memory.scaling
+    runtime.published = settled.memory.published
     runtime.reads.recovery.observations = settled.memory.observations
     for failure in _recovery_failures(observation, outcome):
         runtime.log_failure(policy, f"recovery: {failure.reason}: {failure.message}", now)

@@ -90,7 +90,7 @@ REJECTED: list[tuple[str, str, dict[str, Any] | str, str]] = [
      "  prefect: {apiUrl: 'http://x/api', workPool: p}\n  ecs: {region: us-east-1, cluster: c, service: s}\n"
      "  scaling: {mode: Off}\n", "spec.scaling.mode"),
     ("yaml", "scaling mode 'Off' quoted (renamed)", {**GOOD, "ecs": ECS, "scaling": {"mode": "Off"}},
-     'supported values: "DesiredCount", "CloudWatchMetric", "Disabled"'),
+     'supported values: "DesiredCount", "CloudWatchMetric", "TargetTracking", "StepScaling", "Disabled"'),
     ("yaml", "interval overflowing (CEL)", {**GOOD, "interval": "9999999999h"},
      "interval must be a Go duration such as 30s, 10m or 1h30m, each number at most 5 digits"),
     ("yaml", "pendingTimeout overflowing (CEL)", {**GOOD, "staleRuns": {"pendingTimeout": "99999999999999m"}},

@@ -13,9 +13,12 @@ import pytest
 
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, late_state
-from tests.aws_operations import LOG, Call, allows, granted_actions, policy
+from prefect_workpool_operator.clients import AwsConnection
+from prefect_workpool_operator.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.release import release_on_delete
+from tests.aws_operations import LOG, Call, allows, granted_actions, implied_calls, policy
 from tests.ecs_sandbox import REGION, EcsSandbox
-from tests.integration.recovery_helpers import clock_after
+from tests.integration.recovery_helpers import NoSecrets, clock_after
 from tests.integration.test_ecs_cycle import Cycles, aws_env, body, close_clients, cond  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.integration
 def check(name: str, calls: list[Call], cluster: str, service: str | None, **fill: str) -> None:
     doc = policy(name)
     assert calls, "the mode made no AWS call"
+    calls = calls + implied_calls(calls)
     denied = [c for c in calls if not allows(doc, c, REGION, cluster, service, **fill)]
     assert denied == [], f"deploy/iam/{name}.json does not allow these requests"
     assert {c.action for c in calls} == granted_actions(doc), f"deploy/iam/{name}.json grants an unused action"
@@ -80,11 +84,55 @@ async def test_cloudwatch_metric(seeder: PrefectSeeder, pool_name: str, moto: Mo
     assert not allows(policy("cloudwatch-metric"), calls[0], REGION, cluster, None, metric_namespace="Prefect")
 
 
+async def managed_mode_calls(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox,
+                             mode: str) -> tuple[list[Call], str, str]:
+    """A managed mode's whole life: creation, steady cycles (every read of the rotation,
+    drift corrected), then the policy's deletion removing what it created."""
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name)
+    seeder.create_runs(deployment, 2, late_state(120))
+    cluster = sandbox.cluster()
+    service = sandbox.service(cluster)
+    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, service,
+                         scaling={"mode": mode, "minWorkers": 1, "maxWorkers": 4, "metricNamespace": "Platform/Prefect"}))
+    rid = f"service/{cluster}/{service}"
+    with LOG.capture() as calls:
+        first = await cycles.run()
+        assert cond(first.status, "Scaling") == ("True", "AutoscalingChanged")
+        sandbox.autoscaling.register_scalable_target(ServiceNamespace="ecs", ResourceId=rid,
+                                                     ScalableDimension="ecs:service:DesiredCount",
+                                                     MinCapacity=0, MaxCapacity=20)
+        for _ in range(5):  # one turn of the read rotation (target, policies, alarms, activity) and more
+            await cycles.run()
+        connection = AwsConnection()
+        try:
+            removed = await release_on_delete(cycles.body, AutoscalingCache(), connection, NoSecrets())
+        finally:
+            connection.close()
+    assert [e[1] for e in removed] == ["AutoscalingRemoved"]
+    assert sandbox.autoscaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[rid])["ScalableTargets"] == []
+    return calls, cluster, service
+
+
+async def test_target_tracking(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
+    calls, cluster, service = await managed_mode_calls(seeder, pool_name, moto, sandbox, "TargetTracking")
+    check("target-tracking", calls, cluster, service, metric_namespace="Platform/Prefect")
+
+
+async def test_step_scaling(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
+    calls, cluster, service = await managed_mode_calls(seeder, pool_name, moto, sandbox, "StepScaling")
+    check("step-scaling", calls, cluster, service, metric_namespace="Platform/Prefect")
+    # Our alarms only: another policy's (another name) are refused.
+    alarm_writes = [c for c in calls if c.action == "cloudwatch:PutMetricAlarm"]
+    assert alarm_writes and not any(allows(policy("step-scaling"), c, REGION, cluster, service, policy_name="other")
+                                    for c in alarm_writes)
+
+
 def test_every_policy_file_has_a_mode_test() -> None:
     """A new policy (e.g. for the TargetTracking/StepScaling modes) needs its test here."""
     import pathlib
 
     from tests.aws_operations import POLICIES
 
-    tested = {"ecs-readonly", "desired-count", "cloudwatch-metric"}
+    tested = {"ecs-readonly", "desired-count", "cloudwatch-metric", "target-tracking", "step-scaling"}
     assert {p.stem for p in pathlib.Path(POLICIES).glob("*.json")} == tested

@@ -104,7 +104,7 @@ async def test_a_persisting_failure_is_logged_once(caplog: pytest.LogCaptureFixt
 
 
 class OneSecret:
-    """A Secret reader holding one value (what KubernetesSecrets returns once decoded)."""
+    """A Secret reader holding one value (what the Secret cache returns once decoded)."""
 
     def __init__(self, value: str) -> None:
         self.value = value

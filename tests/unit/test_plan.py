@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_workpool_operator.core import health, scaling, stale
+from prefect_workpool_operator.core import aws_scaling, health, scaling, stale
 from prefect_workpool_operator.core.plan import Memory, Observation, Outcome, StaleReading, plan_cycle, settle, \
     unobserved_plan
 from prefect_workpool_operator.core.recovery_plan import WriteOutcome
@@ -159,3 +160,62 @@ def _apply(policy: PolicySpec, plan: Any, desired: int, now: datetime) -> tuple[
     if plan.template is not None:
         outcome.template_reread = plan.template.template
     return desired, settle(policy, plan, outcome, now=now).memory
+
+
+def _managed_world(reading: aws_scaling.Reading, plan: Any) -> aws_scaling.Reading:
+    """AWS after the plan's managed writes went through (what act records as written)."""
+    target, policies, alarms = reading.observed.target, list(reading.observed.policies or ()), \
+        list(reading.observed.alarms or ())
+    owns = reading.owns_target
+    for a in plan.managed.actions if plan.managed else ():
+        if a.verb == "register_target":
+            target, owns = a.target, owns or a.why == "create"
+        elif a.verb == "put_policy":
+            policies = [p for p in policies if p.name != a.name] + [a.policy]
+        elif a.verb == "put_alarm":
+            alarms = [x for x in alarms if x.name != a.name] + [replace(a.alarm, actions=("",))]
+        elif a.verb == "delete_alarm":
+            alarms = [x for x in alarms if x.name != a.name]
+        elif a.verb == "delete_policy":
+            policies = [p for p in policies if p.name != a.name]
+        elif a.verb == "deregister_target":
+            target, owns = None, False
+    managed = plan.managed is not None and plan.managed.desired is not None
+    return replace(reading, observed=aws_scaling.Observed(target, tuple(policies), tuple(alarms)), owns_target=owns,
+                   managed=managed or (reading.managed and plan.managed is None))
+
+
+@settings(max_examples=100, deadline=None)
+@given(mode=st.sampled_from(["TargetTracking", "StepScaling"]), late=st.integers(0, 50),
+       bounds=BOUNDS, after=st.sampled_from(["TargetTracking", "StepScaling", "CloudWatchMetric", "DesiredCount"]))
+def test_managed_modes_plan_purely_then_settle_to_no_writes(mode: str, late: int, bounds: list[int],
+                                                            after: str) -> None:
+    """Created once; then only the metric is written; a switch removes ours, then nothing."""
+    policy = spec(mode=mode, minWorkers=bounds[0], maxWorkers=bounds[1])
+    reading = aws_scaling.Reading("prefectops-ns-p", "ns/p", aws_scaling.Observed(None, (), ()),
+                                  resource_id="service/c/workers")
+    observed = Observation(pool(late), EcsReading("us-east-1", autoscaling=reading))
+    first = plan_cycle(policy, observed, Memory(), now=NOW, policy="ns/p")
+    assert first == plan_cycle(policy, observed, Memory(), now=NOW, policy="ns/p")  # pure
+    assert first.managed is not None and {a.why for a in first.managed.actions} == {"create"}
+    assert first.metric is not None and first.metric.series[0].value == late
+    reading = _managed_world(reading, first)
+    steady = plan_cycle(policy, Observation(pool(late), EcsReading("us-east-1", autoscaling=reading)), Memory(),
+                        now=NOW, policy="ns/p")
+    assert steady.managed is not None and steady.managed.actions == () and steady.writes == 1  # PutMetricData only
+
+    switched = spec(mode=after, minWorkers=bounds[0], maxWorkers=bounds[1])
+    ecs_reading = EcsReading("us-east-1", scaling.ServiceCounts(1, 1), autoscaling=reading,
+                             autoscaling_target=True)  # our own target: no Conflict for DesiredCount
+    plan = plan_cycle(switched, Observation(pool(late), ecs_reading), Memory(), now=NOW, policy="ns/p")
+    if after == mode:
+        assert plan.managed is not None and plan.managed.actions == ()
+        return
+    assert plan.managed is not None and plan.managed.actions
+    # Ours go, the new mode's come; the target stays ours (its bounds may differ: TargetTracking's minimum is 1).
+    assert all(a.why in ("create", "remove") or a.verb == "register_target" for a in plan.managed.actions)
+    if after in aws_scaling.MANAGED_MODES:
+        assert not any(a.verb == "deregister_target" for a in plan.managed.actions)
+    assert all(a.name.startswith("prefectops-ns-p-") or a.verb.endswith("target") for a in plan.managed.actions)
+    conditions = {c.type: c for c in plan.conditions}
+    assert conditions[scaling.SCALING].reason != "Conflict"

@@ -307,3 +307,13 @@ def test_message_tells_the_story() -> None:
     d = decide(observed(23, 4, desired=2, online=2), rules=replace(RULES, include_pending=True))
     assert d.message == ("desiredCount 2 -> 6. Backlog 23 late + 4 pending at 5 per worker wants 6 worker(s); "
                          "2 online, ECS 2 running, 0 pending.")
+
+
+def test_runs_due_soon_count_in_the_backlog() -> None:
+    rules = replace(RULES, min_workers=0)
+    soon = ScalingObservation(Backlog(late=0, pending=0, workers_online=0, upcoming=6), ServiceCounts(0))
+    d = decide(soon, rules=rules)
+    assert (d.target, d.reason) == (2, scaling.SCALED_FROM_ZERO)
+    assert "0 late + 6 due soon" in d.message
+    nothing = ScalingObservation(Backlog(late=0, pending=0, workers_online=0), ServiceCounts(0))
+    assert decide(nothing, rules=rules).target is None

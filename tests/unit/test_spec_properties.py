@@ -58,9 +58,13 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
                        **({"endpointUrl": draw(urls)} if draw(st.booleans()) else {})}
     if draw(st.booleans()):
         spec["scaling"] = {k: v for k, v in {
-            "mode": draw(optional(st.sampled_from(["DesiredCount", "CloudWatchMetric", "Disabled", "Off"]))),
+            "mode": draw(optional(st.sampled_from(["DesiredCount", "CloudWatchMetric", "TargetTracking",
+                                                   "StepScaling", "Disabled", "Off"]))),
             "minWorkers": draw(optional(counts)), "maxWorkers": draw(optional(counts)),
-            "scaleDownCooldown": draw(optional(durations)),
+            "scaleDownCooldown": draw(optional(durations)), "lookahead": draw(optional(durations)),
+            "workQueues": draw(optional(st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True))),
+            "steps": draw(optional(st.lists(st.integers(1, 50), min_size=1, max_size=3, unique=True).map(
+                lambda bounds: [{"atLeast": b, "add": 1} for b in sorted(bounds)]))),
         }.items() if v is not None}
     if draw(st.booleans()):
         spec["jobTemplate"] = {"variables": draw(st.dictionaries(

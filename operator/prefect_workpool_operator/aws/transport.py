@@ -272,7 +272,7 @@ class AwsTransport:
             client = self._client(service)
             operation = client.meta.method_to_api_mapping.get(method, method)
             answer: dict[str, Any] = getattr(client, method)(**params)
-            self._check_is_aws(answer, operation, service)
+            self._check_is_aws(answer, operation, service, empty_ok=_empty_answer_expected(client, operation))
             return answer
         except AwsError:
             raise
@@ -300,7 +300,7 @@ class AwsTransport:
         finally:
             _calling.client = None
 
-    def _check_is_aws(self, answer: Mapping[str, Any], operation: str, service: str) -> None:
+    def _check_is_aws(self, answer: Mapping[str, Any], operation: str, service: str, *, empty_ok: bool = False) -> None:
         """An HTML page parses as an empty answer ("no such service"): name it for what it is."""
         metadata = answer.get("ResponseMetadata") or {}
         kind = str((metadata.get("HTTPHeaders") or {}).get("content-type", "")).split(";")[0].strip().lower()
@@ -310,7 +310,8 @@ class AwsTransport:
         # error's raw text) or that parsed to nothing at all is a web page.
         error = answer.get("Error") or {}
         body = str(error.get("Message") or "").lstrip()[:100].lower()
-        if body.startswith(("<!doctype html", "<html")) or (not error and not set(answer) - {"ResponseMetadata"}):
+        parsed_nothing = not error and not set(answer) - {"ResponseMetadata"} and not empty_ok
+        if body.startswith(("<!doctype html", "<html")) or parsed_nothing:
             raise AwsError(
                 AWS_ENDPOINT_INVALID,
                 f"{operation}: {self._endpoint_label(service)} answered HTTP {metadata.get('HTTPStatusCode')} ({kind}), "
@@ -400,6 +401,15 @@ def _plain(message: str) -> str:
         return message
     found = _XML_MESSAGE.search(message)
     return found.group(1).strip() if found else ""
+
+
+def _empty_answer_expected(client: Any, operation: str) -> bool:
+    """Operations whose answer has no fields (DeleteScalingPolicy, DeleteAlarms…): empty is not a web page."""
+    try:
+        shape = client.meta.service_model.operation_model(operation).output_shape
+    except Exception:  # an unknown operation name: keep the check
+        return False
+    return shape is None or not shape.members
 
 
 def chunks(items: list[str], size: int) -> Iterator[list[str]]:

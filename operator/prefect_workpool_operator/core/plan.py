@@ -19,9 +19,11 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from ..models import PolicySpec
-from . import health, job_template, pool_types, scaling, stale
+from . import aws_scaling, health, job_template, pool_types, scaling, stale
+from .autoscaling_plan import ManagedStep, plan_release, settle_managed
 from .conditions import NOT_CHECKED, Condition
 from .health import Failure, PoolObservation
+from .queue_backlog import BacklogReading
 from .recovery_plan import Batch, WriteOutcome, figures as recovery_figures, recovery_news, recovery_rules, write_batches
 from .scaling_plan import AWS_CONNECTED, EcsReading, MetricDatum, ScaleChange, ScalingStep, aws_condition, \
     ecs_failed, holding, plan_workers, scaled
@@ -56,6 +58,7 @@ class Observation:
     pool: PoolObservation
     ecs: EcsReading | None = None  # None: no spec.ecs, or the pool type has no ECS side
     stale: StaleReading | None = None  # None: no spec.staleRuns, or the pool type has no recovery
+    backlog: BacklogReading | None = None  # runs due soon, the backlog per queue (when scaling asks for them)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Memory:
 
     scaling: scaling.ScalingMemory = field(default_factory=scaling.ScalingMemory)
     observations: Observations = field(default_factory=Observations)  # the two-reading rule
+    published: Mapping[str, Any] | None = None  # the last published datum's figure (its time moves with its value)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Plan:
     batches: tuple[Batch, ...] = ()  # guarded state changes, ≤ 50 runs each
     template: job_template.TemplatePlan | None = None  # set when the template is to be written
     ecs: EcsReading | None = None  # AwsConnected is settled from it and the writes
+    managed: ManagedStep | None = None  # Application Auto Scaling / alarm writes, or removals of ours
     memory: Memory = field(default_factory=Memory)  # to keep (settle swaps in the applied scaling memory)
 
     @property
@@ -92,7 +97,9 @@ class Plan:
 
     @property
     def writes(self) -> int:
-        return (self.scale is not None) + (self.metric is not None) + (self.template is not None) + len(self.batches)
+        managed = len(self.managed.actions) if self.managed else 0
+        return (self.scale is not None) + (self.metric is not None) + (self.template is not None) + len(self.batches) \
+            + managed
 
 
 @dataclass
@@ -106,6 +113,8 @@ class Outcome:
     template_reread: dict[str, Any] | None = None
     template_failure: Failure | None = None
     aws_failure: Failure | None = None  # the AWS client's last failure this cycle (infrastructure checks too)
+    managed_done: tuple[aws_scaling.Action, ...] = ()  # the plan's managed writes that went through
+    managed_after: aws_scaling.Reading | None = None  # the managed resources as those writes left them
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ def plan_cycle(spec: PolicySpec, observed: Observation, memory: Memory, *, now: 
         failures.append(Failure(fit.reason, fit.message))
 
     step = None
+    managed = None
     new_memory = memory
     ecs = observed.ecs if features.ecs and spec.ecs is not None else None
     if ecs is not None and spec.ecs is not None:
@@ -141,14 +151,18 @@ def plan_cycle(spec: PolicySpec, observed: Observation, memory: Memory, *, now: 
             failures.append(ecs.credentials_failure)
         elif spec.scaling is not None:
             step = plan_workers(spec.scaling, spec.ecs, pool, ecs, memory.scaling, pool_name=conn.work_pool,
-                                dry_run=spec.dry_run, now=now)
+                                dry_run=spec.dry_run, now=now, backlog_reading=observed.backlog,
+                                published=memory.published)
+            managed = step.managed
             assert step.condition is not None
             conditions.append(step.condition)
             if step.figures is not None:
                 figures["scaling"] = step.figures
             if step.failure is not None:
                 failures.append(step.failure)
-            new_memory = replace(new_memory, scaling=step.memory or memory.scaling)
+            new_memory = replace(new_memory, scaling=step.memory or memory.scaling, published=step.published)
+        else:  # scaling removed: what the managed modes created goes too
+            managed = plan_release(ecs.autoscaling, dry_run=spec.dry_run)
 
     recovery = rules = None
     batches: tuple[Batch, ...] = ()
@@ -180,7 +194,7 @@ def plan_cycle(spec: PolicySpec, observed: Observation, memory: Memory, *, now: 
     if not features.ecs or not features.recovery:
         conditions += _not_applicable(spec, features)
     return Plan(tuple(_ready(conditions, failures)), figures, (), failures[0] if failures else None,
-                step, recovery, rules, batches, template, ecs, new_memory)
+                step, recovery, rules, batches, template, ecs, managed, new_memory)
 
 
 def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> Settled:
@@ -191,7 +205,7 @@ def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> 
     failures = [plan.failure] if plan.failure else []
     memory = plan.memory
     step = plan.scaling
-    if step is not None and (step.change is not None or step.metric is not None):
+    if step is not None and (step.change is not None or step.metric is not None or step.managed is not None):
         if outcome.scaling_failure is not None:
             conditions[scaling.SCALING], failure = ecs_failed(outcome.scaling_failure)
             failures.append(failure)
@@ -201,6 +215,8 @@ def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> 
             memory = replace(memory, scaling=step.change.applied_memory)
             events.append(Event("Normal", step.change.reason, f"{step.change.service}: {step.change.message}",
                                 covers=scaling.SCALING))
+    if plan.managed is not None:  # after a failed write too: what went through is told
+        _settle_managed(plan.managed, outcome, conditions, figures, events, failed=outcome.scaling_failure is not None)
     if plan.recovery is not None and plan.recovery_rules is not None:
         figures, events = _settle_recovery(spec, plan, outcome, conditions, figures, events, failures, now)
     if plan.template is not None:
@@ -220,6 +236,15 @@ def settle(spec: PolicySpec, plan: Plan, outcome: Outcome, *, now: datetime) -> 
         failure = plan.ecs.credentials_failure or plan.ecs.read_failure or outcome.scaling_failure or outcome.aws_failure
         conditions[AWS_CONNECTED] = aws_condition(plan.ecs.region, failure)
     return Settled(_ready(list(conditions.values()), failures), figures, events, memory)
+
+
+def _settle_managed(step: ManagedStep, outcome: Outcome, conditions: dict[str, Condition], figures: dict[str, Any],
+                    events: list[Event], *, failed: bool) -> None:
+    condition, managed_figures, news = settle_managed(step, outcome.managed_done, outcome.managed_after or step.reading)
+    if condition is not None and not failed:
+        conditions[scaling.SCALING] = condition
+        figures["scaling"] = {**figures.get("scaling", {}), **managed_figures}
+    events += [Event(*e, covers=scaling.SCALING if condition is not None and not failed else None) for e in news]
 
 
 def _settle_recovery(

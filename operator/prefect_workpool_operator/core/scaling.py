@@ -99,6 +99,7 @@ class Backlog:
     late: int  # Late runs, and Scheduled runs already due
     pending: int
     workers_online: int
+    upcoming: int = 0  # Scheduled runs due within the lookahead (0 without one)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class ScalingDecision:
 
 def backlog_size(backlog: Backlog, include_pending: bool) -> int:
     """The figure scaling follows (and CloudWatchMetric mode publishes)."""
-    return backlog.late + (backlog.pending if include_pending else 0)
+    return backlog.late + backlog.upcoming + (backlog.pending if include_pending else 0)
 
 
 def wanted_workers(backlog: Backlog, rules: ScalingRules) -> int:
@@ -267,6 +268,8 @@ def _conflict(observed: ScalingObservation) -> str | None:
 
 
 def _figures(backlog: Backlog, service: ServiceCounts, rules: ScalingRules, wanted: int) -> str:
-    size = f"{backlog.late} late + {backlog.pending} pending" if rules.include_pending else f"{backlog.late} late"
+    size = f"{backlog.late} late" + (f" + {backlog.upcoming} due soon" if backlog.upcoming else "")
+    if rules.include_pending:
+        size += f" + {backlog.pending} pending"
     return (f"Backlog {size} at {rules.backlog_per_worker} per worker wants {wanted} worker(s); "
             f"{backlog.workers_online} online, ECS {service.running} running, {service.pending} pending")

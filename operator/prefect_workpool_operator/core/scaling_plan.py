@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ..models import EcsTarget, ScalingSpec
-from . import scaling
+from . import aws_scaling, queue_backlog, scaling
+from .autoscaling_plan import ManagedStep, backlog_view, plan_managed, plan_release, publication
 from .conditions import Condition, format_time
 from .durations import parse_duration
 from .health import Failure, PoolObservation
@@ -28,6 +29,7 @@ class EcsReading:
     service: scaling.ServiceCounts | None = None  # None: no service named, or not asked (CloudWatchMetric)
     deployment_in_progress: bool = False
     autoscaling_target: bool = False
+    autoscaling: aws_scaling.Reading | None = None  # the managed resources (managed modes, or ours left to remove)
     credentials_failure: Failure | None = None  # the AWS keys' Secret could not be read: nothing was asked
     read_failure: Failure | None = None  # DescribeServices / DescribeScalableTargets failed
 
@@ -47,8 +49,7 @@ class ScaleChange:
 class MetricDatum:
     namespace: str
     name: str
-    dimensions: tuple[tuple[str, str], ...]
-    value: int
+    series: tuple[queue_backlog.Series, ...]  # the pool's, then one per queue
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ScalingStep:
     change: ScaleChange | None = None
     metric: MetricDatum | None = None
     failure: Failure | None = None
+    managed: ManagedStep | None = None  # Application Auto Scaling / alarm writes (or removals)
+    published: Mapping[str, Any] | None = None  # the datum figure to remember
 
 
 def scaling_rules(spec: ScalingSpec) -> scaling.ScalingRules:
@@ -88,26 +91,36 @@ def ecs_failed(failure: Failure) -> tuple[Condition, Failure]:
 
 def plan_workers(
     spec: ScalingSpec, ecs: EcsTarget, pool: PoolObservation, reading: EcsReading, memory: scaling.ScalingMemory,
-    *, pool_name: str, dry_run: bool, now: datetime,
+    *, pool_name: str, dry_run: bool, now: datetime, backlog_reading: queue_backlog.BacklogReading | None = None,
+    published: Mapping[str, Any] | None = None,
 ) -> ScalingStep:
-    backlog = scaling.Backlog(late=pool.late, pending=pool.pending, workers_online=pool.workers_online)
-    size = scaling.backlog_size(backlog, spec.include_pending)
-    if spec.mode == "CloudWatchMetric":
-        where = f"{spec.metric_namespace}/{spec.metric_name} (WorkPool={pool_name})"
-        if dry_run:
-            return ScalingStep(Condition(scaling.SCALING, "True", "DryRun", f"dryRun: would publish {size} to {where}."),
-                               {"backlog": size}, memory)
-        return ScalingStep(Condition(scaling.SCALING, "True", "MetricPublished", f"Published backlog {size} to {where}."),
-                           {"backlog": size}, memory,
-                           metric=MetricDatum(spec.metric_namespace, spec.metric_name, (("WorkPool", pool_name),), size))
+    view = backlog_view(spec, pool, backlog_reading)
+    backlog = view.backlog
+    release = None if spec.mode in aws_scaling.MANAGED_MODES else plan_release(reading.autoscaling, dry_run=dry_run)
+    if spec.publishes:
+        sent = publication(spec, pool_name, view, published, dry_run=dry_run, now=now)
+        metric = None if dry_run else MetricDatum(spec.metric_namespace, spec.metric_name, sent.series)
+        figures = {**view.figures, **sent.figures}
+        if spec.mode == "CloudWatchMetric":
+            return ScalingStep(sent.condition, figures, memory, metric=metric, managed=release, published=sent.last)
+        if reading.read_failure is not None or reading.autoscaling is None:
+            condition, failure = ecs_failed(reading.read_failure or Failure("AwsError", "no Application Auto "
+                                                                             "Scaling reading"))
+            return ScalingStep(condition, figures, memory, metric=metric, failure=failure, published=sent.last)
+        condition, managed_figures, managed = plan_managed(spec, ecs, reading.autoscaling, sent, pool=pool_name,
+                                                           dry_run=dry_run)
+        return ScalingStep(condition, {**figures, **managed_figures}, memory, metric=metric, managed=managed,
+                           published=sent.last)
     if reading.read_failure is not None:
         condition, failure = ecs_failed(reading.read_failure)
         return ScalingStep(condition, None, memory, failure=failure)
 
+    # A scalable target the operator registered (and removes this cycle) is no rival.
+    ours = reading.autoscaling is not None and reading.autoscaling.owns_target
     observed = scaling.ScalingObservation(backlog, reading.service, reading.deployment_in_progress,
-                                          reading.autoscaling_target)
+                                          reading.autoscaling_target and not ours)
     decision = scaling.plan_scaling(observed, scaling_rules(spec), memory, on_conflict=spec.on_conflict, now=now)
-    figures: dict[str, Any] = {"backlog": size, "recommendation": decision.recommendation}
+    figures: dict[str, Any] = {**view.figures, "recommendation": decision.recommendation}
     if reading.service is not None:
         figures.update(desired=reading.service.desired, running=reading.service.running,
                        pending=reading.service.pending)
@@ -118,11 +131,13 @@ def plan_workers(
             condition = Condition(scaling.SCALING, "True", "DryRun" if dry_run else "ReportOnly",
                                   f"{verb}: would set desiredCount {decision.current} -> {decision.target}: "
                                   f"{decision.message}")
-        return ScalingStep(condition, figures, decision.memory if decision.target is None else decision.memory_unapplied)
+        return ScalingStep(condition, figures, decision.memory if decision.target is None else decision.memory_unapplied,
+                           managed=release)
     assert ecs.service is not None and decision.current is not None  # DesiredCount mode needs a service (CEL)
     change = ScaleChange(ecs.cluster, ecs.service, decision.current, decision.target, decision.reason,
                          decision.message, decision.memory)
-    return ScalingStep(scaling.scaling_condition(decision), figures, decision.memory_unapplied, change=change)
+    return ScalingStep(scaling.scaling_condition(decision), figures, decision.memory_unapplied, change=change,
+                       managed=release)
 
 
 def scaled(step: ScalingStep, updated: scaling.ServiceCounts, now: datetime) -> dict[str, Any]:
