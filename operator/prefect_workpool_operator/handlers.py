@@ -24,6 +24,7 @@ from .kube_api import KubernetesSecrets, client_for
 from .leader import LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
+from .prefect_events import EventStreams
 from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
 
@@ -121,6 +122,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.http = PrefectHttp(
         max_connections=CONFIG.prefect_max_connections,
         event_hooks={"response": [memo.metrics.on_prefect_response]},
+        events=EventStreams(timedelta(seconds=CONFIG.prefect_resync_seconds)) if CONFIG.prefect_events else None,
     )
     # Per-object memos are shallow copies of this one: a dict here is shared by all
     # policies, so they share one Secrets reader (built once kopf has logged in).

@@ -13,13 +13,15 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .core import health
+from .core import freshness, health
 from .core.health import Failure, PoolObservation
+from .prefect_events import PoolCache
 from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
 from .core.stale import WorkerLifecycle
 
@@ -85,6 +87,7 @@ class PrefectClient:
         self._version: str | None = None
         self._version_checked = False
         self.bulk_unsupported = False  # learnt from a 404/405 on bulk_set_state
+        self._caches: dict[tuple[str, tuple[str, ...]], PoolCache] = {}
 
     # -- transport ------------------------------------------------------------------
 
@@ -223,17 +226,41 @@ class PrefectClient:
         return count
 
     async def observe_pool(self, pool: str, queues: list[str], now: datetime) -> PoolObservation:
-        """Pool status, workers and run counts in five small reads (six on a client's first cycle)."""
+        """Pool status, workers and run counts: five small reads (six on a client's first cycle),
+        or, with the event stream on, only the parts it or their own expiry says changed
+        (``core.freshness``), plus the next due time when the counts are read."""
         version = await self.server_version()
-        work_pool = await self.read_work_pool(pool)
-        scope = pool_scope(pool, queues)
-        workers, late, pending, running = await asyncio.gather(
-            self.read_workers(pool),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}},
-                                                    "expected_start_time": {"before_": now.isoformat()}}}),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
-        )
+        cache = self._cache_for(pool, queues)
+        parts = cache.needed(now) if cache is not None else freshness.PARTS
+        values: dict[str, Any] = dict(cache.values) if cache is not None else {}
+        epoch = cache.epoch() if cache is not None else None
+        if cache is not None:
+            cache.state = freshness.reading(cache.state, parts)
+            cache.served += len(freshness.PARTS - parts)
+            cache.read += len(parts)
+        try:
+            if freshness.POOL in parts:  # first: a missing pool is the whole answer
+                values[freshness.POOL] = await self.read_work_pool(pool)
+            scope = pool_scope(pool, queues)
+            reads = [p for p in (freshness.WORKERS, freshness.COUNTS) if p in parts]
+            fetched = await _all(*(self.read_workers(pool) if p == freshness.WORKERS
+                                   else self._read_counts(scope, now, due=cache is not None) for p in reads))
+            values.update(zip(reads, fetched))
+        except BaseException:
+            if cache is not None:
+                cache.state = freshness.read_failed(cache.state, parts)
+            raise
+        if cache is not None:
+            for part in parts:
+                expires = None
+                if part == freshness.WORKERS:
+                    expires = freshness.worker_deadline([_worker_liveness(w) for w in values[part]])
+                elif part == freshness.COUNTS:
+                    expires = values[part][3]
+                cache.state = freshness.read_done(cache.state, part, started=now, epoch=epoch, expires=expires)
+            cache.values = values
+        work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
+        late, pending, running, _ = values[freshness.COUNTS]
         online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
         return PoolObservation(
             pool_status=str(work_pool.get("status") or "UNKNOWN"),
@@ -247,6 +274,39 @@ class PrefectClient:
             running=running,
             server_version=version,
         )
+
+    async def _read_counts(
+        self, scope: dict[str, Any], now: datetime, *, due: bool
+    ) -> tuple[int, int, int, datetime | None]:
+        """Late (due SCHEDULED), PENDING and RUNNING counts; with ``due``, also when the next
+        SCHEDULED run becomes due (no event marks that moment)."""
+        scheduled = {"state": {"type": {"any_": ["SCHEDULED"]}}}
+        reads = [
+            self.count_runs({**scope, "flow_runs": {**scheduled, "expected_start_time": {"before_": now.isoformat()}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
+        ]
+        if due:
+            reads.append(self._next_due({**scope, "flow_runs": {
+                **scheduled, "expected_start_time": {"after_": now.isoformat()}}}))
+        late, pending, running, *rest = await _all(*reads)
+        return late, pending, running, (rest[0] if rest else None)
+
+    async def _next_due(self, body: dict[str, Any]) -> datetime | None:
+        runs = await self._json("POST", "/flow_runs/filter", {**body, "sort": "EXPECTED_START_TIME_ASC", "limit": 1})
+        if not isinstance(runs, list):
+            raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
+        return _parse_time(runs[0].get("expected_start_time")) if runs else None
+
+    def _cache_for(self, pool: str, queues: list[str]) -> PoolCache | None:
+        streams = self._http.events
+        if streams is None:
+            return None
+        key = (pool, tuple(queues))
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = streams.cache(self.api_url, self._headers.get("Authorization"), pool)
+        return cache
 
     # -- stale-run recovery ----------------------------------------------------------
 
@@ -436,6 +496,29 @@ def _record_claim(claims: dict[str, Claim], event: dict[str, Any]) -> None:
             previous = claims.get(run_id)
             claims[run_id] = Claim(worker=previous.worker if previous else worker, executed=True,
                                    at=previous.at if previous else None)
+
+
+async def _all(*reads: Awaitable[Any]) -> list[Any]:
+    """Concurrent reads; when one fails the others are cancelled, not left holding connections."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(read) for read in reads]  # type: ignore[arg-type]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0]  # the first failure, as gather raised it
+    return [t.result() for t in tasks]
+
+
+def _worker_liveness(worker: dict[str, Any]) -> tuple[str, datetime | None, float | None]:
+    interval = worker.get("heartbeat_interval_seconds")
+    return (str(worker.get("status")), _parse_time(worker.get("last_heartbeat_time")),
+            float(interval) if isinstance(interval, (int, float)) else None)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _occurred(event: dict[str, Any]) -> datetime | None:
