@@ -51,9 +51,10 @@ chart: venv tools ## lint the chart and run its tests (rendering, schema, Argo C
 	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
 	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py
 
-bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed and the fleet (before/after)
+bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed, Prefect budget and the fleet (before/after)
 	$(BIN)/python bench/recovery_write_race.py
 	$(BIN)/python bench/recovery_fleet.py
+	$(BIN)/python bench/prefect_budget.py
 	$(BIN)/python bench/fleet.py
 
 bench-fleet: venv tools ## the fleet benchmark only (BENCH_POLICIES=200, BENCH_LARGE=1000, BENCH_SECONDS=180)
