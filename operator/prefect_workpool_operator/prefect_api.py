@@ -59,6 +59,7 @@ class PrefectError(Exception):
         self.retry_after = retry_after  # the server's Retry-After hint, for the next attempt
         self.status_code = status_code
         self.received = ""  # "HTTP 404 (text/html)": what answered, for NotPrefectApi
+        self.cause = ""  # for unreachable: why, without the request (the same each cycle while it lasts)
 
     def as_failure(self) -> Failure:
         return Failure(self.reason, self.message)
@@ -101,12 +102,16 @@ class PrefectClient:
                 response = await self._http.request(method, url, json=json, headers=self._headers, timeout=self._timeout)
             except SlotTimeout:
                 # Overloaded here, not there: retrying would only queue more. The next cycle tries again.
-                raise PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
-                                   f"connections to Prefect were all busy for {self._timeout:g}s") from None
+                busy = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
+                                    f"connections to Prefect were all busy for {self._timeout:g}s")
+                busy.cause = f"the operator's connections to Prefect were all busy for {self._timeout:g}s"
+                raise busy from None
             except httpx.InvalidURL as exc:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} is not a valid URL: {exc}") from None
             except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} failed: {type(exc).__name__}")
+                last.cause = (f"no answer within {self._timeout:g}s" if isinstance(exc, httpx.TimeoutException)
+                              else type(exc).__name__)
                 continue
             except httpx.UnsupportedProtocol:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} must start with http:// or https://") from None
@@ -246,9 +251,14 @@ class PrefectClient:
             fetched = await _all(*(self.read_workers(pool) if p == freshness.WORKERS
                                    else self._read_counts(scope, now, due=cache is not None) for p in reads))
             values.update(zip(reads, fetched))
-        except BaseException:
+        except BaseException as exc:
             if cache is not None:
                 cache.state = freshness.read_failed(cache.state, parts)
+            if isinstance(exc, PrefectError) and exc.cause:
+                # Which of the concurrent reads failed first varies from cycle to cycle; the
+                # message must not (it is the Ready message: a change is a status write and an Event).
+                raise PrefectError(exc.reason, f"Prefect at {self._safe('')} did not answer the reads of work pool "
+                                   f"{pool!r}: {exc.cause}") from None
             raise
         if cache is not None:
             for part in parts:
