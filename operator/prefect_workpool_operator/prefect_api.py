@@ -267,6 +267,7 @@ class PrefectClient:
                     expires = freshness.worker_deadline([_worker_liveness(w) for w in values[part]])
                 elif part == freshness.COUNTS:
                     expires = values[part][3]
+                    cache.counts_version += 1
                 cache.state = freshness.read_done(cache.state, part, started=now, epoch=epoch, expires=expires)
             cache.values = values
         work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
@@ -307,6 +308,12 @@ class PrefectClient:
         if not isinstance(runs, list):
             raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
         return _parse_time(runs[0].get("expected_start_time")) if runs else None
+
+    def counts_version(self, pool: str, queues: list[str]) -> int | None:
+        """Changes whenever the pool's run counts were read from Prefect again (an event for one
+        of its runs, a due time, a resync); None without the event stream: every read is fresh."""
+        cache = self._caches.get((pool, tuple(queues)))
+        return cache.counts_version if cache is not None else None
 
     def _cache_for(self, pool: str, queues: list[str]) -> PoolCache | None:
         streams = self._http.events

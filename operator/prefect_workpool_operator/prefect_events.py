@@ -52,6 +52,7 @@ class PoolCache:
     values: dict[str, Any] = field(default_factory=dict)
     served: int = 0  # parts served from the cache (for benchmarks)
     read: int = 0  # parts read from Prefect
+    counts_version: int = 0  # reads of the run counts so far
 
     def __hash__(self) -> int:  # registered in a WeakSet
         return id(self)

@@ -149,3 +149,43 @@ async def test_a_dropped_stream_means_full_reads_never_stale_ones(seeder: Prefec
         assert counted.requests - before >= 5
         await warm(client, pool_name)  # the stream comes back and the cache serves again
         assert cache.stream is not None and cache.stream.connects >= 2
+
+
+async def test_a_quiet_cycle_with_fresh_pending_runs_sends_nothing(seeder: PrefectSeeder, pool_name: str,
+                                                                   cached: tuple[PrefectHttp, Counted]) -> None:
+    """Many PENDING runs, none stale: once listed, they are not listed again until a run of the
+    pool changes (its event), and then only the new ones."""
+    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from tests.integration.recovery_helpers import NoSecrets
+
+    http, counted = cached
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    seeder.create_runs(deployment, 5, {"type": "PENDING"})
+    runtime = PolicyRuntime()
+    body: dict = {"metadata": {"name": "quiet", "namespace": "t", "generation": 1},
+                  "spec": {"prefect": {"apiUrl": seeder.api_url, "workPool": pool_name},
+                           "staleRuns": {"pendingTimeout": "1h"}}, "status": {}}
+
+    async def cycle() -> int:
+        before = counted.requests
+        outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+        body["status"] = outcome.status
+        assert outcome.status["conditions"][0]["status"] == "True", outcome.status["conditions"][0]
+        return counted.requests - before
+
+    async def until_silent() -> None:
+        deadline = time.monotonic() + 20
+        while await cycle():
+            assert time.monotonic() < deadline, "cycles never stopped sending requests"
+            await asyncio.sleep(0.3)
+
+    await until_silent()
+    assert body["status"]["runs"]["pending"] == 5 and len(runtime.recovery.quiet.pending) == 5
+    seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    start = time.monotonic()
+    while body["status"]["runs"]["pending"] != 6 or len(runtime.recovery.quiet.pending) != 6:
+        assert time.monotonic() - start < INTERVAL, "the new PENDING run was not seen within an interval"
+        await cycle()
+        await asyncio.sleep(0.3)
+    await until_silent()
