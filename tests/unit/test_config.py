@@ -42,3 +42,12 @@ def test_renew_deadline_must_be_shorter_than_the_lease(lease: str, renew: str, r
 )
 def test_shard_rule(labels: dict[str, str] | None, shard: str, mine: bool) -> None:
     assert in_shard(labels, shard) is mine
+
+
+def test_prefect_event_stream_is_on_by_default_with_a_five_minute_resync() -> None:
+    config = load_config({})
+    assert config.prefect_events is True and config.prefect_resync_seconds == 300
+    off = load_config({"PWO_PREFECT_EVENTS": "0", "PWO_PREFECT_RESYNC_SECONDS": "60"})
+    assert off.prefect_events is False and off.prefect_resync_seconds == 60
+    with pytest.raises(ValueError, match="PWO_PREFECT_RESYNC_SECONDS"):
+        load_config({"PWO_PREFECT_RESYNC_SECONDS": "-1"})
