@@ -257,7 +257,7 @@ async def reconcile(
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})
         log.debug("cycle of %s/%s by %s in shard %s", meta.get("namespace"), meta.get("name"), CONFIG.identity, CONFIG.shard_name)
-        memo.metrics.cycle_started(meta)
+        memo.metrics.cycle_started(meta, at=now.timestamp(), late=now.timestamp() - due if due is not None else None)
         cycle = asyncio.ensure_future(run_cycle(
             body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now, rival=rival
         ))

@@ -35,6 +35,11 @@ class OperatorMetrics:
         self.aws_requests = Counter("pwo_aws_requests", "Requests sent to AWS (retries included).", ("operation",), registry=r)
         self.leader = Gauge("pwo_leader", "1 while this replica holds its shard's Lease (acts), 0 on standby.", ("shard",), registry=r)
         self.cycles = Counter("pwo_cycles", "Cycles this replica started, by policy.", ("namespace", "policy"), registry=r)
+        self.started = Gauge("pwo_cycle_started_timestamp_seconds", "When the policy's last cycle started (Unix time): "
+                             "alert when time() minus it exceeds a few intervals.", ("namespace", "policy"), registry=r)
+        self.start_delay = Histogram("pwo_cycle_start_delay_seconds", "How late cycles started after their scheduled "
+                                     "slot (an overloaded operator or Prefect makes them later).", registry=r,
+                                     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self._policies: dict[tuple[str, str], _PolicySeries] = {}
 
     def serve(self, port: int) -> None:
@@ -91,10 +96,15 @@ class OperatorMetrics:
             out[(self.condition, (*key, str(c.get("type")), str(c.get("status")), str(c.get("reason"))))] = 1
         return out
 
-    def cycle_started(self, meta: Mapping[str, Any]) -> None:
+    def cycle_started(self, meta: Mapping[str, Any], *, at: float, late: float | None = None) -> None:
+        """``late``: seconds after its scheduled slot (None: not scheduled, e.g. a spec edit)."""
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         self.cycles.labels(ns, name).inc()
+        self.started.labels(ns, name).set(at)
         self._note(ns, name, self.cycles, (ns, name))
+        self._note(ns, name, self.started, (ns, name))
+        if late is not None:
+            self.start_delay.observe(max(0.0, late))
 
     def _note(self, ns: str, name: str, metric: Any, labels: tuple[str, ...]) -> None:
         self._policies.setdefault((ns, name), _PolicySeries()).series.add((metric, labels))
