@@ -189,3 +189,26 @@ async def test_a_quiet_cycle_with_fresh_pending_runs_sends_nothing(seeder: Prefe
         await cycle()
         await asyncio.sleep(0.3)
     await until_silent()
+
+
+async def test_the_stream_authenticates_to_a_server_with_basic_auth(prefect_auth_server, pool_name: str,
+                                                                   cached: tuple[PrefectHttp, Counted]) -> None:
+    """The auth message carries ``user:password``; a wrong one keeps the stream down (full reads, no error)."""
+    from tests.conftest import BASIC_AUTH
+    from tests.integration.test_prefect_api import basic
+
+    http, counted = cached
+    with PrefectSeeder(prefect_auth_server.api_url, auth=prefect_auth_server.auth) as seeder:
+        seeder.create_ecs_pool(pool_name)
+    client = PrefectClient(http, prefect_auth_server.api_url, auth_header=basic(BASIC_AUTH))
+    await warm(client, pool_name)
+    wrong = PrefectClient(http, prefect_auth_server.api_url, auth_header=basic("operator:wrong"))
+    with pytest.raises(Exception):
+        await wrong.observe_pool(pool_name, [], utcnow())  # the REST API refuses it too
+    stream = http.events.stream_for(prefect_auth_server.api_url, basic("operator:wrong"))  # type: ignore[union-attr]
+    stream.ensure_running()
+    deadline = time.monotonic() + 10
+    while stream.failures == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert stream.epoch is None
