@@ -72,6 +72,8 @@ class TcpProxy:
         self._writers |= {writer, up_writer}
         try:
             await asyncio.gather(self._pipe(reader, up_writer, delayed=True), self._pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass  # stop(): a cancelled handler task would otherwise be logged by asyncio's stream callback
         finally:
             self._writers -= {writer, up_writer}
             for w in (writer, up_writer):
