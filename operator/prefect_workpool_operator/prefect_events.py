@@ -94,6 +94,10 @@ class EventStream:
             return None
         return self._live
 
+    @property
+    def unused(self) -> bool:
+        return bool(self._listeners) and not any(len(caches) for caches in self._listeners.values())
+
     def listen(self, pool: str, cache: PoolCache) -> None:
         self._listeners.setdefault(pool, weakref.WeakSet()).add(cache)
         self.ensure_running()
@@ -179,6 +183,7 @@ class EventStreams:
         self.resync = resync
         self._streams: dict[tuple[str, str | None], EventStream] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def stream_for(self, api_url: str, auth_header: str | None) -> EventStream:
         key = (api_url.rstrip("/"), auth_header)
@@ -193,7 +198,17 @@ class EventStreams:
         stream = self.stream_for(api_url, auth_header)
         cache = PoolCache(stream, self.resync)
         stream.listen(pool, cache)
+        self._close_unused()
         return cache
+
+    def _close_unused(self) -> None:
+        """Streams no cache listens to any more (credentials rotated, policies deleted) are closed."""
+        for key, stream in list(self._streams.items()):
+            if stream.unused:
+                del self._streams[key]
+                task = asyncio.get_running_loop().create_task(stream.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     @property
     def streams(self) -> list[EventStream]:
@@ -202,6 +217,8 @@ class EventStreams:
     async def aclose(self) -> None:
         for stream in self._streams.values():
             await stream.aclose()
+        for task in list(self._closing):
+            await task
         if self._session is not None:
             await self._session.close()
 

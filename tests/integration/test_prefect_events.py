@@ -212,3 +212,18 @@ async def test_the_stream_authenticates_to_a_server_with_basic_auth(prefect_auth
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     assert stream.epoch is None
+
+
+async def test_a_stream_nobody_listens_to_is_closed(seeder: PrefectSeeder, pool_name: str,
+                                                    cached: tuple[PrefectHttp, Counted]) -> None:
+    import gc
+
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    old = PrefectClient(http, seeder.api_url, auth_header="Bearer old-key")
+    await warm(old, pool_name)
+    del old
+    gc.collect()
+    new = PrefectClient(http, seeder.api_url, auth_header="Bearer new-key")  # e.g. a rotated key
+    await warm(new, pool_name)
+    assert len(http.events.streams) == 1  # type: ignore[union-attr]
