@@ -55,6 +55,7 @@ bench: venv tools ## benchmarks that print figures: recovery write methods racin
 	$(BIN)/python bench/recovery_write_race.py
 	$(BIN)/python bench/recovery_fleet.py
 	$(BIN)/python bench/prefect_budget.py
+	$(BIN)/python bench/prefect_overload.py
 	$(BIN)/python bench/fleet.py
 
 bench-fleet: venv tools ## the fleet benchmark only (BENCH_POLICIES=200, BENCH_LARGE=1000, BENCH_SECONDS=180)
