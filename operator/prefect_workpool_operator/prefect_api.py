@@ -249,7 +249,7 @@ class PrefectClient:
             scope = pool_scope(pool, queues)
             reads = [p for p in (freshness.WORKERS, freshness.COUNTS) if p in parts]
             fetched = await _all(*(self.read_workers(pool) if p == freshness.WORKERS
-                                   else self._read_counts(scope, now, due=cache is not None) for p in reads))
+                                   else self._read_counts(scope, now, due=epoch is not None) for p in reads))
             values.update(zip(reads, fetched))
         except BaseException as exc:
             if cache is not None:
