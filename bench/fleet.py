@@ -240,6 +240,16 @@ def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix) and where in k)
 
 
+def cycle_buckets(metrics: dict[str, float]) -> str:
+    """Shares of cycles by duration, from pwo_reconcile_duration_seconds' buckets (all policies)."""
+    def upto(le: str) -> float:
+        return total(metrics, "pwo_reconcile_duration_seconds_bucket", f'le="{le}"')
+    count = upto("+Inf")
+    if not count:
+        return "n/a"
+    return f"{100 * upto('0.1') / count:.0f} % / {100 * upto('1.0') / count:.0f} % / {100 * (count - upto('5.0')) / count:.0f} %"
+
+
 def apiserver_requests(kubectl: Kubectl) -> float:
     """Requests to resources (not watches) the API server counted, all clients."""
     metrics = parse_metrics(kubectl("get", "--raw", "/metrics"))
@@ -407,6 +417,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "policies that ever started a cycle": f"{len(starts)} / {n}",
         "max starts in 1 s / average": f"{max(per_second.values(), default=0)} / {average:.1f}",
         "mean cycle (s)": f"{mean:.2f}",
+        "cycles ≤ 0.1 s / ≤ 1 s / > 5 s": cycle_buckets(metrics1),
         "operator CPU (% of a core)": f"{100 * (cpu1 - cpu0) / (end - steady):.1f}",
         "RSS end / peak (MiB)": f"{rss:.0f} / {max(peak, rss):.0f}",
         "RSS per policy (MiB)": f"{(rss - idle_rss) / n:.2f}",
