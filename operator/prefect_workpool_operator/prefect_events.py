@@ -115,9 +115,9 @@ class EventStream:
     async def _run(self) -> None:
         backoff = 1.0
         while True:
+            connects = self.connects
             try:
                 await self._subscribe()
-                backoff = 1.0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: down until the next attempt, reads in full
@@ -127,6 +127,8 @@ class EventStream:
                         _safe(self.url), _describe(exc))
             finally:
                 self._live = None
+            if self.connects > connects:
+                backoff = 1.0  # it was live: a drop, not a server refusing us
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
