@@ -236,6 +236,8 @@ class PrefectClient:
         (``core.freshness``), plus the next due time when the counts are read."""
         version = await self.server_version()
         cache = self._cache_for(pool, queues)
+        if cache is not None and not cache.state.reads:
+            await cache.first_subscription()
         parts = cache.needed(now) if cache is not None else freshness.PARTS
         values: dict[str, Any] = dict(cache.values) if cache is not None else {}
         epoch = cache.epoch() if cache is not None else None

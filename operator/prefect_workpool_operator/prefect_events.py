@@ -40,6 +40,7 @@ CONNECT_TIMEOUT = 10.0
 LIVE_GRACE = 1.0
 BACKFILL = timedelta(seconds=30)  # replayed on (re)connect: only ever extra invalidations
 MAX_BACKOFF = 30.0
+FIRST_SUBSCRIPTION_WAIT = 3.0
 
 
 @dataclass
@@ -68,6 +69,17 @@ class PoolCache:
 
     def needed(self, now: datetime) -> frozenset[str]:
         return freshness.needed(self.state, epoch=self.epoch(), now=now, resync=self.resync)
+
+    async def first_subscription(self) -> None:
+        """While the stream's first subscription is being made (a second or so), wait for it:
+        reads made before it count for nothing, so a starting fleet would read everything twice."""
+        if self.stream is None:
+            return
+        self.stream.ensure_running()
+        deadline = asyncio.get_running_loop().time() + FIRST_SUBSCRIPTION_WAIT
+        while (self.stream.epoch is None and self.stream.failures == 0 and self.stream.connects <= 1
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.1)
 
 
 class EventStream:
