@@ -17,7 +17,10 @@ are applied at once, and the run is measured for BENCH_SECONDS:
   first, these say so); Kubernetes API requests per policy-cycle (the API server's own
   apiserver_request_total, watches excluded).
 
-The proxy runs in this process: its CPU is not the operator's, but it shares the machine.
+The proxy (HTTP and the event-stream websocket) runs in this process: its CPU is not the
+operator's, but it shares the machine. Cycle starts come from the operator's
+`pwo_cycle_started_timestamp_seconds` gauge (scraped every 5 s) where it has one, else from
+each cycle's `GET /work_pools/<pool>`.
 
 Steady-state figures skip the first interval (the fleet's first cycles).
 
@@ -47,6 +50,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
@@ -141,6 +145,8 @@ class Proxy:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             self.records.append((time.time(), request.method, request.path))
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                return await stream(request)
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
             async with session.request(request.method, self.upstream + request.path_qs.removeprefix("/api"),
@@ -149,6 +155,25 @@ class Proxy:
                 return web.Response(status=answer.status, body=data,
                                     headers={k: v for k, v in answer.headers.items()
                                              if k.lower() in ("content-type", "retry-after")})
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            """Prefect's event stream (websocket), passed through message by message."""
+            from aiohttp import WSMsgType
+
+            inbound = web.WebSocketResponse(protocols=("prefect",))
+            await inbound.prepare(request)
+            headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+            url = (self.upstream + request.path_qs.removeprefix("/api")).replace("http://", "ws://", 1)
+            async with session.ws_connect(url, protocols=("prefect",), headers=headers) as outbound:
+                async def pump(source: Any, sink: Any) -> None:
+                    async for message in source:
+                        if message.type != WSMsgType.TEXT:
+                            break
+                        await sink.send_str(message.data)
+                    await sink.close()
+
+                await asyncio.gather(pump(inbound, outbound), pump(outbound, inbound), return_exceptions=True)
+            return inbound
 
         async def main() -> None:
             nonlocal session
@@ -163,6 +188,32 @@ class Proxy:
 
         session = None
         self._loop.run_until_complete(main())
+
+
+class StartWatcher:
+    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every 5 s: each new value
+    is a cycle's exact start (cycles of one policy are an interval apart)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.starts: dict[str, set[float]] = defaultdict(set)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(5.0):
+            with contextlib.suppress(OSError):
+                for key, value in scrape(self.url).items():
+                    found = re.fullmatch(r'pwo_cycle_started_timestamp_seconds\{.*policy="([^"]+)".*\}', key)
+                    if found:
+                        self.starts[found.group(1)].add(value)
 
 
 # -- figures ------------------------------------------------------------------------------
@@ -187,6 +238,16 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 def total(metrics: dict[str, float], prefix: str, where: str = "") -> float:
     return sum(v for k, v in metrics.items() if k.startswith(prefix) and where in k)
+
+
+def cycle_buckets(metrics: dict[str, float]) -> str:
+    """Shares of cycles by duration, from pwo_reconcile_duration_seconds' buckets (all policies)."""
+    def upto(le: str) -> float:
+        return total(metrics, "pwo_reconcile_duration_seconds_bucket", f'le="{le}"')
+    count = upto("+Inf")
+    if not count:
+        return "n/a"
+    return f"{100 * upto('0.1') / count:.0f} % / {100 * upto('1.0') / count:.0f} % / {100 * (count - upto('5.0')) / count:.0f} %"
 
 
 def apiserver_requests(kubectl: Kubectl) -> float:
@@ -301,6 +362,8 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
                 time.sleep(0.5)
         time.sleep(3)
         idle_rss = rss_mib(proc.pid)
+        watcher = StartWatcher(metrics_url)
+        watcher.start()
         kubectl.apply(manifest(namespace, n, proxy.api_url, moto.endpoint_url, cluster, own_keys))
         applied = time.time()
         log(f"{name}: {n} policies applied; measuring for {SECONDS:.0f}s")
@@ -319,15 +382,22 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         server1 = server_cpu_seconds(server_roots)
         rss = rss_mib(proc.pid)
     finally:
+        with contextlib.suppress(NameError):
+            watcher.stop()
         stop_process_group(proc, grace=10)
         log_lines = sum(1 for _ in out.open("rb"))
     starts: dict[str, list[float]] = defaultdict(list)
+    # An operator serving reads from its event-stream cache sends no request at most cycle
+    # starts: time them by its pwo_cycle_started_timestamp_seconds gauge where it has one.
+    timed_by_gauge = bool(watcher.starts)
+    for policy, times in watcher.starts.items():
+        starts[policy.replace("policy-", "bench-pool-")] = sorted(t for t in times if t >= applied)
     requests_steady = 0
     for t, method, path in list(proxy.records):
         if t < applied:
             continue
         match = re.fullmatch(r"/api/work_pools/(bench-pool-\d+)", path)
-        if method == "GET" and match and int(match.group(1).rsplit("-", 1)[1]) < n:
+        if not timed_by_gauge and method == "GET" and match and int(match.group(1).rsplit("-", 1)[1]) < n:
             starts[match.group(1)].append(t)
         if steady <= t <= end:
             requests_steady += 1
@@ -347,6 +417,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "policies that ever started a cycle": f"{len(starts)} / {n}",
         "max starts in 1 s / average": f"{max(per_second.values(), default=0)} / {average:.1f}",
         "mean cycle (s)": f"{mean:.2f}",
+        "cycles ≤ 0.1 s / ≤ 1 s / > 5 s": cycle_buckets(metrics1),
         "operator CPU (% of a core)": f"{100 * (cpu1 - cpu0) / (end - steady):.1f}",
         "RSS end / peak (MiB)": f"{rss:.0f} / {max(peak, rss):.0f}",
         "RSS per policy (MiB)": f"{(rss - idle_rss) / n:.2f}",

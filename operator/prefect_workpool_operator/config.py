@@ -39,6 +39,12 @@ class OperatorConfig:
     # PWO_PREFECT_MAX_CONNECTIONS: connections to Prefect shared by every policy, and so the
     # requests in flight at once; more wait in the operator, within their request timeout.
     prefect_max_connections: int = 50
+    # PWO_PREFECT_EVENTS: 0 turns Prefect's event stream off: every cycle then reads its
+    # pool in full (5 requests) instead of only what the stream says changed.
+    prefect_events: bool = True
+    # PWO_PREFECT_RESYNC_SECONDS: with the event stream on, each cached read is refreshed at
+    # least this often whatever the stream says (a safety net, as an informer's resync).
+    prefect_resync_seconds: float = 300.0
     # PWO_SECRET_WATCH: how Secrets are kept current (secret_cache.py): "namespace" (one
     # list+watch per namespace a policy reads a Secret in; RBAC list/watch on Secrets there),
     # "name" (one watch per Secret, by field selector: RBAC resourceNames can allow it), "off".
@@ -96,6 +102,8 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
         prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
         secret_watch=_secret_watch(env.get("PWO_SECRET_WATCH", "namespace")),
+        prefect_events=env.get("PWO_PREFECT_EVENTS", "1") not in {"0", "false", "no"},
+        prefect_resync_seconds=_non_negative(env, "PWO_PREFECT_RESYNC_SECONDS", "300"),
         secret_cache_seconds=_non_negative(env, "PWO_SECRET_CACHE_SECONDS", "300"),
         status_heartbeat_seconds=_non_negative(env, "PWO_STATUS_HEARTBEAT_SECONDS", "600"),
         shard=shard,

@@ -27,6 +27,7 @@ from .leader import LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
 from .observe import ReadCache
+from .prefect_events import EventStreams
 from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
 from .release import release_on_delete
@@ -127,6 +128,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.http = PrefectHttp(
         max_connections=CONFIG.prefect_max_connections,
         event_hooks={"response": [memo.metrics.on_prefect_response]},
+        events=EventStreams(timedelta(seconds=CONFIG.prefect_resync_seconds)) if CONFIG.prefect_events else None,
     )
     # Per-object memos are shallow copies of this one: a dict here is shared by all
     # policies, so they share one Kubernetes client and Secret cache (built once logged in).
@@ -283,7 +285,7 @@ async def reconcile(
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})
         log.debug("cycle of %s/%s by %s in shard %s", meta.get("namespace"), meta.get("name"), CONFIG.identity, CONFIG.shard_name)
-        memo.metrics.cycles.labels(meta.get("namespace"), meta.get("name")).inc()
+        memo.metrics.cycle_started(meta, at=now.timestamp(), late=now.timestamp() - due if due is not None else None)
         cycle = asyncio.ensure_future(run_cycle(
             body, http=memo.http, secrets=memo.shared.get("secrets"), runtime=runtime, now=now, rival=rival
         ))

@@ -7,6 +7,7 @@ cannot disagree. Served by ``prometheus_client`` on PWO_METRICS_PORT (/metrics).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -45,6 +46,12 @@ class OperatorMetrics:
         self.aws_requests = Counter("pwo_aws_requests", "Requests sent to AWS (retries included).", ("operation",), registry=r)
         self.leader = Gauge("pwo_leader", "1 while this replica holds its shard's Lease (acts), 0 on standby.", ("shard",), registry=r)
         self.cycles = Counter("pwo_cycles", "Cycles this replica started, by policy.", ("namespace", "policy"), registry=r)
+        self.started = Gauge("pwo_cycle_started_timestamp_seconds", "When the policy's last cycle started (Unix time): "
+                             "alert when time() minus it exceeds a few intervals.", ("namespace", "policy"), registry=r)
+        self.start_delay = Histogram("pwo_cycle_start_delay_seconds", "How late cycles started after their scheduled "
+                                     "slot (an overloaded operator or Prefect makes them later).", registry=r,
+                                     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self._policies: dict[tuple[str, str], _PolicySeries] = {}
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
@@ -54,44 +61,76 @@ class OperatorMetrics:
         self.prefect_requests.labels(response.request.method, str(response.status_code)).inc()
 
     def record_cycle(self, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any], seconds: float) -> None:
+        """Work proportional to what changed since the policy's last cycle: unchanged gauges are
+        not set again, and a policy's series are found in its own record, never by scanning all."""
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         pool = str(((spec.get("prefect") or {}).get("workPool")) or "")
         key = (ns, name, pool)
         self.duration.labels(ns, name).observe(seconds)
+        self._note(ns, name, self.duration, (ns, name))
+        record = self._policies.setdefault((ns, name), _PolicySeries())
+        gauges = self._gauges(key, status)
+        for (metric, labels), value in gauges.items():
+            if record.gauges.get((metric, labels)) != value:
+                metric.labels(*labels).set(value)
+                record.series.add((metric, labels))
+        for metric, labels in set(record.gauges) - set(gauges):  # gone from the status (or the pool renamed)
+            metric.remove(*labels)
+            record.series.discard((metric, labels))
+        record.gauges = gauges
+        stale = status.get("staleRuns") or {}
+        if stale:
+            last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
+            self._count(ns, name, self.recovered, key, stale.get("recovered", 0))
+            for action in ("rescheduled", "crashed", "cancelled"):
+                self._count(ns, name, self.changed, (*key, action), last.get(action, 0))
+            for reason, count in (last.get("reasons") or {}).items():
+                self._count(ns, name, self.recovered_by_reason, (*key, reason), count)
+            self._count(ns, name, self.exhausted, key, last.get("exhausted", 0))
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if ready is not None and ready.get("status") == "False":
+            self._count(ns, name, self.errors, (ns, name, str(ready.get("reason"))), 1)
+
+    def _gauges(self, key: tuple[str, str, str], status: Mapping[str, Any]) -> dict[tuple[Any, tuple[str, ...]], float]:
+        """Every gauge series the status implies, with its value: one series per condition type."""
+        out: dict[tuple[Any, tuple[str, ...]], float] = {}
         for state, value in (status.get("runs") or {}).items():
-            self.runs.labels(*key, state).set(value)
+            out[(self.runs, (*key, state))] = value
         for state, value in (status.get("workers") or {}).items():
-            self.workers.labels(*key, state).set(value)
+            out[(self.workers, (*key, state))] = value
         scaling = status.get("scaling") or {}
         for count in ("desired", "running", "pending"):
             if scaling.get(count) is not None:
-                self.ecs_tasks.labels(*key, count).set(scaling[count])
+                out[(self.ecs_tasks, (*key, count))] = scaling[count]
         if scaling.get("recommendation") is not None:
-            self.recommended.labels(*key).set(scaling["recommendation"])
+            out[(self.recommended, key)] = scaling["recommendation"]
         stale = status.get("staleRuns") or {}
         if stale:
-            self.stale.labels(*key).set(stale.get("stale", 0))
-            self.recovered.labels(*key).inc(stale.get("recovered", 0))
-            # Counters start at 0 with recovery, not at their first run: rate() and increase()
-            # cannot see a series' first value, so a first increment would go unnoticed.
-            last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
-            for action in ("rescheduled", "crashed", "cancelled"):
-                self.changed.labels(*key, action).inc(last.get(action, 0))
-            for reason, count in (last.get("reasons") or {}).items():
-                self.recovered_by_reason.labels(*key, reason).inc(count)
-            self.exhausted.labels(*key).inc(last.get("exhausted", 0))
-        self._conditions(key, status.get("conditions") or [])
+            out[(self.stale, key)] = stale.get("stale", 0)
+        for c in status.get("conditions") or []:
+            out[(self.condition, (*key, str(c.get("type")), str(c.get("status")), str(c.get("reason"))))] = 1
+        return out
 
-    def _conditions(self, key: tuple[str, str, str], conditions: list[Mapping[str, Any]]) -> None:
-        # One series per type: drop the previous status/reason of this policy's types first.
-        types = {c.get("type") for c in conditions}
-        for labels in list(self.condition._metrics):  # noqa: SLF001 (prometheus_client has no per-label query)
-            if labels[:3] == key and labels[3] in types:
-                self.condition.remove(*labels)
-        for c in conditions:
-            self.condition.labels(*key, c.get("type"), c.get("status"), c.get("reason")).set(1)
-            if c.get("type") == "Ready" and c.get("status") == "False":
-                self.errors.labels(key[0], key[1], str(c.get("reason"))).inc()
+    def cycle_started(self, meta: Mapping[str, Any], *, at: float, late: float | None = None) -> None:
+        """``late``: seconds after its scheduled slot (None: not scheduled, e.g. a spec edit)."""
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        self.cycles.labels(ns, name).inc()
+        self.started.labels(ns, name).set(at)
+        self._note(ns, name, self.cycles, (ns, name))
+        self._note(ns, name, self.started, (ns, name))
+        if late is not None:
+            self.start_delay.observe(max(0.0, late))
+
+    def _note(self, ns: str, name: str, metric: Any, labels: tuple[str, ...]) -> None:
+        self._policies.setdefault((ns, name), _PolicySeries()).series.add((metric, labels))
+
+    def _count(self, ns: str, name: str, counter: Counter, labels: tuple[str, ...], amount: float) -> None:
+        """Add to a counter; a new series is created at 0 once (increase() cannot see a
+        series' first value), and an unchanged one costs nothing."""
+        record = self._policies.setdefault((ns, name), _PolicySeries())
+        if amount or (counter, labels) not in record.series:
+            counter.labels(*labels).inc(amount)
+            record.series.add((counter, labels))
 
     def record_aws_calls(self, calls: Mapping[str, int]) -> None:
         for operation, count in calls.items():
@@ -100,19 +139,27 @@ class OperatorMetrics:
 
     def record_failure(self, meta: Mapping[str, Any], reason: str) -> None:
         """A cycle that ended before it had a status (an unexpected error) still counts as failed."""
-        self.errors.labels(str(meta.get("namespace", "")), str(meta.get("name", "")), reason).inc()
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        self._count(ns, name, self.errors, (ns, name, reason), 1)
 
     def record_aws_budget(self, meta: Mapping[str, Any], refused: int) -> None:
         """Calls the spent AWS call budget refused this cycle (the cycle counts once)."""
-        counter = self.aws_budget_exhausted.labels(str(meta.get("namespace", "")), str(meta.get("name", "")))
-        counter.inc(1 if refused else 0)  # created at 0 on the first cycle, for increase()
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        self._count(ns, name, self.aws_budget_exhausted, (ns, name), 1 if refused else 0)
 
     def forget(self, meta: Mapping[str, Any]) -> None:
-        """A deleted policy's series go away."""
-        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        for metric in (self.runs, self.workers, self.ecs_tasks, self.recommended, self.stale, self.recovered,
-                       self.changed, self.recovered_by_reason, self.exhausted, self.aws_budget_exhausted,
-                       self.condition, self.duration, self.errors):
-            for labels in list(metric._metrics):  # noqa: SLF001
-                if labels[:2] == (ns, name):
-                    metric.remove(*labels)
+        """A deleted policy's series go away (its own record says which)."""
+        record = self._policies.pop((str(meta.get("namespace", "")), str(meta.get("name", ""))), None)
+        for metric, labels in record.series if record else ():
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+
+
+@dataclass
+class _PolicySeries:
+    """The series one policy has set, and the gauge values its last cycle exported."""
+
+    series: set[tuple[Any, tuple[str, ...]]] = field(default_factory=set)
+    gauges: dict[tuple[Any, tuple[str, ...]], float] = field(default_factory=dict)

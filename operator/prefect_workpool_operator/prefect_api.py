@@ -18,11 +18,12 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .core import health
+from .core import freshness, health
 from .core.errors import OperatorError
 from .core.health import PoolObservation
 from .core.recovery_plan import REQUEUED_STATE_NAME, WRITE_BATCH as BULK_LIMIT
 from .concurrent_reads import gather_or_cancel
+from .prefect_events import PoolCache
 from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
 from .core.stale import WorkerLifecycle
 
@@ -56,6 +57,7 @@ class PrefectError(OperatorError):
         self.retry_after = retry_after  # the server's Retry-After hint, for the next attempt
         self.status_code = status_code
         self.received = ""  # "HTTP 404 (text/html)": what answered, for NotPrefectApi
+        self.cause = ""  # for unreachable: why, without the request (the same each cycle while it lasts)
 
 
 class PrefectClient:
@@ -81,6 +83,7 @@ class PrefectClient:
         self._version: str | None = None
         self._version_checked = False
         self.bulk_unsupported = False  # learnt from a 404/405 on bulk_set_state
+        self._caches: dict[tuple[str, tuple[str, ...]], PoolCache] = {}
 
     # -- transport ------------------------------------------------------------------
 
@@ -94,12 +97,16 @@ class PrefectClient:
                 response = await self._http.request(method, url, json=json, headers=self._headers, timeout=self._timeout)
             except SlotTimeout:
                 # Overloaded here, not there: retrying would only queue more. The next cycle tries again.
-                raise PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
-                                   f"connections to Prefect were all busy for {self._timeout:g}s") from None
+                busy = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} not sent: the operator's "
+                                    f"connections to Prefect were all busy for {self._timeout:g}s")
+                busy.cause = f"the operator's connections to Prefect were all busy for {self._timeout:g}s"
+                raise busy from None
             except httpx.InvalidURL as exc:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} is not a valid URL: {exc}") from None
             except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} failed: {type(exc).__name__}")
+                last.cause = (f"no answer within {self._timeout:g}s" if isinstance(exc, httpx.TimeoutException)
+                              else type(exc).__name__)
                 continue
             except httpx.UnsupportedProtocol:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} must start with http:// or https://") from None
@@ -225,17 +232,49 @@ class PrefectClient:
         return runs
 
     async def observe_pool(self, pool: str, queues: list[str], now: datetime) -> PoolObservation:
-        """Pool status, workers and run counts in five small reads (six on a client's first cycle)."""
+        """Pool status, workers and run counts: five small reads (six on a client's first cycle),
+        or, with the event stream on, only the parts it or their own expiry says changed
+        (``core.freshness``), plus the next due time when the counts are read."""
         version = await self.server_version()
-        work_pool = await self.read_work_pool(pool)
-        scope = pool_scope(pool, queues)
-        workers, late, pending, running = await gather_or_cancel(
-            self.read_workers(pool),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}},
-                                                    "expected_start_time": {"before_": now.isoformat()}}}),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
-            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
-        )
+        cache = self._cache_for(pool, queues)
+        if cache is not None and not cache.state.reads:
+            await cache.first_subscription()
+        parts = cache.needed(now) if cache is not None else freshness.PARTS
+        values: dict[str, Any] = dict(cache.values) if cache is not None else {}
+        epoch = cache.epoch() if cache is not None else None
+        if cache is not None:
+            cache.state = freshness.reading(cache.state, parts)
+            cache.served += len(freshness.PARTS - parts)
+            cache.read += len(parts)
+        try:
+            if freshness.POOL in parts:  # first: a missing pool is the whole answer
+                values[freshness.POOL] = await self.read_work_pool(pool)
+            scope = pool_scope(pool, queues)
+            reads = [p for p in (freshness.WORKERS, freshness.COUNTS) if p in parts]
+            fetched = await gather_or_cancel(*(self.read_workers(pool) if p == freshness.WORKERS
+                                   else self._read_counts(scope, now, due=epoch is not None) for p in reads))
+            values.update(zip(reads, fetched))
+        except BaseException as exc:
+            if cache is not None:
+                cache.state = freshness.read_failed(cache.state, parts)
+            if isinstance(exc, PrefectError) and exc.cause:
+                # Which of the concurrent reads failed first varies from cycle to cycle; the
+                # message must not (it is the Ready message: a change is a status write and an Event).
+                raise PrefectError(exc.reason, f"Prefect at {self._safe('')} did not answer the reads of work pool "
+                                   f"{pool!r}: {exc.cause}") from None
+            raise
+        if cache is not None:
+            for part in parts:
+                expires = None
+                if part == freshness.WORKERS:
+                    expires = freshness.worker_deadline([_worker_liveness(w) for w in values[part]])
+                elif part == freshness.COUNTS:
+                    expires = values[part][3]
+                    cache.counts_version += 1
+                cache.state = freshness.read_done(cache.state, part, started=now, epoch=epoch, expires=expires)
+            cache.values = values
+        work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
+        late, pending, running, _ = values[freshness.COUNTS]
         online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
         return PoolObservation(
             pool_status=str(work_pool.get("status") or "UNKNOWN"),
@@ -249,6 +288,45 @@ class PrefectClient:
             running=running,
             server_version=version,
         )
+
+    async def _read_counts(
+        self, scope: dict[str, Any], now: datetime, *, due: bool
+    ) -> tuple[int, int, int, datetime | None]:
+        """Late (due SCHEDULED), PENDING and RUNNING counts; with ``due``, also when the next
+        SCHEDULED run becomes due (no event marks that moment)."""
+        scheduled = {"state": {"type": {"any_": ["SCHEDULED"]}}}
+        reads = [
+            self.count_runs({**scope, "flow_runs": {**scheduled, "expected_start_time": {"before_": now.isoformat()}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}}),
+            self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
+        ]
+        if due:
+            reads.append(self._next_due({**scope, "flow_runs": {
+                **scheduled, "expected_start_time": {"after_": now.isoformat()}}}))
+        late, pending, running, *rest = await gather_or_cancel(*reads)
+        return late, pending, running, (rest[0] if rest else None)
+
+    async def _next_due(self, body: dict[str, Any]) -> datetime | None:
+        runs = await self._json("POST", "/flow_runs/filter", {**body, "sort": "EXPECTED_START_TIME_ASC", "limit": 1})
+        if not isinstance(runs, list):
+            raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
+        return _parse_time(runs[0].get("expected_start_time")) if runs else None
+
+    def counts_version(self, pool: str, queues: list[str]) -> int | None:
+        """Changes whenever the pool's run counts were read from Prefect again (an event for one
+        of its runs, a due time, a resync); None without the event stream: every read is fresh."""
+        cache = self._caches.get((pool, tuple(queues)))
+        return cache.counts_version if cache is not None else None
+
+    def _cache_for(self, pool: str, queues: list[str]) -> PoolCache | None:
+        streams = self._http.events
+        if streams is None:
+            return None
+        key = (pool, tuple(queues))
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = streams.cache(self.api_url, self._headers.get("Authorization"), pool)
+        return cache
 
     # -- stale-run recovery ----------------------------------------------------------
 
@@ -438,6 +516,19 @@ def _record_claim(claims: dict[str, Claim], event: dict[str, Any]) -> None:
             previous = claims.get(run_id)
             claims[run_id] = Claim(worker=previous.worker if previous else worker, executed=True,
                                    at=previous.at if previous else None)
+
+
+def _worker_liveness(worker: dict[str, Any]) -> tuple[str, datetime | None, float | None]:
+    interval = worker.get("heartbeat_interval_seconds")
+    return (str(worker.get("status")), _parse_time(worker.get("last_heartbeat_time")),
+            float(interval) if isinstance(interval, (int, float)) else None)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _occurred(event: dict[str, Any]) -> datetime | None:

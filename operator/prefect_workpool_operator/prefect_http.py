@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .prefect_events import EventStreams
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONNECTIONS = 50
@@ -50,6 +52,7 @@ class PrefectHttp:
         client: httpx.AsyncClient | None = None,
         client_factory: Callable[[], httpx.AsyncClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: EventStreams | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -68,6 +71,8 @@ class PrefectHttp:
         self.replacements = 0
         self.pool_timeouts = 0  # PoolTimeout from httpx itself: a leak, never a queue, now
         self.slot_timeouts = 0
+        # Prefect's event stream and the read caches it keeps fresh (prefect_events.py); None: every read is sent.
+        self.events = events
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -134,6 +139,8 @@ class PrefectHttp:
         task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
+        if self.events is not None:
+            await self.events.aclose()
         if self._owned:
             await self._client.aclose()
         for task in list(self._closing):

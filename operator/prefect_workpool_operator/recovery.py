@@ -95,6 +95,8 @@ class RecoveryMemory:
     requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
     # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
     quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
+    # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
+    quiet_version: int | None = None
     # Requeues of the pool counted from Prefect once (first cycle after a start), then
     # advanced by this process's own: the events of a requeue show up seconds later.
     total_requeued: int | None = None
@@ -123,9 +125,14 @@ async def observe_stale_runs(
     key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
     nothing_pending = pending_observed == 0
     if not nothing_pending and memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
-        # Nothing remembered can be stale yet: list only the PENDING runs not remembered.
-        new = [_pending_run(r) for r in await client.pending_candidates(
-            scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
+        # Nothing remembered can be stale yet: list only the PENDING runs not remembered —
+        # none can be new if no run of the pool changed since the last such listing (after
+        # which every PENDING run is remembered; the event stream says what changed).
+        version = client.counts_version(pool, queues)
+        new = [] if version is not None and version == memory.quiet_version else [
+            _pending_run(r) for r in await client.pending_candidates(
+                scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
+        memory.quiet_version = version
         if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
             memory.quiet.add(new)
             return StaleReading(total_requeued=memory.total_requeued)
@@ -133,6 +140,7 @@ async def observe_stale_runs(
         scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
     runs = [_pending_run(r) for r in raw]
     memory.quiet.remember(key, runs, now, rules.pending_timeout)
+    memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
 
     claimers: dict[str, stale.Claimer] = {}

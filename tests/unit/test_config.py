@@ -53,3 +53,10 @@ def test_secret_watch_mode_and_quiet_defaults() -> None:
     assert load_config({"PWO_SECRET_WATCH": "off"}).secret_watch == "off"
     with pytest.raises(ValueError, match="PWO_SECRET_WATCH"):
         load_config({"PWO_SECRET_WATCH": "cluster"})
+def test_prefect_event_stream_is_on_by_default_with_a_five_minute_resync() -> None:
+    config = load_config({})
+    assert config.prefect_events is True and config.prefect_resync_seconds == 300
+    off = load_config({"PWO_PREFECT_EVENTS": "0", "PWO_PREFECT_RESYNC_SECONDS": "60"})
+    assert off.prefect_events is False and off.prefect_resync_seconds == 60
+    with pytest.raises(ValueError, match="PWO_PREFECT_RESYNC_SECONDS"):
+        load_config({"PWO_PREFECT_RESYNC_SECONDS": "-1"})

@@ -79,3 +79,32 @@ def test_failed_cycles_and_spent_aws_budget_are_counted() -> None:
     out = text(m)
     assert 'pwo_reconcile_errors_total{namespace="data",policy="etl",reason="InternalError"} 1.0' in out
     assert 'pwo_aws_call_budget_exhausted_total{namespace="data",policy="etl"} 1.0' in out
+def test_a_cycle_that_changed_nothing_sets_no_gauge_whatever_the_fleet_size() -> None:
+    m = OperatorMetrics()
+    for i in range(300):
+        m.record_cycle({"namespace": "data", "name": f"p{i}"}, SPEC, status("True", "Reconciled"), 0.1)
+    calls: list[tuple] = []
+    for gauge in (m.runs, m.workers, m.ecs_tasks, m.recommended, m.stale, m.condition):
+        original = gauge.labels
+        gauge.labels = lambda *labels, _o=original: calls.append(labels) or _o(*labels)  # type: ignore[method-assign]
+    m.record_cycle({"namespace": "data", "name": "p7"}, SPEC, status("True", "Reconciled"), 0.1)
+    assert calls == []
+    changed = status("False", "Unreachable")
+    changed["runs"]["late"] = 9
+    m.record_cycle({"namespace": "data", "name": "p7"}, SPEC, changed, 0.1)
+    assert sorted(c[-1] for c in calls) == ["Unreachable", "late"]  # the late count and the new Ready series
+    out = text(m)
+    assert 'policy="p7",pool="ecs-pool",reason="Reconciled"' not in out  # the old Ready series is gone
+    assert 'policy="p8",pool="ecs-pool",reason="Reconciled"' in out
+
+
+def test_a_renamed_pool_leaves_no_series_behind() -> None:
+    m = OperatorMetrics()
+    m.record_cycle(META, SPEC, status("True", "Reconciled"), 0.1)
+    m.record_cycle(META, {"prefect": {"workPool": "other"}}, status("True", "Reconciled"), 0.1)
+    assert 'pool="ecs-pool"' not in text(m)
+    m.cycle_started(META, at=1_800_000_000.0, late=4.0)
+    assert 'pwo_cycle_started_timestamp_seconds{namespace="data",policy="etl"} 1.8e+09' in text(m)
+    assert "pwo_cycle_start_delay_seconds_bucket{le=\"5.0\"} 1.0" in text(m)
+    m.forget(META)
+    assert 'policy="etl"' not in text(m)

@@ -1,0 +1,135 @@
+"""When a cached Prefect read may be served, and when it must be read again.
+
+The operator keeps the last answer of each part of a pool's observation and serves it
+while Prefect's event stream says nothing about it, like a Kubernetes informer pairs
+a watch with a periodic list. Some changes send no event, so each read also says when
+its answer expires by itself:
+
+- counts (late / pending / running): a SCHEDULED run becoming due sends nothing (the
+  Late event comes 15 s later, and only for runs in a state named "Scheduled"), so the
+  counts expire at the next expected start time the read saw;
+- workers: the server turns a worker OFFLINE by a plain SQL update, without an event,
+  once its heartbeat is older than 3 × its interval, so the workers expire at the
+  earliest such deadline of an ONLINE worker (and stay expired while one is overdue);
+- every part expires ``resync`` after it was read (a safety net, never the main path);
+- a part read while the stream was down, or under another subscription than the one
+  now live (the stream dropped in between: events may be lost), is never served.
+
+Times are the cycle's clock; the subscription is an epoch number, so no clock of the
+stream's enters here. Decided on plain data; the Prefect adapter does the reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+POOL = "pool"  # status, type, base job template: GET /work_pools/{name}
+WORKERS = "workers"  # workers/filter
+COUNTS = "counts"  # late / pending / running counts and the next due time
+PARTS = frozenset({POOL, WORKERS, COUNTS})
+
+# prefect 3.8 foreman: OFFLINE when the last heartbeat is older than this many intervals,
+# the interval being the worker's own or 30 s when it reported none.
+INACTIVITY_HEARTBEAT_MULTIPLE = 3
+FALLBACK_HEARTBEAT_SECONDS = 30.0
+DEFAULT_RESYNC = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class PartRead:
+    """One part's last read: when it started and under which subscription."""
+
+    started: datetime
+    epoch: int | None  # the stream's subscription number at the read's start; None: stream down
+    expires: datetime | None = None  # the next due time (counts) or worker deadline (workers)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    reads: dict[str, PartRead] = field(default_factory=dict)
+    dirty: frozenset[str] = frozenset()  # parts an event touched since their read started
+
+
+def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC) -> frozenset[str]:
+    """The parts this cycle must read; the others may be served from the cache."""
+    out = set()
+    for part in PARTS:
+        read = state.reads.get(part)
+        if (
+            read is None
+            or epoch is None  # the stream is down now: nothing tells us what changed
+            or read.epoch != epoch  # read before this subscription: events in the gap are lost
+            or part in state.dirty
+            or now >= read.started + resync
+            or (read.expires is not None and now >= read.expires)
+        ):
+            out.add(part)
+    return frozenset(out)
+
+
+def reading(state: Freshness, parts: frozenset[str]) -> Freshness:
+    """Reads of ``parts`` are about to start: events from now on dirty them again."""
+    return replace(state, dirty=state.dirty - parts)
+
+
+def read_done(
+    state: Freshness, part: str, *, started: datetime, epoch: int | None, expires: datetime | None = None
+) -> Freshness:
+    return replace(state, reads={**state.reads, part: PartRead(started, epoch, expires)})
+
+
+def read_failed(state: Freshness, parts: frozenset[str]) -> Freshness:
+    """A failed read leaves nothing to serve: the next cycle reads again."""
+    return Freshness({k: v for k, v in state.reads.items() if k not in parts}, state.dirty | parts)
+
+
+def touched(state: Freshness, parts: frozenset[str]) -> Freshness:
+    """An event changed these parts."""
+    return replace(state, dirty=state.dirty | parts)
+
+
+def worker_deadline(workers: list[tuple[str, datetime | None, float | None]]) -> datetime | None:
+    """The earliest time an ONLINE worker can be turned OFFLINE: (status, last heartbeat,
+    heartbeat interval in seconds). An ONLINE worker without a heartbeat time expires at once."""
+    deadlines = []
+    for status, heartbeat, interval in workers:
+        if status != "ONLINE":
+            continue  # a worker coming back sends no event either: the resync sees it
+        if heartbeat is None:
+            return _EPOCH
+        seconds = INACTIVITY_HEARTBEAT_MULTIPLE * (interval or FALLBACK_HEARTBEAT_SECONDS)
+        deadlines.append(heartbeat + timedelta(seconds=seconds))
+    return min(deadlines) if deadlines else None
+
+
+_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+FLOW_RUN_EVENTS = "prefect.flow-run."
+POOL_EVENTS = "prefect.work-pool."
+WORKER_EVENTS = ("prefect.worker.started", "prefect.worker.stopped")
+STREAM_PREFIXES = (FLOW_RUN_EVENTS, POOL_EVENTS, "prefect.worker.")
+
+
+def event_effects(event: dict[str, object]) -> dict[str, frozenset[str]]:
+    """Pool name -> the parts of its observation one Prefect event changes.
+
+    Run state changes name their pool as a related resource (role ``work-pool``); pool
+    events are about the pool itself (a status change also means its workers changed);
+    a worker's start and stop name the pool it polls. Claims and other worker events
+    change nothing observed here.
+    """
+    name = str(event.get("event") or "")
+    resource = event.get("resource") if isinstance(event.get("resource"), dict) else {}
+    related = [r for r in (event.get("related") or []) if isinstance(r, dict)]  # type: ignore[union-attr]
+    related_pools = {str(r.get("prefect.resource.name")) for r in related
+                     if r.get("prefect.resource.role") == "work-pool" and r.get("prefect.resource.name")}
+    if name.startswith(FLOW_RUN_EVENTS):
+        return dict.fromkeys(related_pools, frozenset({COUNTS}))
+    if name.startswith(POOL_EVENTS):
+        pool = resource.get("prefect.resource.name") if isinstance(resource, dict) else None
+        return {str(pool): frozenset({POOL, WORKERS})} if pool else {}
+    if name in WORKER_EVENTS:
+        return dict.fromkeys(related_pools, frozenset({WORKERS}))
+    return {}

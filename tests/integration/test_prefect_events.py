@@ -1,0 +1,229 @@
+"""The event-stream read cache against a real Prefect server.
+
+An idle pool is served from the cache (no request); a new PENDING run, a run becoming
+due (no event marks that moment) and a worker going OFFLINE (a plain SQL update, no
+event) are all seen within one interval (30 s); a dropped stream means full reads,
+never a stale answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from prefect_workpool_operator.core import freshness
+from prefect_workpool_operator.core.health import PoolObservation
+from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.prefect_events import EventStreams
+from prefect_workpool_operator.prefect_http import PrefectHttp
+from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
+from sandbox.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 30.0  # the default policy interval: every change must be seen within it
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def __call__(self, response: httpx.Response) -> None:
+        self.requests += 1
+
+
+@pytest.fixture
+async def cached() -> AsyncIterator[tuple[PrefectHttp, Counted]]:
+    counted = Counted()
+    http = PrefectHttp(event_hooks={"response": [counted]}, events=EventStreams(dt.timedelta(minutes=5)))
+    yield http, counted
+    await http.aclose()
+
+
+async def warm(client: PrefectClient, pool: str) -> None:
+    """Cycles until the stream is live and every part was read under it."""
+    deadline = time.monotonic() + 20
+    while True:
+        await client.observe_pool(pool, [], utcnow())
+        cache = client._caches[(pool, ())]  # noqa: SLF001 (the test looks at what it serves)
+        if cache.epoch() is not None and not cache.needed(utcnow()):
+            return
+        assert time.monotonic() < deadline, "the event stream never went live"
+        await asyncio.sleep(0.3)
+
+
+async def seen_within(client: PrefectClient, pool: str, check: Callable[[PoolObservation], bool]) -> float:
+    """Seconds until a cycle (one every 0.5 s) observes ``check``; fails past one interval."""
+    start = time.monotonic()
+    while time.monotonic() - start < INTERVAL:
+        if check(await client.observe_pool(pool, [], utcnow())):
+            return time.monotonic() - start
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not seen within {INTERVAL:g}s")
+
+
+async def test_an_idle_pool_is_served_without_requests(seeder: PrefectSeeder, pool_name: str,
+                                                        cached: tuple[PrefectHttp, Counted]) -> None:
+    http, counted = cached
+    seeder.create_ecs_pool(pool_name)
+    client = PrefectClient(http, seeder.api_url)
+    await warm(client, pool_name)
+    before = counted.requests
+    for _ in range(3):
+        observation = await client.observe_pool(pool_name, [], utcnow())
+    assert counted.requests == before
+    assert observation.pool_type == "ecs" and observation.pending == 0
+    # One stream for every client of the server.
+    other = PrefectClient(http, seeder.api_url)
+    await warm(other, pool_name)
+    assert len(http.events.streams) == 1  # type: ignore[union-attr]
+
+
+async def test_a_new_pending_run_is_seen_by_its_event(seeder: PrefectSeeder, pool_name: str,
+                                                       cached: tuple[PrefectHttp, Counted]) -> None:
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    client = PrefectClient(http, seeder.api_url)
+    await warm(client, pool_name)
+    seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    await seen_within(client, pool_name, lambda o: o.pending == 1)
+
+
+async def test_a_run_becoming_due_is_counted_late_at_its_due_time(seeder: PrefectSeeder, pool_name: str,
+                                                                   cached: tuple[PrefectHttp, Counted]) -> None:
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    client = PrefectClient(http, seeder.api_url)
+    due = utcnow() + dt.timedelta(seconds=6)
+    seeder.create_runs(deployment, 1, scheduled_state(due))
+    await warm(client, pool_name)
+    assert (await client.observe_pool(pool_name, [], utcnow())).late == 0
+    cache = client._caches[(pool_name, ())]  # noqa: SLF001
+    assert cache.state.reads[freshness.COUNTS].expires is not None
+    while utcnow() < due:
+        await asyncio.sleep(0.2)
+    # No event marks this moment (the Late event comes ≥15 s later): the due time read from Prefect does.
+    assert (await client.observe_pool(pool_name, [], utcnow())).late == 1
+
+
+async def test_a_worker_going_offline_is_seen_without_an_event(seeder: PrefectSeeder, pool_name: str,
+                                                                cached: tuple[PrefectHttp, Counted]) -> None:
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    # A second worker keeps the pool READY, so no pool status event tells of the first one.
+    seeder.heartbeat_worker(pool_name, "w-steady", interval_seconds=60)
+    seeder.heartbeat_worker(pool_name, "w-1", interval_seconds=2)
+    client = PrefectClient(http, seeder.api_url)
+    await warm(client, pool_name)
+    assert (await client.observe_pool(pool_name, [], utcnow())).workers_online == 2
+    # w-1 stops heartbeating; the foreman (2 s loop here) turns it OFFLINE by SQL.
+    await seen_within(client, pool_name, lambda o: o.workers_online == 1 and o.workers_offline == 1)
+
+
+async def test_a_dropped_stream_means_full_reads_never_stale_ones(seeder: PrefectSeeder, pool_name: str,
+                                                                  cached: tuple[PrefectHttp, Counted]) -> None:
+    http, counted = cached
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    host, port = httpx.URL(seeder.api_url).host, httpx.URL(seeder.api_url).port
+    with TcpProxy(host, port) as proxy:  # type: ignore[arg-type]
+        client = PrefectClient(http, proxy.url("/api"))
+        await warm(client, pool_name)
+        cache = client._caches[(pool_name, ())]  # noqa: SLF001
+        live = cache.epoch()
+        assert proxy.cut() >= 1
+        while cache.epoch() == live:  # the stream notices its connection closed
+            await asyncio.sleep(0.05)
+        # A change while the stream is down: no event will ever tell the cache.
+        seeder.create_runs(deployment, 1, {"type": "PENDING"})
+        before = counted.requests
+        observation = await client.observe_pool(pool_name, [], utcnow())
+        assert observation.pending == 1, "a cached answer was served across a stream gap"
+        assert counted.requests - before >= 5
+        await warm(client, pool_name)  # the stream comes back and the cache serves again
+        assert cache.stream is not None and cache.stream.connects >= 2
+
+
+async def test_a_quiet_cycle_with_fresh_pending_runs_sends_nothing(seeder: PrefectSeeder, pool_name: str,
+                                                                   cached: tuple[PrefectHttp, Counted]) -> None:
+    """Many PENDING runs, none stale: once listed, they are not listed again until a run of the
+    pool changes (its event), and then only the new ones."""
+    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from tests.integration.recovery_helpers import NoSecrets
+
+    http, counted = cached
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    seeder.create_runs(deployment, 5, {"type": "PENDING"})
+    runtime = PolicyRuntime()
+    body: dict = {"metadata": {"name": "quiet", "namespace": "t", "generation": 1},
+                  "spec": {"prefect": {"apiUrl": seeder.api_url, "workPool": pool_name},
+                           "staleRuns": {"pendingTimeout": "1h"}}, "status": {}}
+
+    async def cycle() -> int:
+        before = counted.requests
+        outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=utcnow())
+        body["status"] = outcome.status
+        assert outcome.status["conditions"][0]["status"] == "True", outcome.status["conditions"][0]
+        return counted.requests - before
+
+    async def until_silent() -> None:
+        deadline = time.monotonic() + 20
+        while await cycle():
+            assert time.monotonic() < deadline, "cycles never stopped sending requests"
+            await asyncio.sleep(0.3)
+
+    await until_silent()
+    assert body["status"]["runs"]["pending"] == 5 and len(runtime.recovery.quiet.pending) == 5
+    seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    start = time.monotonic()
+    while body["status"]["runs"]["pending"] != 6 or len(runtime.recovery.quiet.pending) != 6:
+        assert time.monotonic() - start < INTERVAL, "the new PENDING run was not seen within an interval"
+        await cycle()
+        await asyncio.sleep(0.3)
+    await until_silent()
+
+
+async def test_the_stream_authenticates_to_a_server_with_basic_auth(prefect_auth_server, pool_name: str,
+                                                                   cached: tuple[PrefectHttp, Counted]) -> None:
+    """The auth message carries ``user:password``; a wrong one keeps the stream down (full reads, no error)."""
+    from tests.conftest import BASIC_AUTH
+    from tests.integration.test_prefect_api import basic
+
+    http, counted = cached
+    with PrefectSeeder(prefect_auth_server.api_url, auth=prefect_auth_server.auth) as seeder:
+        seeder.create_ecs_pool(pool_name)
+    client = PrefectClient(http, prefect_auth_server.api_url, auth_header=basic(BASIC_AUTH))
+    await warm(client, pool_name)
+    wrong = PrefectClient(http, prefect_auth_server.api_url, auth_header=basic("operator:wrong"))
+    with pytest.raises(Exception):
+        await wrong.observe_pool(pool_name, [], utcnow())  # the REST API refuses it too
+    stream = http.events.stream_for(prefect_auth_server.api_url, basic("operator:wrong"))  # type: ignore[union-attr]
+    stream.ensure_running()
+    deadline = time.monotonic() + 10
+    while stream.failures == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert stream.epoch is None
+
+
+async def test_a_stream_nobody_listens_to_is_closed(seeder: PrefectSeeder, pool_name: str,
+                                                    cached: tuple[PrefectHttp, Counted]) -> None:
+    import gc
+
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    old = PrefectClient(http, seeder.api_url, auth_header="Bearer old-key")
+    await warm(old, pool_name)
+    del old
+    gc.collect()
+    new = PrefectClient(http, seeder.api_url, auth_header="Bearer new-key")  # e.g. a rotated key
+    await warm(new, pool_name)
+    assert len(http.events.streams) == 1  # type: ignore[union-attr]

@@ -1,0 +1,103 @@
+"""core.freshness on plain data: a cached part is never served past what could have changed it.
+
+A model of the world runs beside the cache: events (each touching some parts), the stream
+dropping and coming back, time passing, reads that learn a due time / worker deadline.
+Whenever the cache would serve a part, the model checks that since that part's read
+started no event touched it, the stream stayed up under the same subscription, and
+neither its resync period nor its own expiry (due time, worker deadline) has come.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefect_workpool_operator.core import freshness
+from prefect_workpool_operator.core.freshness import COUNTS, PARTS, POOL, WORKERS, Freshness
+
+T0 = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
+RESYNC = timedelta(seconds=300)
+parts = st.frozensets(st.sampled_from(sorted(PARTS)), min_size=1)
+steps = st.lists(st.one_of(
+    st.tuples(st.just("wait"), st.integers(1, 400)),
+    st.tuples(st.just("event"), parts),
+    st.tuples(st.just("drop"), st.none()),
+    st.tuples(st.just("reconnect"), st.none()),
+    st.tuples(st.just("cycle"), st.tuples(st.integers(0, 600), st.booleans())),
+), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(steps)
+def test_never_serves_a_part_past_a_change_a_gap_a_resync_or_its_expiry(script: list) -> None:
+    state, now, epoch, subscriptions = Freshness(), T0, None, 0
+    touched_at: dict[str, datetime] = {}  # the model: last event per part
+    gap_at = T0  # the model: last time the stream went down or changed subscription
+    for kind, arg in script:
+        now += timedelta(microseconds=1)  # every step happens after the one before
+        if kind == "wait":
+            now += timedelta(seconds=arg)
+        elif kind == "event":
+            if epoch is not None:  # a down stream delivers nothing: that is the gap's danger
+                state = freshness.touched(state, arg)
+            for part in arg:
+                touched_at[part] = now
+        elif kind == "drop":
+            epoch, gap_at = None, now
+        elif kind == "reconnect":
+            subscriptions += 1
+            epoch, gap_at = subscriptions, now
+        else:
+            expiry_in, fail = arg
+            need = freshness.needed(state, epoch=epoch, now=now, resync=RESYNC)
+            for part in PARTS - need:
+                read = state.reads[part]
+                assert touched_at.get(part, datetime.min.replace(tzinfo=timezone.utc)) < read.started
+                assert gap_at <= read.started and epoch is not None and read.epoch == epoch
+                assert now < read.started + RESYNC
+                assert read.expires is None or now < read.expires
+            state = freshness.reading(state, need)
+            if fail:
+                state = freshness.read_failed(state, need)
+                continue
+            for part in need:
+                expires = now + timedelta(seconds=expiry_in) if part in (COUNTS, WORKERS) else None
+                state = freshness.read_done(state, part, started=now, epoch=epoch, expires=expires)
+
+
+def test_a_quiet_live_stream_serves_every_part() -> None:
+    state = Freshness()
+    for part in PARTS:
+        expires = None if part == POOL else T0 + timedelta(minutes=1)
+        state = freshness.read_done(state, part, started=T0, epoch=3, expires=expires)
+    assert freshness.needed(state, epoch=3, now=T0 + timedelta(seconds=30), resync=RESYNC) == frozenset()
+    assert freshness.needed(state, epoch=3, now=T0 + timedelta(minutes=1), resync=RESYNC) == {COUNTS, WORKERS}
+    assert freshness.needed(state, epoch=4, now=T0, resync=RESYNC) == PARTS
+    assert freshness.needed(state, epoch=None, now=T0, resync=RESYNC) == PARTS
+    assert freshness.needed(freshness.touched(state, frozenset({POOL})), epoch=3, now=T0, resync=RESYNC) == {POOL}
+
+
+def test_worker_deadline_is_the_earliest_online_heartbeat_expiry() -> None:
+    deadline = freshness.worker_deadline([
+        ("ONLINE", T0, 30.0), ("ONLINE", T0 + timedelta(seconds=10), 2.0), ("OFFLINE", T0 - timedelta(hours=1), 1.0),
+    ])
+    assert deadline == T0 + timedelta(seconds=16)
+    assert freshness.worker_deadline([("ONLINE", T0, None)]) == T0 + timedelta(seconds=90)
+    assert freshness.worker_deadline([("OFFLINE", T0, None)]) is None
+    assert freshness.worker_deadline([("ONLINE", None, 30.0)]) < T0  # no heartbeat time: read again
+
+
+def test_events_touch_the_parts_of_the_pools_they_name() -> None:
+    run = {"event": "prefect.flow-run.Pending", "resource": {"prefect.resource.id": "prefect.flow-run.1"},
+           "related": [{"prefect.resource.id": "prefect.work-pool.9", "prefect.resource.role": "work-pool",
+                        "prefect.resource.name": "p"}]}
+    assert freshness.event_effects(run) == {"p": {COUNTS}}
+    pool = {"event": "prefect.work-pool.not-ready", "resource": {"prefect.resource.name": "p"}}
+    assert freshness.event_effects(pool) == {"p": {POOL, WORKERS}}
+    started = {**run, "event": "prefect.worker.started"}
+    assert freshness.event_effects(started) == {"p": {WORKERS}}
+    claim = {**run, "event": "prefect.worker.submitted-flow-run"}
+    assert freshness.event_effects(claim) == {}
+    assert freshness.event_effects({"event": "prefect.flow-run.Running", "related": "junk"}) == {}
