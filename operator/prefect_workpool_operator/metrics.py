@@ -52,6 +52,7 @@ class OperatorMetrics:
                                      "slot (an overloaded operator or Prefect makes them later).", registry=r,
                                      buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
         self._policies: dict[tuple[str, str], _PolicySeries] = {}
+        self._pool_counters = (self.recovered, self.changed, self.recovered_by_reason, self.exhausted)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
@@ -78,6 +79,11 @@ class OperatorMetrics:
             metric.remove(*labels)
             record.series.discard((metric, labels))
         record.gauges = gauges
+        if record.pool != pool:  # a renamed pool: its counters go with it (rare, so a scan of this policy's own)
+            for metric, labels in [x for x in record.series if x[0] in self._pool_counters and x[1][2] != pool]:
+                metric.remove(*labels)
+                record.series.discard((metric, labels))
+            record.pool = pool
         stale = status.get("staleRuns") or {}
         if stale:
             last = status.get("lastRecovery") or {}  # present only when this cycle changed runs
@@ -163,3 +169,4 @@ class _PolicySeries:
 
     series: set[tuple[Any, tuple[str, ...]]] = field(default_factory=set)
     gauges: dict[tuple[Any, tuple[str, ...]], float] = field(default_factory=dict)
+    pool: str | None = None  # the pool its counters are labelled with
