@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -54,6 +55,9 @@ class ReadCache:
     recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
     autoscaling: AutoscalingCache = field(default_factory=AutoscalingCache)  # the managed modes' AWS resources
     queues_seen: set[str] = field(default_factory=set)  # a queue that drained still publishes its 0
+    # The last per-queue backlog and what it was read under (the pool's counts version, …):
+    # reused while no run of the pool changed (the event stream says so) and no run became due.
+    backlog: tuple[Any, BacklogReading] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,19 @@ async def _read_pool(
     scaling_spec = spec.scaling
     if scaling_spec is not None and (scaling_spec.lookahead_delta or needs_queues(scaling_spec)):
         # Runs due soon and the backlog per queue; a failure fails the observation (fail static).
-        backlog = await read_backlog(
-            client, conn.work_pool, list(conn.work_queues), now, lookahead=scaling_spec.lookahead_delta,
-            include_pending=scaling_spec.include_pending, per_queue=needs_queues(scaling_spec),
-            known=cache.queues_seen | set(scaling_spec.work_queues))
+        known = cache.queues_seen | set(scaling_spec.work_queues)
+        version = client.counts_version(conn.work_pool, list(conn.work_queues))
+        # Without a lookahead the per-queue backlog changes only when a run of the pool does or
+        # one becomes due, which is when the cached counts are read again (a new version).
+        # A lookahead window moves with the clock: read every cycle.
+        under = (version, scaling_spec.include_pending, tuple(conn.work_queues), frozenset(known))
+        if version is not None and not scaling_spec.lookahead_delta and cache.backlog and cache.backlog[0] == under:
+            backlog = cache.backlog[1]
+        else:
+            backlog = await read_backlog(
+                client, conn.work_pool, list(conn.work_queues), now, lookahead=scaling_spec.lookahead_delta,
+                include_pending=scaling_spec.include_pending, per_queue=needs_queues(scaling_spec), known=known)
+            cache.backlog = (under, backlog)
         cache.queues_seen |= set(backlog.queues or ())
     return client, pool, backlog
 

@@ -181,10 +181,10 @@ async def test_a_quiet_cycle_with_fresh_pending_runs_sends_nothing(seeder: Prefe
             await asyncio.sleep(0.3)
 
     await until_silent()
-    assert body["status"]["runs"]["pending"] == 5 and len(runtime.recovery.quiet.pending) == 5
+    assert body["status"]["runs"]["pending"] == 5 and len(runtime.reads.recovery.quiet.pending) == 5
     seeder.create_runs(deployment, 1, {"type": "PENDING"})
     start = time.monotonic()
-    while body["status"]["runs"]["pending"] != 6 or len(runtime.recovery.quiet.pending) != 6:
+    while body["status"]["runs"]["pending"] != 6 or len(runtime.reads.recovery.quiet.pending) != 6:
         assert time.monotonic() - start < INTERVAL, "the new PENDING run was not seen within an interval"
         await cycle()
         await asyncio.sleep(0.3)

@@ -92,7 +92,9 @@ async def test_500_stale_among_5000_pending(quiet_server: PrefectServer, pool_na
     assert figures["stale"] == 500
     # A few bulk results may be aborted by SQLite's lock; they are retried next cycle.
     assert figures["recovered"] + figures["skipped"]["movedOn"] >= 495
-    assert len(writes) <= 10
+    # ≤ 10 guarded bulk writes of ≤ 50 runs; a write retried after SQLite's lock (503) sends
+    # the same body again, which is one write, not two.
+    assert len({(r.method, r.url.path, r.content) for r in writes}) <= 10
 
 
 async def test_idle_policy_lists_no_runs_when_none_is_pending(seeder: PrefectSeeder, pool_name: str) -> None:
