@@ -97,7 +97,7 @@ async def run_cycle(
         "lastReconcileTime": format_time(finished),
         **figures,
     }
-    status["summary"] = summary.summarize(spec, conditions, {**(body.get("status") or {}), **figures})
+    status["brief"] = summary.summarize(spec, conditions, {**(body.get("status") or {}), **figures})
     if stale.STALE_RUNS_RECOVERED in retired:
         status["staleRuns"] = None
     if scaling.SCALING in retired:

@@ -1,4 +1,4 @@
-"""``status.summary``: the policy in one line for ``kubectl describe`` (pure).
+"""``status.brief``: the policy in one line, first in ``kubectl describe``'s Status (pure).
 
 What the policy does, what it did last, what is wrong and what to do — in that order.
 Built from the spec and the status the cycle writes, so it changes only when one of
@@ -13,7 +13,7 @@ from typing import Any
 from . import claims, health
 from .conditions import Condition
 
-MAX_LENGTH = 1024  # the CRD's maxLength for status.summary
+MAX_LENGTH = 1024  # the CRD's maxLength for status.brief
 
 # What to do about a failure, by reason (the condition's message says where).
 TO_DO = {
