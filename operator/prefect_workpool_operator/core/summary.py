@@ -30,6 +30,7 @@ TO_DO = {
     health.WORK_POOL_NOT_FOUND: "create the work pool, or fix spec.prefect.workPool",
     health.WORK_QUEUE_NOT_FOUND: "create the work queue, or fix spec.prefect.workQueues",
     claims.CONFLICT: "keep one policy per pool and ECS service: change or delete one of them",
+    "PendingTimeoutBelowTaskStartTimeout": "raise staleRuns.pendingTimeout above the pool's task start timeout",
 }
 GENERIC_TO_DO = "see the condition's message and docs/conditions.md"
 
