@@ -249,7 +249,7 @@ async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any])
     else:
         client.bulk_unsupported = True  # an older server or a Cloud plan without it: per run from now on
         for run_id in batch:
-            status = await client.setpending_run(run_id, state)
+            status = await client.set_pending_run(run_id, state)
             if status is None:
                 moved_on += 1
                 continue
