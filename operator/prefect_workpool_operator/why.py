@@ -31,12 +31,11 @@ from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_c
 from .core import pool_types, why
 from .core.errors import OperatorError
 from .core.recovery_plan import recovery_rules
-from .core.stale import NOT_CHECKED, Infrastructure, InfraReading
+from .core.stale import NOT_CHECKED, Infrastructure, InfraReading, PendingRun, claimer_status
 from .kube_api import KubernetesSecrets, SecretReader, client_for
 from .models import PolicySpec
 from .prefect_http import PrefectHttp
 from .recovery import RecoveryMemory, claimer_lifecycles, pending_run, with_claims_and_counts
-from .core.stale import claimer_status
 
 
 class WhyError(Exception):
@@ -142,7 +141,7 @@ async def _explain(policy: str, namespace: str, spec: PolicySpec, run_id: str, *
 
 
 async def _infrastructure(spec: PolicySpec, namespace: str, kube: Kubernetes, ecs_pool: bool,
-                          run: Any) -> tuple[InfraReading, str]:
+                          run: PendingRun) -> tuple[InfraReading, str]:
     """The run's ECS task as the operator's check reads it, or why there is no check."""
     assert spec.stale_runs is not None
     if spec.ecs is None:
