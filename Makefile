@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHART := charts/prefect-workpool-operator
 
-.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs release bench bench-fleet bench-lookahead demo cluster-up cluster-down tools run \
+.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs describe-docs release bench bench-fleet bench-lookahead demo cluster-up cluster-down tools run \
 	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
@@ -50,6 +50,9 @@ docs: crds ## regenerate the generated docs (same as crds)
 chart: venv tools ## lint the chart and run its tests (rendering, every ci/ and example values file, schema, alerts, dashboard, README drift)
 	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
 	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py tests/unit/test_alerts.py tests/unit/test_dashboard.py
+
+describe-docs: venv tools ## recapture the `kubectl describe` examples in docs/conditions.md (real API server + operator)
+	PWO_UPDATE_DOCS=1 $(BIN)/pytest -q tests/e2e/test_describe_docs.py $(PYTEST_ARGS)
 
 chart-docs: tools ## regenerate the chart README's values table from the comments in values.yaml (helm-docs)
 	"$$(hack/build-tools.sh | tail -1)/helm-docs" --chart-search-root charts --template-files README.md.gotmpl \

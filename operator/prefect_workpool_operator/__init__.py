@@ -6,3 +6,5 @@ GROUP = "prefectops.dev"
 VERSION = "v1alpha1"
 PLURAL = "prefectworkpoolpolicies"
 KIND = "PrefectWorkPoolPolicy"
+# Events' source.component / reportingComponent (kubectl describe's "From" column).
+EVENT_SOURCE = "prefect-workpool-operator"

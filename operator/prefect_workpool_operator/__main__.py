@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import kopf
 
@@ -10,6 +11,10 @@ from .config import load_config, quiet_libraries
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["why"]:  # `python -m prefect_workpool_operator why <ns>/<policy> <run>`: reads only
+        from .why import main as why
+
+        sys.exit(why(sys.argv[2:]))
     config = load_config()
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat[config.log_format.upper()])
     quiet_libraries()

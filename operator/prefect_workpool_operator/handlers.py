@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from . import GROUP, PLURAL, VERSION
+from . import EVENT_SOURCE, GROUP, PLURAL, VERSION
 from .config import in_shard, load_config, quiet_libraries
 from .core import claims, health, report, schedule
 from .core.conditions import Condition, format_time, merge_conditions, unobserved
@@ -118,6 +118,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     # Only our explicit Events (on change) and kopf's own warnings become Events.
     settings.posting.level = logging.WARNING
+    # Events name the operator, not kopf (kubectl describe's "From" column is the source component).
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = CONFIG.identity
+    settings.posting.event_name_prefix = f"{EVENT_SOURCE}-"
     # Re-list periodically so a silently dropped watch cannot stall the operator.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

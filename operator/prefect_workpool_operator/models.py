@@ -674,6 +674,11 @@ class PolicyStatus(_Model):
         ),
     )
     owner: OwnerStatus | None = Field(default=None, description="The shard and the operator pod that cycle the policy.")
+    # Named so that kubectl describe, which sorts status keys alphabetically, shows it first.
+    brief: str | None = Field(
+        default=None, max_length=1024,
+        description="The policy in one line: what it does, what it did last, what is wrong and what to do.",
+    )
 
 
 class PrefectWorkPoolPolicy(_Model):

@@ -219,6 +219,16 @@ class PrefectClient:
             raise PrefectError(health.BAD_RESPONSE, "workers/filter answered an unexpected body")
         return workers
 
+    async def read_flow_run(self, run_id: str) -> dict[str, Any] | None:
+        """One flow run; None when the server does not know it (``why``)."""
+        try:
+            run = await self._json("GET", f"/flow_runs/{_quote(run_id)}")
+        except PrefectError as exc:
+            if exc.status_code in (404, 422):  # 422: not a UUID
+                return None
+            raise
+        return run if isinstance(run, dict) else None
+
     async def count_runs(self, body: dict[str, Any]) -> int:
         count = await self._json("POST", "/flow_runs/count", body)
         if not isinstance(count, int):

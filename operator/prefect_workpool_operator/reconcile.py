@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .act import act
 from .clients import AwsConnection, PrefectConnection
-from .core import claims, health, scaling, stale
+from .core import claims, health, scaling, stale, summary
 from .core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
 from .core.errors import OperatorError
 from .core.health import Failure
@@ -99,6 +99,7 @@ async def run_cycle(
         "lastReconcileTime": format_time(finished),
         **figures,
     }
+    status["brief"] = summary.summarize(spec, conditions, {**(body.get("status") or {}), **figures})
     if stale.STALE_RUNS_RECOVERED in retired:
         status["staleRuns"] = None
     if scaling.SCALING in retired:

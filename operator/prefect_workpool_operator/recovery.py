@@ -130,7 +130,7 @@ async def observe_stale_runs(
         # which every PENDING run is remembered; the event stream says what changed).
         version = client.counts_version(pool, queues)
         new = [] if version is not None and version == memory.quiet_version else [
-            _pending_run(r) for r in await client.pending_candidates(
+            pending_run(r) for r in await client.pending_candidates(
                 scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
         memory.quiet_version = version
         if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
@@ -138,7 +138,7 @@ async def observe_stale_runs(
             return StaleReading(total_requeued=memory.total_requeued)
     raw = [] if nothing_pending else await client.pending_candidates(
         scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
-    runs = [_pending_run(r) for r in raw]
+    runs = [pending_run(r) for r in raw]
     memory.quiet.remember(key, runs, now, rules.pending_timeout)
     memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
     stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
@@ -150,7 +150,7 @@ async def observe_stale_runs(
     stale_ids = {r.id for r in stale_runs}
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
     if window:
-        window = await _with_claims_and_counts(client, window, memory, now)
+        window = await with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
         infra = await (infrastructure_check or NoInfrastructureCheck()).check(window)
     looked_up = {r.id: r for r in window}
@@ -269,7 +269,7 @@ async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any])
     return _ApplyResult(accepted, moved_on, failed, writes)
 
 
-async def _with_claims_and_counts(
+async def with_claims_and_counts(
     client: PrefectClient, runs: list[PendingRun], memory: RecoveryMemory, now: datetime
 ) -> list[PendingRun]:
     ids = [r.id for r in runs]
@@ -301,13 +301,18 @@ async def _with_claims_and_counts(
 async def _claimer_statuses(
     client: PrefectClient, runs: list[PendingRun], online_workers: frozenset[str]
 ) -> dict[str, stale.Claimer]:
-    names = sorted({r.claimer for r in runs if r.claimer})
-    since = min((r.claimed_at or r.pending_since) for r in runs) - CLAIM_LOOKBACK_MARGIN
-    lifecycle = await client.worker_lifecycle(names, since) if names else {}
+    lifecycle = await claimer_lifecycles(client, runs)
     return {r.id: stale.claimer_status(r, online_workers, lifecycle) for r in runs}
 
 
-def _pending_run(raw: dict[str, Any]) -> PendingRun:
+async def claimer_lifecycles(client: PrefectClient, runs: list[PendingRun]) -> dict[str, stale.WorkerLifecycle]:
+    """The claimers' latest started/stopped events since the earliest claim (one events query)."""
+    names = sorted({r.claimer for r in runs if r.claimer})
+    since = min((r.claimed_at or r.pending_since) for r in runs) - CLAIM_LOOKBACK_MARGIN
+    return await client.worker_lifecycle(names, since) if names else {}
+
+
+def pending_run(raw: dict[str, Any]) -> PendingRun:
     state = raw.get("state") or {}
     labels = raw.get("labels") or {}
     return PendingRun(

@@ -84,6 +84,10 @@ def test_missing_secret_then_recovery(kubectl: Kubectl, namespace: str, operator
     assert f"Secret {namespace}/prefect-auth does not exist" in condition(obj, "Ready")["message"]
     assert condition(obj, "PrefectConnected")["status"] == "Unknown"
     wait_for(lambda: "SecretNotFound" in ns("get", "events", "--field-selector", "type=Warning"), what="Warning Event")
+    # Events name the operator as their source (kubectl describe's "From" column), not kopf.
+    warning = ns.get_json("events", "--field-selector", "type=Warning")["items"][0]
+    assert (warning["source"]["component"], warning["reportingComponent"]) == ("prefect-workpool-operator",) * 2
+    assert re.search(r"Warning\s+SecretNotFound\s+\S+\s+prefect-workpool-operator\s", ns("describe", "pwpp", "guarded"))
 
     ns.apply(secret("prefect-auth", "wrong-key", BASIC_AUTH))
     wait_for(ready(ns, "guarded", "False", "SecretKeyNotFound"), what="SecretKeyNotFound")
