@@ -85,16 +85,20 @@ async def test_cloudwatch_metric(seeder: PrefectSeeder, pool_name: str, moto: Mo
 
 
 async def managed_mode_calls(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox,
-                             mode: str) -> tuple[list[Call], str, str]:
+                             mode: str) -> tuple[list[Call], str, str, str]:
     """A managed mode's whole life: creation, steady cycles (every read of the rotation,
-    drift corrected), then the policy's deletion removing what it created."""
+    drift corrected), then the policy's deletion removing what it created. The policy's name
+    is the test's own: StepScaling alarms another test left under a shared name would be
+    ours to remove, and so calls this mode's policy need not grant."""
     seeder.create_ecs_pool(pool_name)
     deployment = seeder.create_deployment(pool_name)
     seeder.create_runs(deployment, 2, late_state(120))
     cluster = sandbox.cluster()
     service = sandbox.service(cluster)
-    cycles = Cycles(body(seeder.api_url, pool_name, moto, cluster, service,
-                         scaling={"mode": mode, "minWorkers": 1, "maxWorkers": 4, "metricNamespace": "Platform/Prefect"}))
+    policy_body = body(seeder.api_url, pool_name, moto, cluster, service,
+                       scaling={"mode": mode, "minWorkers": 1, "maxWorkers": 4, "metricNamespace": "Platform/Prefect"})
+    name = policy_body["metadata"]["name"] = f"ecs-{pool_name}"
+    cycles = Cycles(policy_body)
     rid = f"service/{cluster}/{service}"
     with LOG.capture() as calls:
         first = await cycles.run()
@@ -111,17 +115,17 @@ async def managed_mode_calls(seeder: PrefectSeeder, pool_name: str, moto: MotoSe
             connection.close()
     assert [e[1] for e in removed] == ["AutoscalingRemoved"]
     assert sandbox.autoscaling.describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[rid])["ScalableTargets"] == []
-    return calls, cluster, service
+    return calls, cluster, service, name
 
 
 async def test_target_tracking(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
-    calls, cluster, service = await managed_mode_calls(seeder, pool_name, moto, sandbox, "TargetTracking")
-    check("target-tracking", calls, cluster, service, metric_namespace="Platform/Prefect")
+    calls, cluster, service, name = await managed_mode_calls(seeder, pool_name, moto, sandbox, "TargetTracking")
+    check("target-tracking", calls, cluster, service, metric_namespace="Platform/Prefect", policy_name=name)
 
 
 async def test_step_scaling(seeder: PrefectSeeder, pool_name: str, moto: MotoServer, sandbox: EcsSandbox) -> None:
-    calls, cluster, service = await managed_mode_calls(seeder, pool_name, moto, sandbox, "StepScaling")
-    check("step-scaling", calls, cluster, service, metric_namespace="Platform/Prefect")
+    calls, cluster, service, name = await managed_mode_calls(seeder, pool_name, moto, sandbox, "StepScaling")
+    check("step-scaling", calls, cluster, service, metric_namespace="Platform/Prefect", policy_name=name)
     # Our alarms only: another policy's (another name) are refused.
     alarm_writes = [c for c in calls if c.action == "cloudwatch:PutMetricAlarm"]
     assert alarm_writes and not any(allows(policy("step-scaling"), c, REGION, cluster, service, policy_name="other")
