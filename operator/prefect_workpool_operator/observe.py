@@ -28,7 +28,7 @@ from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_c
 from .concurrent_reads import gather_or_cancel
 from .core import health, pool_types, scaling
 from .core.autoscaling_plan import needs_queues
-from .core.queue_backlog import BacklogReading
+from .core.queue_backlog import BacklogReading, QueueListing
 from .core.errors import OperatorError
 from .core.health import Failure, PoolObservation
 from .core.plan import Observation, StaleReading
@@ -57,7 +57,7 @@ class ReadCache:
     queues_seen: set[str] = field(default_factory=set)  # a queue that drained still publishes its 0
     # The last per-queue backlog and what it was read under (the pool's counts version, …):
     # reused while no run of the pool changed (the event stream says so) and no run became due.
-    backlog: tuple[Any, BacklogReading] | None = None
+    backlog: tuple[Any, QueueListing | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,24 +121,24 @@ async def _read_pool(
     if prefect.queues_checked_generation != generation:
         await client.check_queues(conn.work_pool, list(conn.work_queues))
         prefect.queues_checked_generation = generation
-    pool = await client.observe_pool(conn.work_pool, list(conn.work_queues), now)
-    backlog = None
     scaling_spec = spec.scaling
+    lookahead = scaling_spec.lookahead_delta if scaling_spec is not None else timedelta(0)
+    pool = await client.observe_pool(conn.work_pool, list(conn.work_queues), now, lookahead=lookahead)
+    backlog = None
     if scaling_spec is not None and (scaling_spec.lookahead_delta or needs_queues(scaling_spec)):
         # Runs due soon and the backlog per queue; a failure fails the observation (fail static).
         known = cache.queues_seen | set(scaling_spec.work_queues)
         version = client.counts_version(conn.work_pool, list(conn.work_queues))
-        # Without a lookahead the per-queue backlog changes only when a run of the pool does or
-        # one becomes due, which is when the cached counts are read again (a new version).
-        # A lookahead window moves with the clock: read every cycle.
-        under = (version, scaling_spec.include_pending, tuple(conn.work_queues), frozenset(known))
-        if version is not None and not scaling_spec.lookahead_delta and cache.backlog and cache.backlog[0] == under:
-            backlog = cache.backlog[1]
-        else:
-            backlog = await read_backlog(
-                client, conn.work_pool, list(conn.work_queues), now, lookahead=scaling_spec.lookahead_delta,
-                include_pending=scaling_spec.include_pending, per_queue=needs_queues(scaling_spec), known=known)
-            cache.backlog = (under, backlog)
+        # The per-queue listing changes only when a run of the pool does (the cached counts are
+        # read again: a new version); the clock's share (runs becoming due, the lookahead window)
+        # is regrouped from it locally (prefect_backlog).
+        under = (version, scaling_spec.include_pending, tuple(conn.work_queues), frozenset(known), lookahead)
+        listing = cache.backlog[1] if version is not None and cache.backlog and cache.backlog[0] == under else None
+        backlog, listing = await read_backlog(
+            client, conn.work_pool, list(conn.work_queues), now, lookahead=lookahead,
+            include_pending=scaling_spec.include_pending, per_queue=needs_queues(scaling_spec), known=known,
+            listing=listing)
+        cache.backlog = (under, listing)
         cache.queues_seen |= set(backlog.queues or ())
     return client, pool, backlog
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +30,7 @@ from .core.stale import WorkerLifecycle
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
+UPCOMING_PAGE = 200  # SCHEDULED runs listed ahead for a lookahead (the server's page maximum)
 PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
@@ -241,48 +242,21 @@ class PrefectClient:
             raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
         return runs
 
-    async def observe_pool(self, pool: str, queues: list[str], now: datetime) -> PoolObservation:
+    async def observe_pool(self, pool: str, queues: list[str], now: datetime, *,
+                           lookahead: timedelta = timedelta(0)) -> PoolObservation:
         """Pool status, workers and run counts: five small reads (six on a client's first cycle),
         or, with the event stream on, only the parts it or their own expiry says changed
-        (``core.freshness``), plus the next due time when the counts are read."""
+        (``core.freshness``), plus the SCHEDULED runs not yet due when the counts are read
+        (the first, or all within ``lookahead`` and the resync: see ``upcoming``)."""
         version = await self.server_version()
         cache = self._cache_for(pool, queues)
         if cache is not None and not cache.state.reads:
             await cache.first_subscription()
-        parts = cache.needed(now) if cache is not None else freshness.PARTS
-        values: dict[str, Any] = dict(cache.values) if cache is not None else {}
-        epoch = cache.epoch() if cache is not None else None
-        if cache is not None:
-            cache.state = freshness.reading(cache.state, parts)
-            cache.served += len(freshness.PARTS - parts)
-            cache.read += len(parts)
-        try:
-            if freshness.POOL in parts:  # first: a missing pool is the whole answer
-                values[freshness.POOL] = await self.read_work_pool(pool)
-            scope = pool_scope(pool, queues)
-            reads = [p for p in (freshness.WORKERS, freshness.COUNTS) if p in parts]
-            fetched = await gather_or_cancel(*(self.read_workers(pool) if p == freshness.WORKERS
-                                   else self._read_counts(scope, now, due=epoch is not None) for p in reads))
-            values.update(zip(reads, fetched))
-        except BaseException as exc:
-            if cache is not None:
-                cache.state = freshness.read_failed(cache.state, parts)
-            if isinstance(exc, PrefectError) and exc.cause:
-                # Which of the concurrent reads failed first varies from cycle to cycle; the
-                # message must not (it is the Ready message: a change is a status write and an Event).
-                raise PrefectError(exc.reason, f"Prefect at {self._safe('')} did not answer the reads of work pool "
-                                   f"{pool!r}: {exc.cause}") from None
-            raise
-        if cache is not None:
-            for part in parts:
-                expires = None
-                if part == freshness.WORKERS:
-                    expires = freshness.worker_deadline([_worker_liveness(w) for w in values[part]])
-                elif part == freshness.COUNTS:
-                    expires = values[part][3]
-                    cache.counts_version += 1
-                cache.state = freshness.read_done(cache.state, part, started=now, epoch=epoch, expires=expires)
-            cache.values = values
+        parts = cache.needed(now, lookahead) if cache is not None else freshness.PARTS
+        values = await self._read_parts(pool, queues, now, cache, parts, lookahead)
+        if cache is not None and freshness.WORKERS not in parts and values[freshness.COUNTS][1]:
+            # The counts just read show PENDING runs: their claimers' liveness must be fresh too.
+            values = await self._read_parts(pool, queues, now, cache, frozenset({freshness.WORKERS}), lookahead)
         work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
         late, pending, running, _ = values[freshness.COUNTS]
         online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
@@ -299,11 +273,53 @@ class PrefectClient:
             server_version=version,
         )
 
+    async def _read_parts(self, pool: str, queues: list[str], now: datetime, cache: PoolCache | None,
+                          parts: frozenset[str], lookahead: timedelta) -> dict[str, Any]:
+        """Reads ``parts`` into the cache (when there is one); the values of every part."""
+        values: dict[str, Any] = dict(cache.values) if cache is not None else {}
+        epoch = cache.epoch() if cache is not None else None
+        if cache is not None:
+            cache.state = freshness.reading(cache.state, parts)
+            cache.served += len(freshness.PARTS - parts)
+            cache.read += len(parts)
+        try:
+            if freshness.POOL in parts:  # first: a missing pool is the whole answer
+                values[freshness.POOL] = await self.read_work_pool(pool)
+            scope = pool_scope(pool, queues)
+            horizon = freshness.upcoming_horizon(lookahead, cache.resync) if cache is not None and lookahead else None
+            reads = [p for p in (freshness.WORKERS, freshness.COUNTS) if p in parts]
+            fetched = await gather_or_cancel(*(self.read_workers(pool) if p == freshness.WORKERS
+                                   else self._read_counts(scope, now, due=epoch is not None, horizon=horizon)
+                                   for p in reads))
+            values.update(zip(reads, fetched))
+        except BaseException as exc:
+            if cache is not None:
+                cache.state = freshness.read_failed(cache.state, parts)
+            if isinstance(exc, PrefectError) and exc.cause:
+                # Which of the concurrent reads failed first varies from cycle to cycle; the
+                # message must not (it is the Ready message: a change is a status write and an Event).
+                raise PrefectError(exc.reason, f"Prefect at {self._safe('')} did not answer the reads of work pool "
+                                   f"{pool!r}: {exc.cause}") from None
+            raise
+        if cache is not None:
+            for part in parts:
+                expires = None
+                if part == freshness.WORKERS:
+                    expires = freshness.worker_deadline([_worker_liveness(w) for w in values[part]])
+                elif part == freshness.COUNTS:
+                    upcoming = values[part][3]
+                    expires = freshness.counts_expiry(upcoming, lookahead) if upcoming is not None else None
+                    cache.counts_version += 1
+                cache.state = freshness.read_done(cache.state, part, started=now, epoch=epoch, expires=expires)
+            cache.values = values
+        return values
+
     async def _read_counts(
-        self, scope: dict[str, Any], now: datetime, *, due: bool
-    ) -> tuple[int, int, int, datetime | None]:
-        """Late (due SCHEDULED), PENDING and RUNNING counts; with ``due``, also when the next
-        SCHEDULED run becomes due (no event marks that moment)."""
+        self, scope: dict[str, Any], now: datetime, *, due: bool, horizon: timedelta | None = None,
+    ) -> tuple[int, int, int, freshness.Upcoming | None]:
+        """Late (due SCHEDULED), PENDING and RUNNING counts; with ``due``, also the SCHEDULED
+        runs not yet due (no event marks the moment one becomes due): the first one, or with a
+        ``horizon`` every one due within it (one page), which the lookahead is counted from."""
         scheduled = {"state": {"type": {"any_": ["SCHEDULED"]}}}
         reads = [
             self.count_runs({**scope, "flow_runs": {**scheduled, "expected_start_time": {"before_": now.isoformat()}}}),
@@ -311,16 +327,38 @@ class PrefectClient:
             self.count_runs({**scope, "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}}),
         ]
         if due:
-            reads.append(self._next_due({**scope, "flow_runs": {
-                **scheduled, "expected_start_time": {"after_": now.isoformat()}}}))
+            window: dict[str, Any] = {"after_": now.isoformat()}
+            if horizon is not None:
+                window["before_"] = (now + horizon).isoformat()
+            reads.append(self._upcoming({**scope, "flow_runs": {**scheduled, "expected_start_time": window}},
+                                        None if horizon is None else now + horizon))
         late, pending, running, *rest = await gather_or_cancel(*reads)
         return late, pending, running, (rest[0] if rest else None)
 
-    async def _next_due(self, body: dict[str, Any]) -> datetime | None:
-        runs = await self._json("POST", "/flow_runs/filter", {**body, "sort": "EXPECTED_START_TIME_ASC", "limit": 1})
+    async def _upcoming(self, body: dict[str, Any], until: datetime | None) -> freshness.Upcoming:
+        limit = 1 if until is None else UPCOMING_PAGE
+        runs = await self._json("POST", "/flow_runs/filter", {**body, "sort": "EXPECTED_START_TIME_ASC", "limit": limit})
         if not isinstance(runs, list):
             raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
-        return _parse_time(runs[0].get("expected_start_time")) if runs else None
+        starts = tuple(t for t in (_parse_time(r.get("expected_start_time")) for r in runs) if t is not None)
+        if until is not None and len(runs) >= limit and starts:
+            until = starts[-1] - timedelta(microseconds=1)  # a full page: complete only before its last run
+        return freshness.Upcoming(starts, until)
+
+    def listing_horizon(self, pool: str, queues: list[str], lookahead: timedelta) -> timedelta | None:
+        """How much further than the lookahead a reusable listing of the pool's runs reaches;
+        None without the event stream (nothing says when a listing goes stale)."""
+        cache = self._caches.get((pool, tuple(queues)))
+        return None if cache is None else freshness.upcoming_horizon(timedelta(0), cache.resync)
+
+    def upcoming(self, pool: str, queues: list[str], now: datetime, lookahead: timedelta) -> int | None:
+        """SCHEDULED runs due within ``lookahead``, counted from the cached list (no request);
+        None when there is none covering the window (read it)."""
+        cache = self._caches.get((pool, tuple(queues)))
+        counts = cache.values.get(freshness.COUNTS) if cache is not None else None
+        if counts is None or counts[3] is None:
+            return None
+        return freshness.upcoming_count(counts[3], now, lookahead)
 
     def counts_version(self, pool: str, queues: list[str]) -> int | None:
         """Changes whenever the pool's run counts were read from Prefect again (an event for one

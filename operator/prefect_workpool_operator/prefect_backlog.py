@@ -1,10 +1,15 @@
 """The Prefect reads scaling adds to a cycle: runs due soon (lookahead) and the backlog per queue.
 
-- Lookahead alone: one ``/flow_runs/count`` of SCHEDULED runs due within it.
+- Lookahead alone: counted from the pool's cached list of SCHEDULED runs not yet due
+  (``PrefectClient.upcoming``, read with the counts: no request of its own); one
+  ``/flow_runs/count`` without the event stream.
 - Per queue (metrics, or scaling on named queues): one ``/flow_runs/filter`` page of
   the backlog's runs (≤ 200), grouped by queue; it also yields the lookahead figure.
-  A backlog past ``MAX_PAGES`` pages is counted per queue instead (one count per queue),
-  so the cost stays bounded whatever the backlog.
+  With the event stream the listing reaches the lookahead plus the resync ahead and is
+  regrouped by the clock each cycle while no run of the pool changed (the pool's counts
+  version) and the window stays inside it. A backlog past ``MAX_PAGES`` pages is counted
+  per queue instead (one count per queue, every cycle), so the cost stays bounded
+  whatever the backlog.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from .core.queue_backlog import BacklogReading, BacklogRun, QueueCounts, group_by_queue
+from .core.queue_backlog import BacklogReading, BacklogRun, QueueCounts, QueueListing, group_by_queue
 from .prefect_api import PrefectClient, pool_scope
 
 PAGE = 200  # the server's maximum per flow_runs/filter
@@ -38,10 +43,13 @@ async def count_upcoming(client: PrefectClient, pool: str, queues: list[str], no
 
 async def read_queue_backlogs(client: PrefectClient, pool: str, queues: list[str], now: datetime,
                               lookahead: timedelta, include_pending: bool,
-                              known: set[str]) -> dict[str, QueueCounts]:
-    """The backlog's runs grouped by queue; ``known`` queues are listed even at 0."""
+                              known: set[str], horizon: timedelta = timedelta(0),
+                              ) -> tuple[dict[str, QueueCounts], QueueListing | None]:
+    """The backlog's runs grouped by queue; ``known`` queues are listed even at 0. Listed
+    ``horizon`` further ahead than the lookahead, the listing can be regrouped later."""
     types = ["SCHEDULED", "PENDING"] if include_pending else ["SCHEDULED"]
-    flow_runs = {"state": {"type": {"any_": types}}, "expected_start_time": {"before_": (now + lookahead).isoformat()}}
+    until = now + lookahead + horizon
+    flow_runs = {"state": {"type": {"any_": types}}, "expected_start_time": {"before_": until.isoformat()}}
     body = {**pool_scope(pool, queues), "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC", "limit": PAGE}
     runs: list[BacklogRun] = []
     for page in range(MAX_PAGES):
@@ -49,11 +57,14 @@ async def read_queue_backlogs(client: PrefectClient, pool: str, queues: list[str
         runs += [BacklogRun(r.get("work_queue_name"), str((r.get("state") or {}).get("type") or r.get("state_type")),
                             _when(r.get("expected_start_time"))) for r in batch]
         if len(batch) < PAGE:
-            return group_by_queue(runs, now, known)
+            listing = QueueListing(tuple(runs), until)
+            grouped = listing.grouped(now, lookahead, known)
+            return (group_by_queue(runs, now, known) if grouped is None else grouped), listing
     # A backlog this large: exact counts per queue seen, rather than more pages.
-    names = sorted(set(known) | {r.queue for r in runs if r.queue})
+    in_window = [r for r in runs if r.expected_start is None or r.expected_start <= now + lookahead]
+    names = sorted(set(known) | {r.queue for r in in_window if r.queue})
     return dict(zip(names, await asyncio.gather(*(
-        _count_queue(client, pool, name, now, lookahead, include_pending) for name in names))))
+        _count_queue(client, pool, name, now, lookahead, include_pending) for name in names)))), None
 
 
 async def _count_queue(client: PrefectClient, pool: str, queue: str, now: datetime, lookahead: timedelta,
@@ -68,11 +79,21 @@ async def _count_queue(client: PrefectClient, pool: str, queue: str, now: dateti
 
 
 async def read_backlog(client: PrefectClient, pool: str, queues: list[str], now: datetime, *, lookahead: timedelta,
-                       include_pending: bool, per_queue: bool, known: set[str]) -> BacklogReading:
-    """What scaling needs beyond the pool observation, in as few reads as it allows."""
+                       include_pending: bool, per_queue: bool, known: set[str],
+                       listing: QueueListing | None = None) -> tuple[BacklogReading, QueueListing | None]:
+    """What scaling needs beyond the pool observation, in as few reads as it allows.
+    ``listing``: the last per-queue listing, if no run of the pool changed since (regrouped
+    by the clock while its window allows); the listing to keep for the next cycle."""
     if per_queue:
-        grouped = await read_queue_backlogs(client, pool, queues, now, lookahead, include_pending, known)
-        return BacklogReading(sum(c.upcoming for c in grouped.values()), grouped)
+        grouped = listing.grouped(now, lookahead, known) if listing is not None else None
+        if grouped is None:
+            horizon = client.listing_horizon(pool, queues, lookahead)
+            grouped, listing = await read_queue_backlogs(client, pool, queues, now, lookahead, include_pending, known,
+                                                         horizon or timedelta(0))
+            listing = listing if horizon is not None else None
+        return BacklogReading(sum(c.upcoming for c in grouped.values()), grouped), listing
     if lookahead > timedelta(0):
-        return BacklogReading(await count_upcoming(client, pool, queues, now, lookahead), None)
-    return BacklogReading(0, None)
+        cached = client.upcoming(pool, queues, now, lookahead)
+        return BacklogReading(cached if cached is not None else
+                              await count_upcoming(client, pool, queues, now, lookahead), None), None
+    return BacklogReading(0, None), None

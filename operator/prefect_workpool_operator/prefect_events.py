@@ -12,6 +12,9 @@ to live events too, so ``until`` is set far ahead.
 
 A dropped or never-opened stream makes every cached part unservable (the epoch
 changes), so the cycle reads in full: failure means more requests, never stale data.
+Connecting (TCP, TLS, the HTTP upgrade and the auth answer) is bounded by
+``CONNECT_TIMEOUT``: a server that accepts and never answers would otherwise hold the
+attempt for aiohttp's 300 s default; the stream counts as down (full reads) meanwhile.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ class PoolCache:
     def __hash__(self) -> int:  # registered in a WeakSet
         return id(self)
 
-    def touch(self, parts: frozenset[str]) -> None:
-        self.state = freshness.touched(self.state, parts)
+    def touch(self, parts: frozenset[str], recheck_at: datetime | None = None) -> None:
+        self.state = freshness.touched(self.state, parts, recheck_at=recheck_at)
 
     def epoch(self) -> int | None:
         if self.stream is None:
@@ -67,8 +70,14 @@ class PoolCache:
         self.stream.ensure_running()
         return self.stream.epoch
 
-    def needed(self, now: datetime) -> frozenset[str]:
-        return freshness.needed(self.state, epoch=self.epoch(), now=now, resync=self.resync)
+    def needed(self, now: datetime, lookahead: timedelta = timedelta(0)) -> frozenset[str]:
+        counts = self.values.get(freshness.COUNTS)  # (late, pending, running, Upcoming | None)
+        parts = freshness.needed(self.state, epoch=self.epoch(), now=now, resync=self.resync,
+                                 pending_runs=bool(counts and counts[1]))
+        if lookahead and counts is not None and (
+                counts[3] is None or freshness.upcoming_count(counts[3], now, lookahead) is None):
+            parts |= {freshness.COUNTS}  # the cached list does not cover this lookahead
+        return parts
 
     async def first_subscription(self) -> None:
         """While the stream's first subscription is being made (a second or so), wait for it:
@@ -97,6 +106,7 @@ class EventStream:
         self.connects = 0
         self.events = 0
         self.failures = 0
+        self.connect_timeout = CONNECT_TIMEOUT
         self._closed = False
 
     @property
@@ -120,9 +130,11 @@ class EventStream:
 
     def dispatch(self, event: dict[str, Any]) -> None:
         self.events += 1
+        later = freshness.recheck_after(event)
+        recheck_at = datetime.now(timezone.utc) + later if later is not None else None
         for pool, parts in freshness.event_effects(event).items():
             for cache in list(self._listeners.get(pool, ())):
-                cache.touch(parts)
+                cache.touch(parts, recheck_at)
 
     async def _run(self) -> None:
         backoff = 1.0
@@ -146,12 +158,17 @@ class EventStream:
 
     async def _subscribe(self) -> None:
         headers = {"Authorization": self._auth_header} if self._auth_header else {}
-        async with self._session.ws_connect(
-            self.url, protocols=("prefect",), headers=headers, heartbeat=HEARTBEAT,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CONNECT_TIMEOUT),
-        ) as ws:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                ws = await self._session.ws_connect(
+                    self.url, protocols=("prefect",), headers=headers, heartbeat=HEARTBEAT,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.connect_timeout),
+                )
+        except TimeoutError:
+            raise ConnectionError(f"no handshake within {self.connect_timeout:g}s") from None
+        async with ws:
             await ws.send_json({"type": "auth", "token": _token(self._auth_header)})
-            answer = await ws.receive(timeout=CONNECT_TIMEOUT)
+            answer = await ws.receive(timeout=self.connect_timeout)
             if answer.type != aiohttp.WSMsgType.TEXT or json.loads(answer.data).get("type") != "auth_success":
                 raise ConnectionError(f"authentication refused ({answer.type.name})")
             now = datetime.now(timezone.utc)

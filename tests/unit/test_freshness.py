@@ -101,3 +101,72 @@ def test_events_touch_the_parts_of_the_pools_they_name() -> None:
     claim = {**run, "event": "prefect.worker.submitted-flow-run"}
     assert freshness.event_effects(claim) == {}
     assert freshness.event_effects({"event": "prefect.flow-run.Running", "related": "junk"}) == {}
+
+
+def _all_read(started: datetime = T0, epoch: int = 3) -> Freshness:
+    state = Freshness()
+    for part in PARTS:
+        state = freshness.read_done(state, part, started=started, epoch=epoch)
+    return state
+
+
+def test_pending_runs_keep_the_workers_as_fresh_as_polling() -> None:
+    """A worker back ONLINE by heartbeats alone, or a new one on a READY pool, sends no event:
+    while a PENDING run's claimer may be judged, the workers are read every cycle."""
+    state = _all_read()
+    later = T0 + timedelta(seconds=30)
+    assert freshness.needed(state, epoch=3, now=later, resync=RESYNC) == frozenset()
+    assert freshness.needed(state, epoch=3, now=later, resync=RESYNC, pending_runs=True) == {WORKERS}
+
+
+def test_a_deployment_change_is_read_now_and_again_once_the_scheduler_had_time() -> None:
+    state = _all_read()
+    event_at = T0 + timedelta(seconds=10)
+    state = freshness.touched(state, frozenset({COUNTS}), recheck_at=event_at + freshness.SCHEDULER_SETTLE)
+    assert freshness.needed(state, epoch=3, now=event_at, resync=RESYNC) == {COUNTS}
+    state = freshness.reading(state, frozenset({COUNTS}))
+    state = freshness.read_done(state, COUNTS, started=event_at, epoch=3)
+    assert freshness.needed(state, epoch=3, now=event_at + timedelta(seconds=5), resync=RESYNC) == frozenset()
+    settled = event_at + freshness.SCHEDULER_SETTLE
+    assert freshness.needed(state, epoch=3, now=settled, resync=RESYNC) == {COUNTS}
+    state = freshness.read_done(freshness.reading(state, frozenset({COUNTS})), COUNTS, started=settled, epoch=3)
+    assert freshness.needed(state, epoch=3, now=settled + timedelta(seconds=60), resync=RESYNC) == frozenset()
+    # A failed read keeps the recheck: the next cycle reads.
+    again = freshness.touched(state, frozenset({COUNTS}), recheck_at=settled + timedelta(seconds=20))
+    again = freshness.read_failed(freshness.reading(again, frozenset({COUNTS})), frozenset({COUNTS}))
+    assert COUNTS in freshness.needed(again, epoch=3, now=settled + timedelta(seconds=1), resync=RESYNC)
+
+
+def test_deployment_events_make_their_pools_counts_dirty_with_a_recheck() -> None:
+    event = {"event": "prefect.deployment.created", "resource": {"prefect.resource.id": "prefect.deployment.1"},
+             "related": [{"prefect.resource.role": "work-pool", "prefect.resource.name": "p"},
+                         {"prefect.resource.role": "flow", "prefect.resource.name": "f"}]}
+    assert freshness.event_effects(event) == {"p": frozenset({COUNTS})}
+    assert freshness.recheck_after(event) == freshness.SCHEDULER_SETTLE
+    assert freshness.recheck_after({"event": "prefect.flow-run.Pending"}) is None
+
+
+starts = st.lists(st.integers(1, 3600), max_size=30).map(
+    lambda xs: tuple(T0 + timedelta(seconds=x) for x in sorted(xs)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(starts, st.integers(1, 1800), st.integers(0, 4000), st.integers(0, 3600))
+def test_the_lookahead_counted_from_the_cached_list_is_the_true_count(
+        runs: tuple[datetime, ...], lookahead_s: int, elapsed_s: int, cover_s: int) -> None:
+    """The list holds every run up to ``complete_until``; while the window stays inside it the
+    local count is exactly Prefect's count, and it never answers past it."""
+    lookahead, complete = timedelta(seconds=lookahead_s), T0 + timedelta(seconds=cover_s)
+    cached = freshness.Upcoming(tuple(t for t in runs if t <= complete), complete)
+    now = T0 + timedelta(seconds=elapsed_s)
+    count = freshness.upcoming_count(cached, now, lookahead)
+    if now + lookahead > complete:
+        assert count is None
+    else:
+        assert count == sum(1 for t in runs if now < t <= now + lookahead)
+    expiry = freshness.counts_expiry(cached, lookahead)
+    # The counts are read again no later than the first run becoming due or the window outrunning the list.
+    assert expiry is not None and expiry <= complete - lookahead
+    if cached.starts:
+        assert expiry <= cached.starts[0]
+    assert freshness.upcoming_count(freshness.Upcoming(runs[:1], None), now, lookahead) is None

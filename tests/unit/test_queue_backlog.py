@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from prefect_workpool_operator.core.queue_backlog import (
-    BacklogRun, QueueCounts, backlog_series, group_by_queue, queue_sizes, scoped_backlog,
+    BacklogRun, QueueCounts, QueueListing, backlog_series, group_by_queue, queue_sizes, scoped_backlog,
 )
 from prefect_workpool_operator.core.scaling import Backlog, backlog_size
 
@@ -50,3 +50,23 @@ def test_queues_add_up_to_the_pool(runs: list[BacklogRun], include_pending: bool
                    upcoming=sum(1 for r in runs if r.state_type == "SCHEDULED" and r.expected_start > NOW))
     assert sum(queue_sizes(grouped, include_pending).values()) == backlog_size(pool, include_pending)
     assert backlog_size(scoped_backlog(grouped, grouped, 0), include_pending) == backlog_size(pool, include_pending)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", None]), st.sampled_from(["SCHEDULED", "PENDING"]),
+                          st.integers(-600, 1200)), max_size=25),
+       st.integers(0, 600), st.integers(0, 900))
+def test_a_listing_regrouped_later_equals_a_fresh_listing(rows: list, lookahead_s: int, elapsed_s: int) -> None:
+    """The per-queue listing, read once far enough ahead, regrouped by the clock, counts what a
+    listing read at that moment would (no run changed in between: the event stream says so)."""
+    t0 = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
+    runs = [BacklogRun(q, s, t0 + timedelta(seconds=x)) for q, s, x in rows]
+    lookahead, until = timedelta(seconds=lookahead_s), t0 + timedelta(seconds=900)
+    listing = QueueListing(tuple(r for r in runs if r.expected_start < until), until)
+    now = t0 + timedelta(seconds=elapsed_s)
+    grouped = listing.grouped(now, lookahead, {"a"})
+    if now + lookahead >= until:
+        assert grouped is None
+    else:
+        fresh = [r for r in runs if r.expected_start <= now + lookahead]
+        assert grouped == group_by_queue(fresh, now, {"a"})

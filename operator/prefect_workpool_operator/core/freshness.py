@@ -10,7 +10,21 @@ its answer expires by itself:
   counts expire at the next expected start time the read saw;
 - workers: the server turns a worker OFFLINE by a plain SQL update, without an event,
   once its heartbeat is older than 3 × its interval, so the workers expire at the
-  earliest such deadline of an ONLINE worker (and stay expired while one is overdue);
+  earliest such deadline of an ONLINE worker (and stay expired while one is overdue).
+  A worker back ONLINE by heartbeats alone, or a new one on a pool already READY, sends
+  nothing either and cannot be foreseen; the one decision it changes is whether a PENDING
+  run's claimer is alive, so while the pool has PENDING runs the workers are read every
+  cycle (as fresh as polling was), and an idle pool waits for the next deadline or resync;
+- scheduler-inserted runs: the scheduler service inserts SCHEDULED runs by SQL, without
+  an event. Steady state inserts them ``min_scheduled_time`` (1 h) ahead, so the resync
+  lists them long before they are due or within a lookahead; a created, changed or
+  resumed deployment (an event naming the pool) has runs inserted within seconds (the
+  recent-deployments scheduler, 5 s loop), so its event makes the counts dirty now and
+  again ``SCHEDULER_SETTLE`` later;
+- the lookahead (SCHEDULED runs due within it): the counts read lists the expected
+  start times up to the lookahead plus the resync, so the window moving with the clock
+  is counted locally (``upcoming``); the list expires when the window's end passes what
+  it covers;
 - every part expires ``resync`` after it was read (a safety net, never the main path);
 - a part read while the stream was down, or under another subscription than the one
   now live (the stream dropped in between: events may be lost), is never served.
@@ -34,6 +48,8 @@ PARTS = frozenset({POOL, WORKERS, COUNTS})
 INACTIVITY_HEARTBEAT_MULTIPLE = 3
 FALLBACK_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RESYNC = timedelta(minutes=5)
+# prefect 3.8 recent-deployments scheduler: every 5 s, deployments updated in the last 6 s.
+SCHEDULER_SETTLE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -49,13 +65,18 @@ class PartRead:
 class Freshness:
     reads: dict[str, PartRead] = field(default_factory=dict)
     dirty: frozenset[str] = frozenset()  # parts an event touched since their read started
+    # parts to read again once this time has come, if their last read started before it
+    recheck: dict[str, datetime] = field(default_factory=dict)
 
 
-def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC) -> frozenset[str]:
-    """The parts this cycle must read; the others may be served from the cache."""
+def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC,
+           pending_runs: bool = False) -> frozenset[str]:
+    """The parts this cycle must read; the others may be served from the cache.
+    ``pending_runs``: the pool has PENDING runs, whose claimers' liveness must be fresh."""
     out = set()
     for part in PARTS:
         read = state.reads.get(part)
+        recheck = state.recheck.get(part)
         if (
             read is None
             or epoch is None  # the stream is down now: nothing tells us what changed
@@ -63,6 +84,8 @@ def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timede
             or part in state.dirty
             or now >= read.started + resync
             or (read.expires is not None and now >= read.expires)
+            or (recheck is not None and read.started < recheck <= now)
+            or (part == WORKERS and pending_runs)
         ):
             out.add(part)
     return frozenset(out)
@@ -76,17 +99,56 @@ def reading(state: Freshness, parts: frozenset[str]) -> Freshness:
 def read_done(
     state: Freshness, part: str, *, started: datetime, epoch: int | None, expires: datetime | None = None
 ) -> Freshness:
-    return replace(state, reads={**state.reads, part: PartRead(started, epoch, expires)})
+    recheck = {p: t for p, t in state.recheck.items() if p != part or t > started}
+    return replace(state, reads={**state.reads, part: PartRead(started, epoch, expires)}, recheck=recheck)
 
 
 def read_failed(state: Freshness, parts: frozenset[str]) -> Freshness:
     """A failed read leaves nothing to serve: the next cycle reads again."""
-    return Freshness({k: v for k, v in state.reads.items() if k not in parts}, state.dirty | parts)
+    return Freshness({k: v for k, v in state.reads.items() if k not in parts}, state.dirty | parts, state.recheck)
 
 
-def touched(state: Freshness, parts: frozenset[str]) -> Freshness:
-    """An event changed these parts."""
-    return replace(state, dirty=state.dirty | parts)
+def touched(state: Freshness, parts: frozenset[str], *, recheck_at: datetime | None = None) -> Freshness:
+    """An event changed these parts (and, with ``recheck_at``, will have changed them again by then)."""
+    recheck = state.recheck
+    if recheck_at is not None:
+        recheck = {**recheck, **{p: max(recheck_at, recheck.get(p, recheck_at)) for p in parts}}
+    return replace(state, dirty=state.dirty | parts, recheck=recheck)
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """Expected start times of the SCHEDULED runs not yet due, as one read listed them:
+    every such run up to ``complete_until`` (None: only the first was asked for)."""
+
+    starts: tuple[datetime, ...]
+    complete_until: datetime | None
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self.starts[0] if self.starts else None
+
+
+def upcoming_count(upcoming: Upcoming, now: datetime, lookahead: timedelta) -> int | None:
+    """SCHEDULED runs with now < expected start <= now + lookahead, from the cached list;
+    None when the list does not reach that far (read it again)."""
+    if upcoming.complete_until is None or now + lookahead > upcoming.complete_until:
+        return None
+    return sum(1 for start in upcoming.starts if now < start <= now + lookahead)
+
+
+def counts_expiry(upcoming: Upcoming, lookahead: timedelta) -> datetime | None:
+    """When cached counts stop being true by the clock alone: the next run becomes due, or
+    the lookahead window's end passes what the list covers."""
+    times = [t for t in (upcoming.next_due,
+                         upcoming.complete_until - lookahead if upcoming.complete_until and lookahead else None) if t]
+    return min(times) if times else None
+
+
+def upcoming_horizon(lookahead: timedelta, resync: timedelta) -> timedelta:
+    """How far ahead the counts read lists SCHEDULED runs for a lookahead: far enough that the
+    window never outruns the list before the resync reads it again."""
+    return lookahead + resync
 
 
 def worker_deadline(workers: list[tuple[str, datetime | None, float | None]]) -> datetime | None:
@@ -109,7 +171,8 @@ _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 FLOW_RUN_EVENTS = "prefect.flow-run."
 POOL_EVENTS = "prefect.work-pool."
 WORKER_EVENTS = ("prefect.worker.started", "prefect.worker.stopped")
-STREAM_PREFIXES = (FLOW_RUN_EVENTS, POOL_EVENTS, "prefect.worker.")
+DEPLOYMENT_EVENTS = "prefect.deployment."
+STREAM_PREFIXES = (FLOW_RUN_EVENTS, POOL_EVENTS, "prefect.worker.", DEPLOYMENT_EVENTS)
 
 
 def event_effects(event: dict[str, object]) -> dict[str, frozenset[str]]:
@@ -117,8 +180,9 @@ def event_effects(event: dict[str, object]) -> dict[str, frozenset[str]]:
 
     Run state changes name their pool as a related resource (role ``work-pool``); pool
     events are about the pool itself (a status change also means its workers changed);
-    a worker's start and stop name the pool it polls. Claims and other worker events
-    change nothing observed here.
+    a worker's start and stop name the pool it polls; a deployment's creation, change or
+    status names its pool (the scheduler inserts or deletes its runs by SQL, no event:
+    see ``recheck_after``). Claims and other worker events change nothing observed here.
     """
     name = str(event.get("event") or "")
     resource = event.get("resource") if isinstance(event.get("resource"), dict) else {}
@@ -132,4 +196,12 @@ def event_effects(event: dict[str, object]) -> dict[str, frozenset[str]]:
         return {str(pool): frozenset({POOL, WORKERS})} if pool else {}
     if name in WORKER_EVENTS:
         return dict.fromkeys(related_pools, frozenset({WORKERS}))
+    if name.startswith(DEPLOYMENT_EVENTS):
+        return dict.fromkeys(related_pools, frozenset({COUNTS}))
     return {}
+
+
+def recheck_after(event: dict[str, object]) -> timedelta | None:
+    """An event whose effects land later without an event of their own: a deployment's
+    scheduled runs are inserted (or its old ones deleted) within seconds of the change."""
+    return SCHEDULER_SETTLE if str(event.get("event") or "").startswith(DEPLOYMENT_EVENTS) else None

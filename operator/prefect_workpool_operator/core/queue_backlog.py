@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .scaling import Backlog, backlog_size
 
@@ -60,6 +60,22 @@ def group_by_queue(runs: Iterable[BacklogRun], now: datetime, known: Iterable[st
             continue
         counts[run.queue] = counts.get(run.queue, QueueCounts()).plus(one)
     return counts
+
+
+@dataclass(frozen=True)
+class QueueListing:
+    """The backlog's runs as one read listed them: every one expected to start before ``until``
+    (listed beyond the lookahead, so the window can move with the clock without a read)."""
+
+    runs: tuple[BacklogRun, ...]
+    until: datetime
+
+    def grouped(self, now: datetime, lookahead: timedelta, known: set[str]) -> dict[str, QueueCounts] | None:
+        """Counts per queue at ``now``; None once the window ends past what was listed."""
+        end = now + lookahead
+        if end >= self.until:
+            return None
+        return group_by_queue([r for r in self.runs if r.expected_start is None or r.expected_start <= end], now, known)
 
 
 def scoped_backlog(per_queue: Mapping[str, QueueCounts], queues: Iterable[str], workers_online: int) -> Backlog:
