@@ -17,7 +17,7 @@ longer fits.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,13 +26,14 @@ import httpx
 from .aws import AwsClient, AwsError, EcsInfrastructureCheck
 from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
 from .concurrent_reads import gather_or_cancel
-from .core import health, pool_types, scaling
+from .core import freshness, health, pool_types, scaling
 from .core.autoscaling_plan import needs_queues
 from .core.queue_backlog import BacklogReading, QueueListing
 from .core.errors import OperatorError
 from .core.health import Failure, PoolObservation
 from .core.plan import Observation, StaleReading
 from .core.scaling_plan import EcsReading
+from .core.stale import Claimer
 from .kube_api import SecretError, SecretReader
 from .models import PolicySpec
 from .observe_autoscaling import AutoscalingCache, read_managed, wants_reading
@@ -187,10 +188,25 @@ async def _read_stale(
     if aws is not None and spec.ecs is not None and stale_spec.verify_infrastructure:
         check = EcsInfrastructureCheck(aws, spec.ecs.cluster)
     try:
-        return await observe_stale_runs(
+        reading = await observe_stale_runs(
             client, stale_spec, pool=spec.prefect.work_pool, queues=list(spec.prefect.work_queues), policy=policy,
             online_workers=pool.online_workers, memory=cache.recovery, now=now, interval=spec.interval_delta,
             counting_since=created, infrastructure_check=check, pending_observed=pool.pending if covered else None,
         )
+        return await _claimers_confirmed(client, spec, reading, now)
     except PrefectError as exc:
         return StaleReading(failure=Failure(exc.reason, exc.message))
+
+
+async def _claimers_confirmed(client: PrefectClient, spec: PolicySpec, reading: StaleReading,
+                              now: datetime) -> StaleReading:
+    """A claimer judged OFFLINE on cached workers is confirmed by reading them (one request,
+    only when recovery would act on it): a worker back ONLINE by heartbeats alone, or a new
+    one on a READY pool, sends no event."""
+    if not any(c is Claimer.OFFLINE for c in reading.claimers.values()):
+        return reading
+    online = await client.online_workers_read(spec.prefect.work_pool, list(spec.prefect.work_queues), now)
+    if online is None:
+        return reading
+    claimer_of = {r.id: r.claimer for r in reading.runs}
+    return replace(reading, claimers=freshness.confirmed_claimers(reading.claimers, claimer_of, online))

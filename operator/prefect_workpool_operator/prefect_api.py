@@ -254,9 +254,6 @@ class PrefectClient:
             await cache.first_subscription()
         parts = cache.needed(now, lookahead) if cache is not None else freshness.PARTS
         values = await self._read_parts(pool, queues, now, cache, parts, lookahead)
-        if cache is not None and freshness.WORKERS not in parts and values[freshness.COUNTS][1]:
-            # The counts just read show PENDING runs: their claimers' liveness must be fresh too.
-            values = await self._read_parts(pool, queues, now, cache, frozenset({freshness.WORKERS}), lookahead)
         work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
         late, pending, running, _ = values[freshness.COUNTS]
         online = frozenset(str(w.get("name")) for w in workers if w.get("status") == "ONLINE")
@@ -344,6 +341,15 @@ class PrefectClient:
         if until is not None and len(runs) >= limit and starts:
             until = starts[-1] - timedelta(microseconds=1)  # a full page: complete only before its last run
         return freshness.Upcoming(starts, until)
+
+    async def online_workers_read(self, pool: str, queues: list[str], now: datetime) -> frozenset[str] | None:
+        """The pool's ONLINE workers read now, if this cycle (``now``) served them from the cache:
+        no event tells of a worker back ONLINE or a new one on a READY pool. None: already read."""
+        cache = self._caches.get((pool, tuple(queues)))
+        if cache is None or freshness.read_at(cache.state, freshness.WORKERS, now):
+            return None
+        values = await self._read_parts(pool, queues, now, cache, frozenset({freshness.WORKERS}), timedelta(0))
+        return frozenset(str(w.get("name")) for w in values[freshness.WORKERS] if w.get("status") == "ONLINE")
 
     def listing_horizon(self, pool: str, queues: list[str], lookahead: timedelta) -> timedelta | None:
         """How much further than the lookahead a reusable listing of the pool's runs reaches;

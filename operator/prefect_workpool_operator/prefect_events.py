@@ -72,8 +72,7 @@ class PoolCache:
 
     def needed(self, now: datetime, lookahead: timedelta = timedelta(0)) -> frozenset[str]:
         counts = self.values.get(freshness.COUNTS)  # (late, pending, running, Upcoming | None)
-        parts = freshness.needed(self.state, epoch=self.epoch(), now=now, resync=self.resync,
-                                 pending_runs=bool(counts and counts[1]))
+        parts = freshness.needed(self.state, epoch=self.epoch(), now=now, resync=self.resync)
         if lookahead and counts is not None and (
                 counts[3] is None or freshness.upcoming_count(counts[3], now, lookahead) is None):
             parts |= {freshness.COUNTS}  # the cached list does not cover this lookahead

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -22,6 +23,7 @@ from prefect_workpool_operator.prefect_api import PrefectClient
 from prefect_workpool_operator.prefect_events import EventStreams
 from prefect_workpool_operator.prefect_http import PrefectHttp
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
+from sandbox.prefect_server import PrefectServer, ensure_prefect_venv
 from sandbox.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -227,3 +229,47 @@ async def test_a_stream_nobody_listens_to_is_closed(seeder: PrefectSeeder, pool_
     new = PrefectClient(http, seeder.api_url, auth_header="Bearer new-key")  # e.g. a rotated key
     await warm(new, pool_name)
     assert len(http.events.streams) == 1  # type: ignore[union-attr]
+
+
+
+
+# -- changes Prefect sends no event for ---------------------------------------------------
+
+@pytest.mark.parametrize("case", ["back online", "new worker"])
+async def test_a_claimer_online_again_without_an_event_is_not_judged_offline(
+        seeder: PrefectSeeder, pool_name: str, cached: tuple[PrefectHttp, Counted], case: str) -> None:
+    """A worker back ONLINE by heartbeats alone, or a new one on a pool already READY: no event.
+    The cached workers call its stale run's claimer offline; recovery must not act on that."""
+    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from tests.integration.recovery_helpers import NoSecrets, clock_after, states
+
+    http, counted = cached
+    seeder.create_ecs_pool(pool_name)
+    seeder.heartbeat_worker(pool_name, "w-steady", interval_seconds=60)  # keeps the pool READY: no pool event
+    claimer = "w-1" if case == "back online" else "w-2"
+    if case == "back online":
+        seeder.heartbeat_worker(pool_name, claimer, interval_seconds=2)
+        seeder.wait_for(lambda: any(w["name"] == claimer and w["status"] == "OFFLINE"
+                                    for w in seeder.read_workers(pool_name)), timeout=30)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    [run] = seeder.create_runs(deployment, 1, {"type": "PENDING"})
+    seeder.emit_events([seeder.submitted_event(claimer, "ecs", run, pool_name)])
+    seeder.wait_for(lambda: seeder.read_events({"event": {"name": ["prefect.worker.submitted-flow-run"]},
+                                                "related": {"id": [f"prefect.flow-run.{run}"]}}, limit=5), timeout=30)
+    runtime = PolicyRuntime()
+    body: dict = {"metadata": {"name": "claimer", "namespace": "t", "generation": 1},
+                  "spec": {"prefect": {"apiUrl": seeder.api_url, "workPool": pool_name},
+                           "staleRuns": {"pendingTimeout": "30s"}}, "status": {}}
+
+    async def cycle(now: dt.datetime) -> None:
+        outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=runtime, now=now)
+        body["status"] = outcome.status
+
+    client = PrefectClient(http, seeder.api_url)
+    await warm(client, pool_name)  # the stream is live: the cycles below are served from the cache
+    first = clock_after(seeder, [run])
+    await cycle(first)  # reads the workers: the claimer is not ONLINE (yet)
+    seeder.heartbeat_worker(pool_name, claimer, interval_seconds=60)  # a plain SQL upsert, no event
+    await cycle(first + dt.timedelta(seconds=30))  # the second observation, one interval later
+    assert states(seeder, [run])[run] == ("PENDING", "Pending"), "a live claimer's run was recovered"
+    assert body["status"]["staleRuns"]["skipped"]["claimerAlive"] == 1, body["status"].get("staleRuns")

@@ -110,15 +110,6 @@ def _all_read(started: datetime = T0, epoch: int = 3) -> Freshness:
     return state
 
 
-def test_pending_runs_keep_the_workers_as_fresh_as_polling() -> None:
-    """A worker back ONLINE by heartbeats alone, or a new one on a READY pool, sends no event:
-    while a PENDING run's claimer may be judged, the workers are read every cycle."""
-    state = _all_read()
-    later = T0 + timedelta(seconds=30)
-    assert freshness.needed(state, epoch=3, now=later, resync=RESYNC) == frozenset()
-    assert freshness.needed(state, epoch=3, now=later, resync=RESYNC, pending_runs=True) == {WORKERS}
-
-
 def test_a_deployment_change_is_read_now_and_again_once_the_scheduler_had_time() -> None:
     state = _all_read()
     event_at = T0 + timedelta(seconds=10)
@@ -170,3 +161,21 @@ def test_the_lookahead_counted_from_the_cached_list_is_the_true_count(
     if cached.starts:
         assert expiry <= cached.starts[0]
     assert freshness.upcoming_count(freshness.Upcoming(runs[:1], None), now, lookahead) is None
+
+
+def test_claimers_confirmed_by_workers_just_read() -> None:
+    """Only the ONLINE/OFFLINE verdicts follow the workers read; stops and restarts (events) stay."""
+    from prefect_workpool_operator.core.stale import Claimer
+
+    claimers = {"back": Claimer.OFFLINE, "gone": Claimer.OFFLINE, "new": Claimer.OFFLINE,
+                "stopped": Claimer.STOPPED, "none": Claimer.UNKNOWN, "left": Claimer.ONLINE}
+    claimer_of = {"back": "w-1", "gone": "w-old", "new": "w-2", "stopped": "w-1", "none": None, "left": "w-3"}
+    assert freshness.confirmed_claimers(claimers, claimer_of, frozenset({"w-1", "w-2"})) == {
+        "back": Claimer.ONLINE, "gone": Claimer.OFFLINE, "new": Claimer.ONLINE,
+        "stopped": Claimer.STOPPED, "none": Claimer.UNKNOWN, "left": Claimer.OFFLINE}
+
+
+def test_a_part_served_from_the_cache_was_not_read_by_this_cycle() -> None:
+    state = _all_read()
+    assert freshness.read_at(state, WORKERS, T0)
+    assert not freshness.read_at(state, WORKERS, T0 + timedelta(seconds=30))

@@ -12,9 +12,9 @@ its answer expires by itself:
   once its heartbeat is older than 3 × its interval, so the workers expire at the
   earliest such deadline of an ONLINE worker (and stay expired while one is overdue).
   A worker back ONLINE by heartbeats alone, or a new one on a pool already READY, sends
-  nothing either and cannot be foreseen; the one decision it changes is whether a PENDING
-  run's claimer is alive, so while the pool has PENDING runs the workers are read every
-  cycle (as fresh as polling was), and an idle pool waits for the next deadline or resync;
+  nothing either and cannot be foreseen; the one decision it changes is whether a stale
+  run's claimer is alive, so a cycle about to judge a claimer OFFLINE on cached workers
+  reads them first (``confirmed_claimers``); otherwise it shows at the next deadline or resync;
 - scheduler-inserted runs: the scheduler service inserts SCHEDULED runs by SQL, without
   an event. Steady state inserts them ``min_scheduled_time`` (1 h) ahead, so the resync
   lists them long before they are due or within a lookahead; a created, changed or
@@ -35,8 +35,11 @@ stream's enters here. Decided on plain data; the Prefect adapter does the reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+
+from .stale import Claimer
 
 POOL = "pool"  # status, type, base job template: GET /work_pools/{name}
 WORKERS = "workers"  # workers/filter
@@ -69,10 +72,8 @@ class Freshness:
     recheck: dict[str, datetime] = field(default_factory=dict)
 
 
-def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC,
-           pending_runs: bool = False) -> frozenset[str]:
-    """The parts this cycle must read; the others may be served from the cache.
-    ``pending_runs``: the pool has PENDING runs, whose claimers' liveness must be fresh."""
+def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC) -> frozenset[str]:
+    """The parts this cycle must read; the others may be served from the cache."""
     out = set()
     for part in PARTS:
         read = state.reads.get(part)
@@ -85,7 +86,6 @@ def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timede
             or now >= read.started + resync
             or (read.expires is not None and now >= read.expires)
             or (recheck is not None and read.started < recheck <= now)
-            or (part == WORKERS and pending_runs)
         ):
             out.add(part)
     return frozenset(out)
@@ -149,6 +149,23 @@ def upcoming_horizon(lookahead: timedelta, resync: timedelta) -> timedelta:
     """How far ahead the counts read lists SCHEDULED runs for a lookahead: far enough that the
     window never outruns the list before the resync reads it again."""
     return lookahead + resync
+
+
+def read_at(state: Freshness, part: str, now: datetime) -> bool:
+    """Whether ``part`` was read by the cycle of ``now`` (not served from the cache)."""
+    read = state.reads.get(part)
+    return read is not None and read.started == now and part not in state.dirty
+
+
+def confirmed_claimers(claimers: Mapping[str, Claimer], claimer_of: Mapping[str, str | None],
+                       online: frozenset[str]) -> dict[str, Claimer]:
+    """Claimer statuses judged on cached workers, corrected by workers just read: only the
+    ONLINE/OFFLINE verdicts depend on them (a stop or restart comes from the worker's events)."""
+    fixed = dict(claimers)
+    for run_id, status in claimers.items():
+        if status in (Claimer.ONLINE, Claimer.OFFLINE):
+            fixed[run_id] = Claimer.ONLINE if claimer_of.get(run_id) in online else Claimer.OFFLINE
+    return fixed
 
 
 def worker_deadline(workers: list[tuple[str, datetime | None, float | None]]) -> datetime | None:
