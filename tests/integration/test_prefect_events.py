@@ -273,3 +273,121 @@ async def test_a_claimer_online_again_without_an_event_is_not_judged_offline(
     await cycle(first + dt.timedelta(seconds=30))  # the second observation, one interval later
     assert states(seeder, [run])[run] == ("PENDING", "Pending"), "a live claimer's run was recovered"
     assert body["status"]["staleRuns"]["skipped"]["claimerAlive"] == 1, body["status"].get("staleRuns")
+
+
+def insert_like_the_scheduler(server: PrefectServer, deployment_id: str, runs: int) -> int:
+    """The scheduler service's insert, without an event: its own run generator
+    (``models.deployments._generate_scheduled_flow_runs``), then the rows and their Scheduled
+    states written as ``_insert_scheduled_flow_runs`` does, on the server's database from its
+    venv. Through SQLAlchemy's core tables: the ORM bulk path that the service (and
+    ``schedule_runs``) use fails under this sandbox's SQLAlchemy 2.1.9 ("Can't evaluate bulk DML
+    statement"), which is why the scheduler service itself cannot run here."""
+    script = """
+import asyncio, datetime, sys, uuid
+from prefect.server.database import provide_database_interface
+from prefect.server.models.deployments import _generate_scheduled_flow_runs
+from prefect.types._datetime import now
+from prefect._internal.uuid7 import uuid7
+
+async def main():
+    db = provide_database_interface()
+    async with db.session_context(begin_transaction=True) as session:
+        n = int(sys.argv[2])
+        runs = await _generate_scheduled_flow_runs(
+            db=db, session=session, deployment_id=uuid.UUID(sys.argv[1]), start_time=now("UTC"),
+            end_time=now("UTC") + datetime.timedelta(days=1), min_time=datetime.timedelta(0), min_runs=n, max_runs=n)
+        runs_table, states_table = db.FlowRun.__table__, db.FlowRunState.__table__
+        await session.execute(runs_table.insert(),
+                              [{k: v for k, v in r.items() if k in runs_table.c} for r in runs])
+        states = [{k: v for k, v in {**r["state"], "id": uuid7(), "flow_run_id": r["id"]}.items()
+                   if k in states_table.c} for r in runs]
+        await session.execute(states_table.insert(), states)
+        await session.execute(db.queries.set_state_id_on_inserted_flow_runs_statement(
+            inserted_flow_run_ids=[r["id"] for r in runs], insert_flow_run_states=states))
+    print(len(runs))
+
+asyncio.run(main())
+"""
+    python = ensure_prefect_venv(server.venv_dir).parent / "python"
+    done = subprocess.run([str(python), "-c", script, deployment_id, str(runs)], env=server._env(),  # noqa: SLF001
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+async def test_runs_the_scheduler_inserts_for_a_changed_deployment_are_seen(
+        seeder: PrefectSeeder, prefect_server: PrefectServer, pool_name: str,
+        cached: tuple[PrefectHttp, Counted]) -> None:
+    """A changed (or new, or resumed) deployment's event comes first; the recent-deployments
+    scheduler inserts its runs seconds later by SQL, without an event. The counts are read on
+    the event and again once the scheduler had time."""
+    http, _ = cached
+    seeder.create_ecs_pool(pool_name)
+    flow = seeder.create_flow("scheduled-flow")
+    deployment = seeder._json("POST", "/deployments/", json={  # noqa: SLF001
+        "name": pool_name, "flow_id": flow, "work_pool_name": pool_name, "entrypoint": "flows/demo.py:demo",
+        "schedules": [{"schedule": {"interval": 60, "anchor_date": utcnow().isoformat()}, "active": True}]})["id"]
+    # The foreman marks it NOT_READY (no worker polls its queue): that event first, then quiet.
+    seeder.wait_for(lambda: seeder._json("GET", f"/deployments/{deployment}")["status"] == "NOT_READY",  # noqa: SLF001
+                    timeout=30)
+    client = PrefectClient(http, seeder.api_url)
+    lookahead = dt.timedelta(minutes=2)
+    await warm(client, pool_name)
+    cache = client._caches[(pool_name, ())]  # noqa: SLF001
+    await client.observe_pool(pool_name, [], utcnow(), lookahead=lookahead)  # the counts listed that far
+    assert not cache.needed(utcnow(), lookahead)
+    version = cache.counts_version
+    seeder._request("PATCH", f"/deployments/{deployment}", json={"description": "every minute"})  # noqa: SLF001
+    start = time.monotonic()
+    while cache.counts_version == version:  # the deployment's event: the counts read again, no run yet
+        assert time.monotonic() - start < INTERVAL, "the deployment's event did not reach the cache"
+        await client.observe_pool(pool_name, [], utcnow(), lookahead=lookahead)
+        await asyncio.sleep(0.3)
+    assert client.upcoming(pool_name, [], utcnow(), lookahead) == 0
+    assert insert_like_the_scheduler(prefect_server, deployment, 3) == 3
+    inserted = time.monotonic()
+    while client.upcoming(pool_name, [], utcnow(), lookahead) != 2:  # every 60 s: two within 2 min
+        assert time.monotonic() - inserted < INTERVAL, "scheduler-inserted runs not seen within an interval"
+        await client.observe_pool(pool_name, [], utcnow(), lookahead=lookahead)
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("per_queue", [False, True])
+async def test_the_lookahead_window_moves_with_the_clock_without_a_read(
+        seeder: PrefectSeeder, pool_name: str, cached: tuple[PrefectHttp, Counted], per_queue: bool) -> None:
+    """A run entering the lookahead window sends no event: it is counted from the cached list of
+    SCHEDULED runs (read with the counts), at no request, and matches Prefect's own count."""
+    from prefect_workpool_operator.prefect_backlog import count_upcoming, read_backlog
+
+    http, counted = cached
+    lookahead = dt.timedelta(minutes=2)
+    seeder.create_ecs_pool(pool_name)
+    deployment = seeder.create_deployment(pool_name, name=pool_name)
+    seeder.create_runs(deployment, 1, scheduled_state(utcnow() + lookahead + dt.timedelta(seconds=6)))
+    client = PrefectClient(http, seeder.api_url)
+    listing = None
+
+    async def cycle() -> int:
+        nonlocal listing
+        now = utcnow()
+        await client.observe_pool(pool_name, [], now, lookahead=lookahead)
+        reading, listing = await read_backlog(client, pool_name, [], now, lookahead=lookahead, include_pending=False,
+                                              per_queue=per_queue, known=set(), listing=listing)
+        return reading.upcoming
+
+    deadline = time.monotonic() + 20
+    while True:  # warm: the stream live and the run's creation event read
+        before = counted.requests
+        upcoming = await cycle()
+        if counted.requests == before:
+            break
+        assert time.monotonic() < deadline, "cycles never stopped sending requests"
+        await asyncio.sleep(0.3)
+    assert upcoming == 0
+    start = time.monotonic()
+    while upcoming == 0:
+        assert time.monotonic() - start < INTERVAL
+        await asyncio.sleep(0.5)
+        upcoming = await cycle()
+    assert counted.requests == before, "the moving window cost a read"
+    assert upcoming == 1 == await count_upcoming(client, pool_name, [], utcnow(), lookahead)
