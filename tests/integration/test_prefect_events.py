@@ -391,3 +391,36 @@ async def test_the_lookahead_window_moves_with_the_clock_without_a_read(
         upcoming = await cycle()
     assert counted.requests == before, "the moving window cost a read"
     assert upcoming == 1 == await count_upcoming(client, pool_name, [], utcnow(), lookahead)
+
+
+async def test_a_hung_server_is_given_up_on_after_the_connect_timeout(cached: tuple[PrefectHttp, Counted]) -> None:
+    """A server that accepts the connection and never answers the upgrade: the attempt ends after
+    the connect timeout (not aiohttp's 300 s), the stream counts as down (full reads) meanwhile,
+    and it tries again."""
+    http, _ = cached
+    connections: list[asyncio.StreamWriter] = []
+    closed = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        await reader.read()  # never answers; returns when the client closes the connection
+        closed.set()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api"
+        cache = http.events.cache(url, None, "p")  # type: ignore[union-attr]
+        assert cache.stream is not None
+        cache.stream.connect_timeout = 1.0
+        start = time.monotonic()
+        while not connections:
+            assert time.monotonic() - start < 10
+            await asyncio.sleep(0.05)
+        assert cache.needed(utcnow()) == freshness.PARTS  # connecting: read in full
+        await asyncio.wait_for(closed.wait(), 10)  # given up: the hung connection closed by us
+        assert cache.stream.failures >= 1 and cache.stream.epoch is None
+        while len(connections) < 2:  # and tried again after the backoff
+            assert time.monotonic() - start < 15
+            await asyncio.sleep(0.05)
+    finally:
+        server.close()
