@@ -10,6 +10,11 @@ watched its Secrets are served from memory and a change or deletion is seen as s
 event arrives. While it is not (starting, broken, refused by RBAC, ``mode="off"``), a read
 GETs and keeps the answer ``fallback_seconds`` at most: never stale for longer.
 
+A scope none of whose Secrets was read for ``idle_seconds`` (its policies deleted, or
+pointed at other Secrets) stops its watch and drops what it kept: every policy reads its
+Secrets each cycle, so only a scope no policy uses stays unread that long (an interval
+longer than that restarts the scope's list+watch at its next read, nothing worse).
+
 Memory: only Secrets a policy has read, and of those only the keys read (their base64
 values) plus the names of the other keys (for the "keys: …" message); every other Secret
 in a watched namespace is parsed from the stream and dropped. Values never reach a log,
@@ -47,6 +52,7 @@ LIST_PAGE = 250
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 GETS_IN_FLIGHT = 8  # a fleet's first cycles would otherwise open a connection per Secret at once
 FORBIDDEN_RETRY_SECONDS = 300.0  # RBAC without list/watch: GET only, and ask again this often
+IDLE_SECONDS = 3600.0  # a scope unread this long is no policy's: its watch stops
 
 
 @dataclass
@@ -67,6 +73,8 @@ class _Scope:
     failures: int = 0
     forbidden_logged: bool = False
     names: set[str] = field(default_factory=set)  # the Secrets read in this scope
+    last_read: float = 0.0  # monotonic
+    idle_check: asyncio.TimerHandle | None = None
 
 
 class _Gone(Exception):
@@ -76,12 +84,14 @@ class _Gone(Exception):
 class SecretCache:
     """Reads one key of a Secret; see the module docstring."""
 
-    def __init__(self, kube: KubeClient, *, mode: str = "namespace", fallback_seconds: float = 300.0) -> None:
+    def __init__(self, kube: KubeClient, *, mode: str = "namespace", fallback_seconds: float = 300.0,
+                 idle_seconds: float = IDLE_SECONDS) -> None:
         if mode not in MODES:
             raise ValueError(f"secret watch mode must be one of {', '.join(MODES)}")
         self._kube = kube
         self.mode = mode
         self._fallback_seconds = fallback_seconds
+        self._idle_seconds = idle_seconds
         self._secrets: dict[tuple[str, str], _Secret] = {}
         self._wanted: dict[tuple[str, str], set[str]] = {}  # keys read, per Secret
         self._reading: dict[tuple[str, str], asyncio.Future[dict[str, str]]] = {}
@@ -194,8 +204,32 @@ class SecretCache:
         if scope is None:
             scope = self._scopes[key] = _Scope(namespace, key[1])
             scope.task = asyncio.ensure_future(self._informer(scope))
+            scope.idle_check = asyncio.get_running_loop().call_later(self._idle_seconds, self._stop_if_idle, key)
         scope.names.add(name)
+        scope.last_read = time.monotonic()
         return scope
+
+    def watching(self, namespace: str, name: str) -> bool:
+        """Whether a watch scope for this Secret exists (running or retrying)."""
+        return self._scope_key(namespace, name) in self._scopes
+
+    def _stop_if_idle(self, key: tuple[str, str | None]) -> None:
+        scope = self._scopes.get(key)
+        if scope is None:
+            return
+        idle_until = scope.last_read + self._idle_seconds
+        if time.monotonic() < idle_until:  # read since: look again when it could be idle
+            scope.idle_check = asyncio.get_running_loop().call_later(
+                idle_until - time.monotonic(), self._stop_if_idle, key)
+            return
+        del self._scopes[key]
+        if scope.task is not None:
+            scope.task.cancel()
+        for name in scope.names:  # nobody reads them: keep nothing (a value held is a value exposed)
+            self._secrets.pop((scope.namespace, name), None)
+            self._wanted.pop((scope.namespace, name), None)
+        log.debug("stopped watching Secrets in %s%s: none read for %.0f s", scope.namespace,
+                  f" ({scope.name})" if scope.name else "", self._idle_seconds)
 
     def _selector(self, scope: _Scope) -> dict[str, Any]:
         return {"field_selector": f"metadata.name={scope.name}"} if scope.name else {}
@@ -294,6 +328,9 @@ class SecretCache:
             del self._secrets[ref]  # the next read GETs: SecretNotFound, or the Secret made again
 
     async def aclose(self) -> None:
+        for scope in self._scopes.values():
+            if scope.idle_check is not None:
+                scope.idle_check.cancel()
         tasks = [s.task for s in self._scopes.values() if s.task is not None]
         for task in tasks:
             task.cancel()
