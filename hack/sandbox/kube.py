@@ -79,12 +79,15 @@ class LocalControlPlane:
         log: Log = print,
         *,
         detach: bool = False,
+        apiserver_args: tuple[str, ...] = (),
     ) -> None:
-        """`detach=True` (for hack/cluster.py) lets the processes outlive this Python process."""
+        """`detach=True` (for hack/cluster.py) lets the processes outlive this Python process;
+        ``apiserver_args``: more kube-apiserver flags (a test's own control plane)."""
         self.workdir = pathlib.Path(workdir).resolve()
         self.bin_dir = bin_dir
         self.log = log
         self.detach = detach
+        self.apiserver_args = tuple(apiserver_args)
         self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -168,6 +171,7 @@ class LocalControlPlane:
             "--log-level=warn",
         ])
         self._wait("etcd", proc, deadline, lambda: _http_ok(f"{client}/health", b'"health":"true"'))
+        (self.workdir / "etcd-url").write_text(client)  # beside the kubeconfig: tests compact etcd
         return client
 
     def _start_apiserver(self, etcd_url: str, deadline: float) -> None:
@@ -193,6 +197,7 @@ class LocalControlPlane:
             # Nothing would create the 'default' ServiceAccount, so Pods would be rejected.
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
+            *self.apiserver_args,
         ])
         self._wait("kube-apiserver", proc, deadline, partial(self._admin_ok, "/readyz"))
         self._write_kubeconfig()

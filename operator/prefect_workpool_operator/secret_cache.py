@@ -52,6 +52,9 @@ LIST_PAGE = 250
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 GETS_IN_FLIGHT = 8  # a fleet's first cycles would otherwise open a connection per Secret at once
 FORBIDDEN_RETRY_SECONDS = 300.0  # RBAC without list/watch: GET only, and ask again this often
+# A watch failing this often in a row from one version lists afresh: e.g. a server answering
+# 500 ("PrevKv=nil") for a revision whose predecessor etcd compacted, again at every retry.
+RELIST_AFTER_FAILURES = 3
 IDLE_SECONDS = 3600.0  # a scope unread this long is no policy's: its watch stops
 
 
@@ -251,7 +254,7 @@ class SecretCache:
             except Exception as exc:  # reads fall back to GET meanwhile
                 scope.synced = False
                 forbidden = getattr(exc, "status", None) == 403
-                if forbidden:
+                if forbidden or scope.failures + 1 >= RELIST_AFTER_FAILURES:
                     scope.resource_version = None  # else resume the watch from the last version seen
                 if forbidden and not scope.forbidden_logged:
                     scope.forbidden_logged = True
@@ -302,7 +305,7 @@ class SecretCache:
                 raise _Gone()
             if response.status != 200:
                 raise _HttpError(response.status)
-            scope.synced, scope.failures = True, 0
+            scope.synced = True
             while line := await response.content.readline():
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
@@ -314,7 +317,9 @@ class SecretCache:
                 elif kind == "DELETED":
                     self._delete(scope.namespace, meta.get("name", ""), _version(obj))
                 scope.resource_version = meta.get("resourceVersion") or scope.resource_version
+                scope.failures = 0  # working: not on the 200 alone, which can carry just an ERROR
         # the server ended the watch (timeout_seconds): resume from the last version seen
+        scope.failures = 0
 
     def _apply(self, namespace: str, name: str, obj: dict[str, Any]) -> None:
         ref = (namespace, name)

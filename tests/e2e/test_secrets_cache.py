@@ -186,6 +186,101 @@ async def test_a_broken_watch_resumes_and_a_dead_one_falls_back_to_get(kubectl: 
         await proxy.close()
 
 
+def compact_etcd(kubeconfig: str) -> int:
+    """Compact the control plane's etcd up to its current revision (what the API server does
+    every 5 minutes): every older resourceVersion is gone from its history."""
+    import base64
+    import json
+    import urllib.request
+
+    etcd = (pathlib.Path(kubeconfig).parent / "etcd-url").read_text().strip()
+
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(etcd + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    revision = int(post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+    post("/v3/kv/compaction", {"revision": revision, "physical": True})
+    return revision
+
+
+async def test_a_watch_resumed_from_a_compacted_version_lists_again(tmp_path: pathlib.Path) -> None:
+    """A watch that resumes after its resourceVersion was compacted away (a long disconnection)
+    is answered 410 Gone by a real API server; the cache lists again and serves what changed
+    meanwhile, without a GET. Its own control plane, without the watch cache: with it, the API
+    server answers old versions from memory until enough events have passed through it."""
+    from sandbox.kube import LocalControlPlane
+
+    with LocalControlPlane(tmp_path / "kube", apiserver_args=("--watch-cache=false",)) as plane:
+        ns = Kubectl(plane.kubeconfig).in_namespace("default")
+        name = unique("aws")
+        aws_secret(ns, name, "AKIAFIRST", "first-secret")
+        server = urllib.parse.urlsplit(plane.server)
+        proxy = CuttableProxy(server.hostname or "127.0.0.1", server.port or 443)
+        kube = await kube_client(str(plane.kubeconfig), await proxy.start())
+        cache = SecretCache(kube, fallback_seconds=600)
+        try:
+            assert await cache.read_secret_key("default", name, KEYS[0]) == "AKIAFIRST"
+            await eventually(lambda: cache.synced("default", name), "watching")
+            scope = cache._scopes[("default", None)]
+            listed_at = scope.resource_version
+            assert cache.requests["list"] == 1 and listed_at is not None
+            ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIASECOND"}}}}')
+            await eventually(lambda: _equals(cache.read_secret_key("default", name, KEYS[0]), "AKIASECOND"), "seen")
+            ns.apply(secret(unique("other"), "k", "v"))  # one more revision: the watch's next one is compacted too
+            assert compact_etcd(str(plane.kubeconfig)) > int(listed_at) + 1
+            # As after a long disconnection: the watch resumes from the list's version, compacted since.
+            scope.resource_version = listed_at
+            proxy.reset()
+            ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIATHIRD"}}}}')
+            await eventually(lambda: cache.requests["list"] == 2 and cache.synced("default", name), "listed again", 30)
+            await eventually(lambda: _equals(cache.read_secret_key("default", name, KEYS[0]), "AKIATHIRD"), "seen")
+            assert cache.requests["get"] == 1
+
+            # Compacted right at the watch's next revision: the server answers 500 ("PrevKv=nil")
+            # at every retry from that version. After a few, the cache lists afresh.
+            before = scope.resource_version
+            ns.run("patch", "secret", name, "--type=merge", "-p", f'{{"stringData":{{"{KEYS[0]}":"AKIAFOURTH"}}}}')
+            await eventually(lambda: scope.resource_version != before, "the change seen by the watch")
+            compact_etcd(str(plane.kubeconfig))
+            scope.resource_version = before
+            proxy.reset()
+            await eventually(lambda: cache.requests["list"] == 3 and cache.synced("default", name), "listed again", 30)
+            assert await cache.read_secret_key("default", name, KEYS[0]) == "AKIAFOURTH"
+        finally:
+            await cache.aclose()
+            await kube.aclose()
+            await proxy.close()
+
+
+async def test_a_scope_no_policy_reads_any_more_stops_its_watch(kubectl: Kubectl, namespace: str,
+                                                               kube: KubeClient) -> None:
+    """A policy deleted (or pointed elsewhere) stops reading its Secret: once none of a scope's
+    Secrets was read for ``idle_seconds`` its watch ends and nothing it kept stays in memory;
+    a later read starts it again."""
+    ns = kubectl.in_namespace(namespace)
+    name = unique("aws")
+    aws_secret(ns, name, "AKIAFIRST", "first-secret")
+    cache = SecretCache(kube, fallback_seconds=600, idle_seconds=2.0)
+    try:
+        assert await cache.read_secret_key(namespace, name, KEYS[0]) == "AKIAFIRST"
+        await eventually(lambda: cache.synced(namespace, name), "watching")
+        task = cache._scopes[(namespace, None)].task
+        for _ in range(4):  # read every half second, as a policy's cycles would: the watch stays
+            await asyncio.sleep(0.5)
+            assert await cache.read_secret_key(namespace, name, KEYS[0]) == "AKIAFIRST"
+            assert cache.watching(namespace, name)
+        await eventually(lambda: not cache.watching(namespace, name), "the idle scope stopped", 10)
+        await eventually(lambda: task is not None and task.done(), "its watch ended", 10)
+        assert (namespace, name) not in cache._secrets
+        assert await cache.read_secret_key(namespace, name, KEYS[0]) == "AKIAFIRST"
+        await eventually(lambda: cache.synced(namespace, name), "watching again")
+        assert cache.requests["list"] == 2
+    finally:
+        await cache.aclose()
+
+
 async def test_per_secret_watches_and_no_watch(kubectl: Kubectl, namespace: str, kube: KubeClient) -> None:
     ns = kubectl.in_namespace(namespace)
     name = unique("aws")
