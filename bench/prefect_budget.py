@@ -14,6 +14,12 @@ Against a real Prefect server (hack/sandbox), through the operator's own cycle c
    event), a SCHEDULED run becoming due (no event: the due time read at the last resync),
    a worker going OFFLINE (no event: the heartbeat deadline; timed from the moment a 0.2 s
    side poller first sees the server mark it).
+3. Lookahead (``scaling.lookahead``): the same idle policies' Prefect reads with a lookahead
+   of 10 min (observe_pool + the backlog read, as observe does) — polling; the event cache
+   reading the lookahead count every cycle (what main did before, "cache, count/cycle");
+   and the cache counting it from its cached list. Reactions with a cycle every second:
+   a SCHEDULED run entering the window (no event), and runs the scheduler inserts by SQL
+   (no event) seconds after a deployment change (its event).
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import httpx  # noqa: E402
 
 from prefect_workpool_operator.core.health import PoolObservation  # noqa: E402
 from prefect_workpool_operator.prefect_api import PrefectClient  # noqa: E402
+from prefect_workpool_operator.prefect_backlog import count_upcoming, read_backlog  # noqa: E402
 from prefect_workpool_operator.prefect_events import EventStreams  # noqa: E402
 from prefect_workpool_operator.prefect_http import PrefectHttp  # noqa: E402
 from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state, scheduled_state, utcnow  # noqa: E402
+from sandbox.prefect_scheduler import insert_like_the_scheduler  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 
 INTERVAL = 30.0
@@ -161,6 +169,95 @@ async def reaction(seeder: PrefectSeeder, variant: str) -> dict[str, float]:
     return figures
 
 
+LOOKAHEAD = dt.timedelta(minutes=10)
+
+
+async def lookahead_budget(seeder: PrefectSeeder, mode: str, policies: int, seconds: float) -> float:
+    """Requests/min per idle policy with a lookahead: ``poll``, ``count`` (cache, the count read
+    every cycle) or ``cached`` (the count from the cached list)."""
+    pools = [f"ahead-{mode}-{i}-{uuid.uuid4().hex[:4]}" for i in range(policies)]
+    for pool in pools:
+        seeder.create_ecs_pool(pool)
+        deployment = seeder.create_deployment(pool, name=pool)
+        seeder.create_runs(deployment, 1, scheduled_state(utcnow() + dt.timedelta(hours=2)))  # beyond the window
+    counter = Counter()
+    http = http_for("before" if mode == "poll" else "after", counter)
+    start = time.monotonic()
+    stop = start + seconds
+
+    async def policy(index: int, pool: str) -> None:
+        client = PrefectClient(http, seeder.api_url)
+        await asyncio.sleep(INTERVAL * index / policies)
+        while time.monotonic() < stop:
+            began, now = time.monotonic(), utcnow()
+            await client.observe_pool(pool, [], now, lookahead=LOOKAHEAD if mode == "cached" else dt.timedelta(0))
+            if mode == "cached":
+                await read_backlog(client, pool, [], now, lookahead=LOOKAHEAD, include_pending=False,
+                                   per_queue=False, known=set())
+            else:
+                await count_upcoming(client, pool, [], now, LOOKAHEAD)
+            await asyncio.sleep(max(0.0, INTERVAL - (time.monotonic() - began)))
+
+    await asyncio.gather(*(policy(i, p) for i, p in enumerate(pools)))
+    await http.aclose()
+    window = [t for t in counter.requests if t >= start + INTERVAL]
+    return len(window) / policies / ((stop - start - INTERVAL) / 60)
+
+
+async def lookahead_reaction(seeder: PrefectSeeder, server: PrefectServer, variant: str) -> dict[str, float]:
+    pool = f"ahead-react-{variant}-{uuid.uuid4().hex[:6]}"
+    seeder.create_ecs_pool(pool)
+    flow = seeder.create_flow("bench-scheduled")
+    deployment = seeder._json("POST", "/deployments/", json={  # noqa: SLF001
+        "name": pool, "flow_id": flow, "work_pool_name": pool, "entrypoint": "flows/demo.py:demo",
+        "schedules": [{"schedule": {"interval": 3600, "anchor_date": utcnow().isoformat()}, "active": True}]})["id"]
+    window = dt.timedelta(seconds=30)
+    http = http_for(variant, Counter())
+    client = PrefectClient(http, seeder.api_url)
+    latest: list[tuple[float, int]] = []
+    running = True
+
+    async def cycles() -> None:
+        while running:
+            began, now = time.monotonic(), utcnow()
+            await client.observe_pool(pool, [], now, lookahead=window)
+            reading, _ = await read_backlog(client, pool, [], now, lookahead=window, include_pending=False,
+                                            per_queue=False, known=set())
+            latest.append((began, reading.upcoming))
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+
+    async def seen(since: float, check: Callable[[int], bool], timeout: float = 120) -> float:
+        while time.monotonic() - since < timeout:
+            hits = [t for t, n in latest if t >= since and check(n)]
+            if hits:
+                return hits[0] - since
+            await asyncio.sleep(0.1)
+        return float("nan")
+
+    task = asyncio.ensure_future(cycles())
+    await asyncio.sleep(8)
+    figures: dict[str, float] = {}
+    enters = utcnow() + dt.timedelta(seconds=8)
+    await asyncio.to_thread(seeder.create_runs, deployment, 1, scheduled_state(enters + window))
+    while utcnow() < enters:
+        await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    figures["run entering the lookahead (no event)"] = await seen(t0, lambda n: n >= 1)
+    base = latest[-1][1]
+    await asyncio.sleep(3)
+    # A deployment change (its event), then the scheduler's insert a few seconds later (no event).
+    seeder._request("PATCH", f"/deployments/{deployment}", json={  # noqa: SLF001
+        "schedules": [{"schedule": {"interval": 10, "anchor_date": utcnow().isoformat()}, "active": True}]})
+    await asyncio.sleep(3)
+    await asyncio.to_thread(insert_like_the_scheduler, server, deployment, 3)
+    t0 = time.monotonic()
+    figures["scheduler insert after a deployment change (no event)"] = await seen(t0, lambda n: n > base)
+    running = False
+    await task
+    await http.aclose()
+    return figures
+
+
 async def main() -> None:
     policies = int(os.environ.get("BENCH_BUDGET_POLICIES", "20"))
     seconds = float(os.environ.get("BENCH_BUDGET_SECONDS", "420"))
@@ -172,7 +269,18 @@ async def main() -> None:
             react = await reaction(seeder, variant)
             print(f"[{variant}] {policies} idle policies for {seconds:.0f}s ...", flush=True)
             spent = await budget(seeder, variant, policies, seconds)
-            results[variant] = {**spent, **react}
+            ahead = await lookahead_reaction(seeder, server, variant)
+            results[variant] = {**spent, **react, **ahead}
+        if os.environ.get("BENCH_LOOKAHEAD", "1") != "0":
+            ahead_seconds = float(os.environ.get("BENCH_LOOKAHEAD_SECONDS", "150"))
+            print(f"lookahead budget, {policies} idle policies for {ahead_seconds:.0f}s x 3 ...", flush=True)
+            spent_ahead = {mode: await lookahead_budget(seeder, mode, policies, ahead_seconds)
+                           for mode in ("poll", "count", "cached")}
+            print(f"\nPrefect requests/min per idle policy with lookahead {LOOKAHEAD} ({ahead_seconds:.0f}s, "
+                  "no resync inside the window)")
+            print(f"| {'poll':>10} | {'cache, count/cycle':>18} | {'cache, cached list':>18} |")
+            print(f"|{'-' * 12}|{'-' * 20}|{'-' * 20}|")
+            print(f"| {spent_ahead['poll']:>10.2f} | {spent_ahead['count']:>18.2f} | {spent_ahead['cached']:>18.2f} |")
     rows = [("Prefect requests/min per idle policy", "per_policy_min", "{:.2f}"),
             ("failed cycles", "failed", "{:.0f}"),
             ("event streams open", "streams", "{:.0f}")]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -23,7 +22,8 @@ from prefect_workpool_operator.prefect_api import PrefectClient
 from prefect_workpool_operator.prefect_events import EventStreams
 from prefect_workpool_operator.prefect_http import PrefectHttp
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
-from sandbox.prefect_server import PrefectServer, ensure_prefect_venv
+from sandbox.prefect_scheduler import insert_like_the_scheduler
+from sandbox.prefect_server import PrefectServer
 from sandbox.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -273,46 +273,6 @@ async def test_a_claimer_online_again_without_an_event_is_not_judged_offline(
     await cycle(first + dt.timedelta(seconds=30))  # the second observation, one interval later
     assert states(seeder, [run])[run] == ("PENDING", "Pending"), "a live claimer's run was recovered"
     assert body["status"]["staleRuns"]["skipped"]["claimerAlive"] == 1, body["status"].get("staleRuns")
-
-
-def insert_like_the_scheduler(server: PrefectServer, deployment_id: str, runs: int) -> int:
-    """The scheduler service's insert, without an event: its own run generator
-    (``models.deployments._generate_scheduled_flow_runs``), then the rows and their Scheduled
-    states written as ``_insert_scheduled_flow_runs`` does, on the server's database from its
-    venv. Through SQLAlchemy's core tables: the ORM bulk path that the service (and
-    ``schedule_runs``) use fails under this sandbox's SQLAlchemy 2.1.9 ("Can't evaluate bulk DML
-    statement"), which is why the scheduler service itself cannot run here."""
-    script = """
-import asyncio, datetime, sys, uuid
-from prefect.server.database import provide_database_interface
-from prefect.server.models.deployments import _generate_scheduled_flow_runs
-from prefect.types._datetime import now
-from prefect._internal.uuid7 import uuid7
-
-async def main():
-    db = provide_database_interface()
-    async with db.session_context(begin_transaction=True) as session:
-        n = int(sys.argv[2])
-        runs = await _generate_scheduled_flow_runs(
-            db=db, session=session, deployment_id=uuid.UUID(sys.argv[1]), start_time=now("UTC"),
-            end_time=now("UTC") + datetime.timedelta(days=1), min_time=datetime.timedelta(0), min_runs=n, max_runs=n)
-        runs_table, states_table = db.FlowRun.__table__, db.FlowRunState.__table__
-        await session.execute(runs_table.insert(),
-                              [{k: v for k, v in r.items() if k in runs_table.c} for r in runs])
-        states = [{k: v for k, v in {**r["state"], "id": uuid7(), "flow_run_id": r["id"]}.items()
-                   if k in states_table.c} for r in runs]
-        await session.execute(states_table.insert(), states)
-        await session.execute(db.queries.set_state_id_on_inserted_flow_runs_statement(
-            inserted_flow_run_ids=[r["id"] for r in runs], insert_flow_run_states=states))
-    print(len(runs))
-
-asyncio.run(main())
-"""
-    python = ensure_prefect_venv(server.venv_dir).parent / "python"
-    done = subprocess.run([str(python), "-c", script, deployment_id, str(runs)], env=server._env(),  # noqa: SLF001
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return int(done.stdout.strip().splitlines()[-1])
 
 
 async def test_runs_the_scheduler_inserts_for_a_changed_deployment_are_seen(
