@@ -253,6 +253,8 @@ class PrefectClient:
         if cache is not None and not cache.state.reads:
             await cache.first_subscription()
         parts = cache.needed(now, lookahead) if cache is not None else freshness.PARTS
+        if cache is not None:
+            cache.served += len(freshness.PARTS - parts)
         values = await self._read_parts(pool, queues, now, cache, parts, lookahead)
         work_pool, workers = values[freshness.POOL], values[freshness.WORKERS]
         late, pending, running, _ = values[freshness.COUNTS]
@@ -277,7 +279,6 @@ class PrefectClient:
         epoch = cache.epoch() if cache is not None else None
         if cache is not None:
             cache.state = freshness.reading(cache.state, parts)
-            cache.served += len(freshness.PARTS - parts)
             cache.read += len(parts)
         try:
             if freshness.POOL in parts:  # first: a missing pool is the whole answer
@@ -351,7 +352,7 @@ class PrefectClient:
         values = await self._read_parts(pool, queues, now, cache, frozenset({freshness.WORKERS}), timedelta(0))
         return frozenset(str(w.get("name")) for w in values[freshness.WORKERS] if w.get("status") == "ONLINE")
 
-    def listing_horizon(self, pool: str, queues: list[str], lookahead: timedelta) -> timedelta | None:
+    def listing_horizon(self, pool: str, queues: list[str]) -> timedelta | None:
         """How much further than the lookahead a reusable listing of the pool's runs reaches;
         None without the event stream (nothing says when a listing goes stale)."""
         cache = self._caches.get((pool, tuple(queues)))

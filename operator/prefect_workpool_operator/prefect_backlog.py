@@ -87,7 +87,7 @@ async def read_backlog(client: PrefectClient, pool: str, queues: list[str], now:
     if per_queue:
         grouped = listing.grouped(now, lookahead, known) if listing is not None else None
         if grouped is None:
-            horizon = client.listing_horizon(pool, queues, lookahead)
+            horizon = client.listing_horizon(pool, queues)
             grouped, listing = await read_queue_backlogs(client, pool, queues, now, lookahead, include_pending, known,
                                                          horizon or timedelta(0))
             listing = listing if horizon is not None else None
