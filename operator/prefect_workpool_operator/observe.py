@@ -56,8 +56,8 @@ class ReadCache:
     recovery: RecoveryMemory = field(default_factory=RecoveryMemory)
     autoscaling: AutoscalingCache = field(default_factory=AutoscalingCache)  # the managed modes' AWS resources
     queues_seen: set[str] = field(default_factory=set)  # a queue that drained still publishes its 0
-    # The last per-queue backlog and what it was read under (the pool's counts version, …):
-    # reused while no run of the pool changed (the event stream says so) and no run became due.
+    # The last per-queue listing and what it was read under (the pool's counts version, …):
+    # regrouped by the clock while no run of the pool changed (the event stream says so).
     backlog: tuple[Any, QueueListing | None] | None = None
 
 
