@@ -61,7 +61,7 @@ class PoolCache:
     def __hash__(self) -> int:  # registered in a WeakSet
         return id(self)
 
-    def touch(self, parts: frozenset[str], recheck_at: datetime | None = None) -> None:
+    def touch(self, parts: frozenset[str], recheck_at: frozenset[datetime] = frozenset()) -> None:
         self.state = freshness.touched(self.state, parts, recheck_at=recheck_at)
 
     def epoch(self) -> int | None:
@@ -129,8 +129,8 @@ class EventStream:
 
     def dispatch(self, event: dict[str, Any]) -> None:
         self.events += 1
-        later = freshness.recheck_after(event)
-        recheck_at = datetime.now(timezone.utc) + later if later is not None else None
+        now = datetime.now(timezone.utc)
+        recheck_at = frozenset(now + later for later in freshness.recheck_after(event))
         for pool, parts in freshness.event_effects(event).items():
             for cache in list(self._listeners.get(pool, ())):
                 cache.touch(parts, recheck_at)

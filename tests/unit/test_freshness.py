@@ -110,22 +110,28 @@ def _all_read(started: datetime = T0, epoch: int = 3) -> Freshness:
     return state
 
 
-def test_a_deployment_change_is_read_now_and_again_once_the_scheduler_had_time() -> None:
+def test_a_deployment_change_is_read_now_and_again_at_each_scheduler_recheck() -> None:
     state = _all_read()
     event_at = T0 + timedelta(seconds=10)
-    state = freshness.touched(state, frozenset({COUNTS}), recheck_at=event_at + freshness.SCHEDULER_SETTLE)
+    rechecks = frozenset(event_at + d for d in freshness.SCHEDULER_RECHECKS)
+    state = freshness.touched(state, frozenset({COUNTS}), recheck_at=rechecks)
     assert freshness.needed(state, epoch=3, now=event_at, resync=RESYNC) == {COUNTS}
-    state = freshness.reading(state, frozenset({COUNTS}))
-    state = freshness.read_done(state, COUNTS, started=event_at, epoch=3)
+    state = freshness.read_done(freshness.reading(state, frozenset({COUNTS})), COUNTS, started=event_at, epoch=3)
     assert freshness.needed(state, epoch=3, now=event_at + timedelta(seconds=5), resync=RESYNC) == frozenset()
-    settled = event_at + freshness.SCHEDULER_SETTLE
-    assert freshness.needed(state, epoch=3, now=settled, resync=RESYNC) == {COUNTS}
-    state = freshness.read_done(freshness.reading(state, frozenset({COUNTS})), COUNTS, started=settled, epoch=3)
-    assert freshness.needed(state, epoch=3, now=settled + timedelta(seconds=60), resync=RESYNC) == frozenset()
-    # A failed read keeps the recheck: the next cycle reads.
-    again = freshness.touched(state, frozenset({COUNTS}), recheck_at=settled + timedelta(seconds=20))
+    for delay in freshness.SCHEDULER_RECHECKS:
+        at = event_at + delay
+        assert freshness.needed(state, epoch=3, now=at - timedelta(seconds=1), resync=RESYNC) == frozenset()
+        assert freshness.needed(state, epoch=3, now=at, resync=RESYNC) == {COUNTS}
+        state = freshness.read_done(freshness.reading(state, frozenset({COUNTS})), COUNTS, started=at, epoch=3)
+    assert freshness.needed(state, epoch=3, now=event_at + timedelta(seconds=200), resync=RESYNC) == frozenset()
+    # A later event adds its rechecks to those still due; a failed read keeps them.
+    late = event_at + timedelta(seconds=100)
+    again = freshness.touched(state, frozenset({COUNTS}), recheck_at=frozenset({late + timedelta(seconds=10)}))
+    again = freshness.touched(again, frozenset({COUNTS}), recheck_at=frozenset({late + timedelta(seconds=5)}))
     again = freshness.read_failed(freshness.reading(again, frozenset({COUNTS})), frozenset({COUNTS}))
-    assert COUNTS in freshness.needed(again, epoch=3, now=settled + timedelta(seconds=1), resync=RESYNC)
+    assert COUNTS in freshness.needed(again, epoch=3, now=late, resync=RESYNC)
+    again = freshness.read_done(freshness.reading(again, frozenset({COUNTS})), COUNTS, started=late, epoch=3)
+    assert freshness.needed(again, epoch=3, now=late + timedelta(seconds=5), resync=RESYNC) == {COUNTS}
 
 
 def test_deployment_events_make_their_pools_counts_dirty_with_a_recheck() -> None:
@@ -133,8 +139,8 @@ def test_deployment_events_make_their_pools_counts_dirty_with_a_recheck() -> Non
              "related": [{"prefect.resource.role": "work-pool", "prefect.resource.name": "p"},
                          {"prefect.resource.role": "flow", "prefect.resource.name": "f"}]}
     assert freshness.event_effects(event) == {"p": frozenset({COUNTS})}
-    assert freshness.recheck_after(event) == freshness.SCHEDULER_SETTLE
-    assert freshness.recheck_after({"event": "prefect.flow-run.Pending"}) is None
+    assert freshness.recheck_after(event) == freshness.SCHEDULER_RECHECKS
+    assert freshness.recheck_after({"event": "prefect.flow-run.Pending"}) == ()
 
 
 starts = st.lists(st.integers(1, 3600), max_size=30).map(

@@ -19,8 +19,9 @@ its answer expires by itself:
   an event. Steady state inserts them ``min_scheduled_time`` (1 h) ahead, so the resync
   lists them long before they are due or within a lookahead; a created, changed or
   resumed deployment (an event naming the pool) has runs inserted within seconds (the
-  recent-deployments scheduler, 5 s loop), so its event makes the counts dirty now and
-  again ``SCHEDULER_SETTLE`` later;
+  recent-deployments scheduler, 5 s loop) or, if that one missed it, by the main
+  scheduler's next loop (60 s), so its event makes the counts dirty now and again at
+  each of ``SCHEDULER_RECHECKS`` later;
 - the lookahead (SCHEDULED runs due within it): the counts read lists the expected
   start times up to the lookahead plus the resync, so the window moving with the clock
   is counted locally (``upcoming``); the list expires when the window's end passes what
@@ -51,8 +52,8 @@ PARTS = frozenset({POOL, WORKERS, COUNTS})
 INACTIVITY_HEARTBEAT_MULTIPLE = 3
 FALLBACK_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RESYNC = timedelta(minutes=5)
-# prefect 3.8 recent-deployments scheduler: every 5 s, deployments updated in the last 6 s.
-SCHEDULER_SETTLE = timedelta(seconds=10)
+# prefect 3.8 schedulers: recent deployments every 5 s (updated in the last 6 s), all every 60 s.
+SCHEDULER_RECHECKS = (timedelta(seconds=10), timedelta(seconds=30), timedelta(seconds=65))
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class PartRead:
 class Freshness:
     reads: dict[str, PartRead] = field(default_factory=dict)
     dirty: frozenset[str] = frozenset()  # parts an event touched since their read started
-    # parts to read again once this time has come, if their last read started before it
-    recheck: dict[str, datetime] = field(default_factory=dict)
+    # parts to read again once each of these times has come, if their last read started before it
+    recheck: dict[str, frozenset[datetime]] = field(default_factory=dict)
 
 
 def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timedelta = DEFAULT_RESYNC) -> frozenset[str]:
@@ -77,7 +78,6 @@ def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timede
     out = set()
     for part in PARTS:
         read = state.reads.get(part)
-        recheck = state.recheck.get(part)
         if (
             read is None
             or epoch is None  # the stream is down now: nothing tells us what changed
@@ -85,7 +85,7 @@ def needed(state: Freshness, *, epoch: int | None, now: datetime, resync: timede
             or part in state.dirty
             or now >= read.started + resync
             or (read.expires is not None and now >= read.expires)
-            or (recheck is not None and read.started < recheck <= now)
+            or any(read.started < t <= now for t in state.recheck.get(part, ()))
         ):
             out.add(part)
     return frozenset(out)
@@ -99,7 +99,9 @@ def reading(state: Freshness, parts: frozenset[str]) -> Freshness:
 def read_done(
     state: Freshness, part: str, *, started: datetime, epoch: int | None, expires: datetime | None = None
 ) -> Freshness:
-    recheck = {p: t for p, t in state.recheck.items() if p != part or t > started}
+    recheck = dict(state.recheck)
+    if part in recheck:
+        recheck[part] = frozenset(t for t in recheck[part] if t > started)
     return replace(state, reads={**state.reads, part: PartRead(started, epoch, expires)}, recheck=recheck)
 
 
@@ -108,11 +110,11 @@ def read_failed(state: Freshness, parts: frozenset[str]) -> Freshness:
     return Freshness({k: v for k, v in state.reads.items() if k not in parts}, state.dirty | parts, state.recheck)
 
 
-def touched(state: Freshness, parts: frozenset[str], *, recheck_at: datetime | None = None) -> Freshness:
-    """An event changed these parts (and, with ``recheck_at``, will have changed them again by then)."""
+def touched(state: Freshness, parts: frozenset[str], *, recheck_at: frozenset[datetime] = frozenset()) -> Freshness:
+    """An event changed these parts (and may change them again, unannounced, by ``recheck_at``)."""
     recheck = state.recheck
-    if recheck_at is not None:
-        recheck = {**recheck, **{p: max(recheck_at, recheck.get(p, recheck_at)) for p in parts}}
+    if recheck_at:
+        recheck = {**recheck, **{p: recheck.get(p, frozenset()) | recheck_at for p in parts}}
     return replace(state, dirty=state.dirty | parts, recheck=recheck)
 
 
@@ -218,7 +220,7 @@ def event_effects(event: dict[str, object]) -> dict[str, frozenset[str]]:
     return {}
 
 
-def recheck_after(event: dict[str, object]) -> timedelta | None:
+def recheck_after(event: dict[str, object]) -> tuple[timedelta, ...]:
     """An event whose effects land later without an event of their own: a deployment's
-    scheduled runs are inserted (or its old ones deleted) within seconds of the change."""
-    return SCHEDULER_SETTLE if str(event.get("event") or "").startswith(DEPLOYMENT_EVENTS) else None
+    scheduled runs are inserted (or its old ones deleted) seconds after the change."""
+    return SCHEDULER_RECHECKS if str(event.get("event") or "").startswith(DEPLOYMENT_EVENTS) else ()
