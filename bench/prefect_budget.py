@@ -245,8 +245,10 @@ async def lookahead_reaction(seeder: PrefectSeeder, server: PrefectServer, varia
     figures["run entering the lookahead (no event)"] = await seen(t0, lambda n: n >= 1)
     base = latest[-1][1]
     await asyncio.sleep(3)
-    # A deployment change (its event), then the scheduler's insert a few seconds later (no event).
+    # A deployment change (its event: a schedule edit alone sends none, prefect 3.8 leaves
+    # schedules out of the updated event's fields), then the scheduler's insert seconds later.
     seeder._request("PATCH", f"/deployments/{deployment}", json={  # noqa: SLF001
+        "description": "every 10 s",
         "schedules": [{"schedule": {"interval": 10, "anchor_date": utcnow().isoformat()}, "active": True}]})
     await asyncio.sleep(3)
     await asyncio.to_thread(insert_like_the_scheduler, server, deployment, 3)
