@@ -21,7 +21,8 @@ its answer expires by itself:
   resumed deployment (an event naming the pool) has runs inserted within seconds (the
   recent-deployments scheduler, 5 s loop) or, if that one missed it, by the main
   scheduler's next loop (60 s), so its event makes the counts dirty now and again at
-  each of ``SCHEDULER_RECHECKS`` later;
+  each of ``SCHEDULER_RECHECKS`` later (a schedule edited alone sends no event: seen
+  at the resync, or by the runs' Late events once due);
 - the lookahead (SCHEDULED runs due within it): the counts read lists the expected
   start times up to the lookahead plus the resync, so the window moving with the clock
   is counted locally (``upcoming``); the list expires when the window's end passes what
