@@ -24,8 +24,10 @@ each cycle's `GET /work_pools/<pool>`.
 
 Steady-state figures skip the first interval (the fleet's first cycles).
 
-Variants: "before" runs the operator source of BENCH_BASELINE (default a83d7ad, taken
-with `git archive`), "after" this checkout, "after, shared identity" this checkout with
+Variants: "before" runs the operator source of BENCH_BASELINE (default a83d7ad, the
+merge base of issue 11's first branch: the 0.1 code the issue measured wedging at 200),
+taken with `git archive`, under its own CRD (its models forbid the fields newer CRDs
+default, so under today's CRD every one of its cycles failed InvalidSpec), "after" this checkout, "after, shared identity" this checkout with
 no Secret (the pod's identity), for memory per policy. Environment: BENCH_POLICIES
 (default 200), BENCH_LARGE=1000 adds an "after" run at that size, BENCH_SECONDS (180),
 BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large).
@@ -332,10 +334,46 @@ def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, 
     return "\n---\n".join(json.dumps(d) for d in docs)
 
 
+def _unknown_keys(value: Any, schema: dict[str, Any], at: str = "") -> list[str]:
+    """Paths in `value` that `schema` (an openAPIV3Schema) does not declare."""
+    if isinstance(value, dict) and "properties" in schema:
+        found = []
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{at}.{key}")
+            else:
+                found += _unknown_keys(item, schema["properties"][key], f"{at}.{key}")
+        return found
+    if isinstance(value, list) and "items" in schema:
+        return [k for item in value for k in _unknown_keys(item, schema["items"], at + "[]")]
+    return []
+
+
+def use_crd(kubectl: Kubectl, crd: str, namespace: str, sample: str) -> None:
+    """Install `crd` (YAML text) and wait until the API server serves it: a dry-run create of a
+    sample policy comes back with nothing this CRD does not declare. The baseline's models
+    forbid unknown fields, so under the newer CRD's defaults every cycle of it was InvalidSpec."""
+    import yaml
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
+    schema = yaml.safe_load(crd)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    deadline = time.monotonic() + 60
+    while True:
+        answer = json.loads(kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", stdin=sample))
+        unknown = _unknown_keys({"spec": answer["spec"]}, schema)
+        if not unknown:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API server still serves another CRD: {unknown}")
+        time.sleep(0.5)
+
+
 def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, kubectl: Kubectl, proxy: Proxy,
-                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int]) -> Result:
+                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int], crd: str) -> Result:
     namespace = f"bench-{name.replace(' ', '-').replace(',', '')}-{n}"
     kubectl("create", "namespace", namespace)
+    use_crd(kubectl, crd, namespace, manifest(namespace, 1, proxy.api_url, moto.endpoint_url, cluster, False))
     port = free_port()
     env = {
         **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
@@ -451,6 +489,12 @@ def _built_tools() -> pathlib.Path | None:
     return cache if all((cache / name).exists() for name in ("kube-apiserver", "etcd")) else None
 
 
+def baseline_crd(revision: str = BASELINE) -> str:
+    """The CRD the baseline was generated with (its models reject fields newer CRDs default)."""
+    return subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:crds/{CRD.name}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def baseline_source(workdir: pathlib.Path, revision: str = BASELINE) -> pathlib.Path:
     target = workdir / "baseline"
     target.mkdir()
@@ -473,8 +517,6 @@ def main() -> None:
         moto = stack.enter_context(MotoServer(workdir / "moto"))
         plane = stack.enter_context(LocalControlPlane(workdir / "kube", bin_dir=_built_tools()))
         kubectl = Kubectl(plane.kubeconfig)
-        kubectl("apply", "--server-side", "-f", str(CRD))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
         log(f"seeding {largest} work pools and ECS services")
         with PrefectSeeder(server.api_url) as seeder:
             for i in range(largest):
@@ -500,7 +542,8 @@ def main() -> None:
             if key == "before" and src is None:
                 continue
             results.append(run_variant(name, n, src=src, own_keys=own, kubectl=kubectl, proxy=proxy, moto=moto,
-                                       cluster=cluster, workdir=workdir, server_roots=roots))
+                                       cluster=cluster, workdir=workdir, server_roots=roots,
+                                       crd=baseline_crd() if key == "before" else CRD.read_text()))
         print_table(results, database)
     log(f"logs in {workdir}")
 
