@@ -69,6 +69,8 @@ N = int(os.environ.get("BENCH_POLICIES", "200"))
 LARGE = int(os.environ.get("BENCH_LARGE", "0"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "180"))
 BASELINE = os.environ.get("BENCH_BASELINE", "a83d7ad")
+# A py-spy binary: each variant's steady window is sampled and its top functions printed.
+PROFILER = os.environ.get("BENCH_PROFILE") or None
 VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large" if LARGE else "")).split(",")
 INTERVAL = 30.0
 CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
@@ -192,9 +194,14 @@ class Proxy:
         self._loop.run_until_complete(main())
 
 
+SCRAPE_SECONDS = 15.0  # < the interval, so every start is seen; the chart's ServiceMonitor scrapes every 30 s
+
+
 class StartWatcher:
-    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every 5 s: each new value
-    is a cycle's exact start (cycles of one policy are an interval apart)."""
+    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every SCRAPE_SECONDS: each
+    new value is a cycle's exact start (cycles of one policy are an interval apart, and each
+    value stays exported until the next). A scrape costs the operator CPU in proportion to its
+    series, so scraping more often than Prometheus would inflates the CPU figure."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -210,7 +217,7 @@ class StartWatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(5.0):
+        while not self._stop.wait(SCRAPE_SECONDS):
             with contextlib.suppress(OSError):
                 for key, value in scrape(self.url).items():
                     found = re.fullmatch(r'pwo_cycle_started_timestamp_seconds\{.*policy="([^"]+)".*\}', key)
@@ -388,6 +395,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         proc = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=sink,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     metrics_url = f"http://127.0.0.1:{port}/metrics"
+    sampler: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -409,6 +417,11 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         steady = time.time()
         cpu0, kube0, metrics0 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
         server0 = server_cpu_seconds(server_roots)
+        profile = workdir / f"profile-{namespace}.txt"
+        sampler = subprocess.Popen(
+            [PROFILER, "record", "--pid", str(proc.pid), "--rate", "50", "--nonblocking", "--format", "raw",
+             "--duration", str(int(applied + SECONDS - time.time())), "--output", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if PROFILER else None
         peak = 0.0
         while time.time() < applied + SECONDS:
             time.sleep(5)
@@ -422,6 +435,9 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
     finally:
         with contextlib.suppress(NameError):
             watcher.stop()
+        if sampler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sampler.wait(30)
         stop_process_group(proc, grace=10)
         log_lines = sum(1 for _ in out.open("rb"))
     starts: dict[str, list[float]] = defaultdict(list)
@@ -466,7 +482,31 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
     log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
+    if PROFILER and profile.exists():
+        print_profile(name, profile)
     return Result(name, n, figures)
+
+
+def print_profile(name: str, raw: pathlib.Path, top: int = 25) -> None:
+    """py-spy's collapsed stacks -> the functions holding the most samples, inclusive and self."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    print(f"\nprofile of {name}: {samples} samples (at 50/s; idle samples excluded by py-spy), raw stacks in {raw}")
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"  top {title}:")
+        for frame, n in table.most_common(top):
+            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame[:150]}")
 
 
 def print_table(results: list[Result], database: str) -> None:
