@@ -41,6 +41,9 @@ DELETE_RETRIES = 5  # AWS cleanup on deletion: then the policy goes anyway (a Wa
 _connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
+# Cycles in flight, all policies together: a burst (a fleet's first cycles, a restart) waits
+# its turn instead of queueing every read on the shared connections until they time out.
+_turns = asyncio.Semaphore(CONFIG.max_cycles_in_flight)
 
 
 def _cancel_cycles() -> None:
@@ -281,6 +284,47 @@ async def reconcile(
             generation, due = meta.get("generation"), None
             interval = _interval_seconds(body.spec)
             offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
+    if not await _turn(stopped):
+        return
+    try:
+        await _reconcile_now(body, meta, patch, memo, logger, policy_claims, stopped, runtime, generation, due,
+                             interval, offset)
+    finally:
+        _turns.release()
+
+
+async def _turn(stopped: kopf.DaemonStopped) -> bool:
+    """Wait for a free turn (``_turns``); False when the policy stopped meanwhile."""
+    if not _turns.locked():
+        await _turns.acquire()  # free: taken without waiting
+        return True
+    turn = asyncio.ensure_future(_turns.acquire())
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        _give_back(turn)
+        raise
+    finally:
+        stop.cancel()
+    if turn.done() and not turn.cancelled() and not stopped:
+        return True
+    _give_back(turn)
+    return False
+
+
+def _give_back(turn: asyncio.Future[Any]) -> None:
+    if turn.done() and not turn.cancelled():
+        _turns.release()
+    else:
+        turn.cancel()
+
+
+async def _reconcile_now(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+    policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, runtime: PolicyRuntime,
+    generation: Any, due: float | None, interval: float, offset: float,
+) -> None:
     _kube(memo)
     started = time.monotonic()
     now = datetime.now(timezone.utc)
