@@ -29,8 +29,11 @@ merge base of issue 11's first branch: the 0.1 code the issue measured wedging a
 taken with `git archive`, under its own CRD (its models forbid the fields newer CRDs
 default, so under today's CRD every one of its cycles failed InvalidSpec), "after" this checkout, "after, shared identity" this checkout with
 no Secret (the pod's identity), for memory per policy. Environment: BENCH_POLICIES
-(default 200), BENCH_LARGE=1000 adds an "after" run at that size, BENCH_SECONDS (180),
-BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large).
+(default 200), BENCH_LARGE=1000 adds "after" runs at that size (own keys and shared
+identity; the table then shows the RSS per extra policy between the two sizes), BENCH_SECONDS
+(180), BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large,large-shared),
+BENCH_PROFILE (a py-spy binary: each variant's steady window is sampled, its top functions
+printed; py-spy is not a project dependency).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "180"))
 BASELINE = os.environ.get("BENCH_BASELINE", "a83d7ad")
 # A py-spy binary: each variant's steady window is sampled and its top functions printed.
 PROFILER = os.environ.get("BENCH_PROFILE") or None
-VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large" if LARGE else "")).split(",")
+VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large,large-shared" if LARGE else "")).split(",")
 INTERVAL = 30.0
 CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
 
@@ -311,6 +314,7 @@ class Result:
     name: str
     policies: int
     figures: dict[str, str] = field(default_factory=dict)
+    rss: float = 0.0  # MiB at the end
 
 
 def p99(values: list[float]) -> float:
@@ -323,9 +327,9 @@ def p99(values: list[float]) -> float:
 # -- one variant ----------------------------------------------------------------------------
 
 
-def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
+def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
     docs = []
-    for i in range(n):
+    for i in indices:
         ecs = {"region": REGION, "cluster": cluster, "service": f"worker-{i}", "endpointUrl": moto_url}
         if own_keys:
             ecs["credentialsSecretRef"] = {"name": f"aws-{i}"}
@@ -380,7 +384,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
                 moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int], crd: str) -> Result:
     namespace = f"bench-{name.replace(' ', '-').replace(',', '')}-{n}"
     kubectl("create", "namespace", namespace)
-    use_crd(kubectl, crd, namespace, manifest(namespace, 1, proxy.api_url, moto.endpoint_url, cluster, False))
+    use_crd(kubectl, crd, namespace, manifest(namespace, range(1), proxy.api_url, moto.endpoint_url, cluster, False))
     port = free_port()
     env = {
         **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
@@ -410,7 +414,9 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         idle_rss = rss_mib(proc.pid)
         watcher = StartWatcher(metrics_url)
         watcher.start()
-        kubectl.apply(manifest(namespace, n, proxy.api_url, moto.endpoint_url, cluster, own_keys))
+        for first in range(0, n, 100):  # kubectl calls time out after 60 s: 1,000 at once came close
+            kubectl.apply(manifest(namespace, range(first, min(first + 100, n)), proxy.api_url, moto.endpoint_url,
+                                   cluster, own_keys))
         applied = time.time()
         log(f"{name}: {n} policies applied; measuring for {SECONDS:.0f}s")
         time.sleep(INTERVAL)
@@ -484,7 +490,16 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
     log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
     if PROFILER and profile.exists():
         print_profile(name, profile)
-    return Result(name, n, figures)
+    return Result(name, n, figures, rss)
+
+
+def per_extra_policy(results: list[Result]) -> None:
+    """Memory per extra policy: the RSS slope between the two sizes of one variant."""
+    row = "RSS per extra policy (MiB)"
+    for result in results:
+        smaller = [r for r in results if r.name == result.name and r.policies < result.policies]
+        result.figures[row] = (f"{(result.rss - smaller[0].rss) / (result.policies - smaller[0].policies):.2f}"
+                               f" (from {smaller[0].policies})" if smaller else "")
 
 
 def print_profile(name: str, raw: pathlib.Path, top: int = 25) -> None:
@@ -575,6 +590,7 @@ def main() -> None:
             "after": ("after", N, None, True),
             "shared": ("after, shared identity", N, None, False),
             "large": ("after", LARGE, None, True),
+            "large-shared": ("after, shared identity", LARGE, None, False),
         }
         results = []
         for key in VARIANTS:
@@ -584,6 +600,7 @@ def main() -> None:
             results.append(run_variant(name, n, src=src, own_keys=own, kubectl=kubectl, proxy=proxy, moto=moto,
                                        cluster=cluster, workdir=workdir, server_roots=roots,
                                        crd=baseline_crd() if key == "before" else CRD.read_text()))
+        per_extra_policy(results)
         print_table(results, database)
     log(f"logs in {workdir}")
 
