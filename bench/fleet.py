@@ -9,7 +9,8 @@ each variant, one operator process watches its own namespace, N policies (interv
 are applied at once, and the run is measured for BENCH_SECONDS:
 
 - failed cycles (pwo_reconcile_errors), mean cycle time (pwo_reconcile_duration_seconds);
-- p99 gap between a policy's consecutive cycle starts, against the interval;
+- p99 gap between a policy's consecutive cycle starts, against the interval: over the whole
+  run, and between starts in the steady window (the fleet's first cycles queue for turns);
 - the most cycle starts in one second, against the average per second;
 - operator CPU (% of one core) and RSS, and RSS per policy over the idle process;
 - Prefect requests per minute per (idle) policy, requests per second the server served,
@@ -24,11 +25,16 @@ each cycle's `GET /work_pools/<pool>`.
 
 Steady-state figures skip the first interval (the fleet's first cycles).
 
-Variants: "before" runs the operator source of BENCH_BASELINE (default a83d7ad, taken
-with `git archive`), "after" this checkout, "after, shared identity" this checkout with
+Variants: "before" runs the operator source of BENCH_BASELINE (default a83d7ad, the
+merge base of issue 11's first branch: the 0.1 code the issue measured wedging at 200),
+taken with `git archive`, under its own CRD (its models forbid the fields newer CRDs
+default, so under today's CRD every one of its cycles failed InvalidSpec), "after" this checkout, "after, shared identity" this checkout with
 no Secret (the pod's identity), for memory per policy. Environment: BENCH_POLICIES
-(default 200), BENCH_LARGE=1000 adds an "after" run at that size, BENCH_SECONDS (180),
-BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large).
+(default 200), BENCH_LARGE=1000 adds "after" runs at that size (own keys and shared
+identity; the table then shows the RSS per extra policy between the two sizes), BENCH_SECONDS
+(180), BENCH_BASELINE, BENCH_VARIANTS (comma list of before,after,shared,large,large-shared),
+BENCH_PROFILE (a py-spy binary: each variant's steady window is sampled, its top functions
+printed; py-spy is not a project dependency).
 """
 
 from __future__ import annotations
@@ -67,7 +73,9 @@ N = int(os.environ.get("BENCH_POLICIES", "200"))
 LARGE = int(os.environ.get("BENCH_LARGE", "0"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "180"))
 BASELINE = os.environ.get("BENCH_BASELINE", "a83d7ad")
-VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large" if LARGE else "")).split(",")
+# A py-spy binary: each variant's steady window is sampled and its top functions printed.
+PROFILER = os.environ.get("BENCH_PROFILE") or None
+VARIANTS = os.environ.get("BENCH_VARIANTS", "before,after,shared" + (",large,large-shared" if LARGE else "")).split(",")
 INTERVAL = 30.0
 CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
 
@@ -190,9 +198,14 @@ class Proxy:
         self._loop.run_until_complete(main())
 
 
+SCRAPE_SECONDS = 15.0  # < the interval, so every start is seen; the chart's ServiceMonitor scrapes every 30 s
+
+
 class StartWatcher:
-    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every 5 s: each new value
-    is a cycle's exact start (cycles of one policy are an interval apart)."""
+    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every SCRAPE_SECONDS: each
+    new value is a cycle's exact start (cycles of one policy are an interval apart, and each
+    value stays exported until the next). A scrape costs the operator CPU in proportion to its
+    series, so scraping more often than Prometheus would inflates the CPU figure."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -208,7 +221,7 @@ class StartWatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(5.0):
+        while not self._stop.wait(SCRAPE_SECONDS):
             with contextlib.suppress(OSError):
                 for key, value in scrape(self.url).items():
                     found = re.fullmatch(r'pwo_cycle_started_timestamp_seconds\{.*policy="([^"]+)".*\}', key)
@@ -302,6 +315,7 @@ class Result:
     name: str
     policies: int
     figures: dict[str, str] = field(default_factory=dict)
+    rss: float = 0.0  # MiB at the end
 
 
 def p99(values: list[float]) -> float:
@@ -314,9 +328,9 @@ def p99(values: list[float]) -> float:
 # -- one variant ----------------------------------------------------------------------------
 
 
-def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
+def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
     docs = []
-    for i in range(n):
+    for i in indices:
         ecs = {"region": REGION, "cluster": cluster, "service": f"worker-{i}", "endpointUrl": moto_url}
         if own_keys:
             ecs["credentialsSecretRef"] = {"name": f"aws-{i}"}
@@ -332,10 +346,46 @@ def manifest(namespace: str, n: int, api_url: str, moto_url: str, cluster: str, 
     return "\n---\n".join(json.dumps(d) for d in docs)
 
 
+def _unknown_keys(value: Any, schema: dict[str, Any], at: str = "") -> list[str]:
+    """Paths in `value` that `schema` (an openAPIV3Schema) does not declare."""
+    if isinstance(value, dict) and "properties" in schema:
+        found = []
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{at}.{key}")
+            else:
+                found += _unknown_keys(item, schema["properties"][key], f"{at}.{key}")
+        return found
+    if isinstance(value, list) and "items" in schema:
+        return [k for item in value for k in _unknown_keys(item, schema["items"], at + "[]")]
+    return []
+
+
+def use_crd(kubectl: Kubectl, crd: str, namespace: str, sample: str) -> None:
+    """Install `crd` (YAML text) and wait until the API server serves it: a dry-run create of a
+    sample policy comes back with nothing this CRD does not declare. The baseline's models
+    forbid unknown fields, so under the newer CRD's defaults every cycle of it was InvalidSpec."""
+    import yaml
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
+    schema = yaml.safe_load(crd)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    deadline = time.monotonic() + 60
+    while True:
+        answer = json.loads(kubectl("apply", "--dry-run=server", "-o", "json", "-f", "-", stdin=sample))
+        unknown = _unknown_keys({"spec": answer["spec"]}, schema)
+        if not unknown:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API server still serves another CRD: {unknown}")
+        time.sleep(0.5)
+
+
 def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, kubectl: Kubectl, proxy: Proxy,
-                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int]) -> Result:
+                moto: MotoServer, cluster: str, workdir: pathlib.Path, server_roots: list[int], crd: str) -> Result:
     namespace = f"bench-{name.replace(' ', '-').replace(',', '')}-{n}"
     kubectl("create", "namespace", namespace)
+    use_crd(kubectl, crd, namespace, manifest(namespace, range(1), proxy.api_url, moto.endpoint_url, cluster, False))
     port = free_port()
     env = {
         **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
@@ -350,6 +400,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         proc = subprocess.Popen([sys.executable, "-m", "prefect_workpool_operator"], env=env, stdout=sink,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     metrics_url = f"http://127.0.0.1:{port}/metrics"
+    sampler: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -364,13 +415,20 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         idle_rss = rss_mib(proc.pid)
         watcher = StartWatcher(metrics_url)
         watcher.start()
-        kubectl.apply(manifest(namespace, n, proxy.api_url, moto.endpoint_url, cluster, own_keys))
+        for first in range(0, n, 100):  # kubectl calls time out after 60 s: 1,000 at once came close
+            kubectl.apply(manifest(namespace, range(first, min(first + 100, n)), proxy.api_url, moto.endpoint_url,
+                                   cluster, own_keys))
         applied = time.time()
         log(f"{name}: {n} policies applied; measuring for {SECONDS:.0f}s")
         time.sleep(INTERVAL)
         steady = time.time()
         cpu0, kube0, metrics0 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
         server0 = server_cpu_seconds(server_roots)
+        profile = workdir / f"profile-{namespace}.txt"
+        sampler = subprocess.Popen(
+            [PROFILER, "record", "--pid", str(proc.pid), "--rate", "50", "--nonblocking", "--format", "raw",
+             "--duration", str(int(applied + SECONDS - time.time())), "--output", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if PROFILER else None
         peak = 0.0
         while time.time() < applied + SECONDS:
             time.sleep(5)
@@ -384,6 +442,9 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
     finally:
         with contextlib.suppress(NameError):
             watcher.stop()
+        if sampler is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sampler.wait(30)
         stop_process_group(proc, grace=10)
         log_lines = sum(1 for _ in out.open("rb"))
     starts: dict[str, list[float]] = defaultdict(list)
@@ -402,6 +463,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         if steady <= t <= end:
             requests_steady += 1
     gaps = [b - a for times in starts.values() for a, b in zip(times, times[1:])]
+    steady_gaps = [b - a for times in starts.values() for a, b in zip(times, times[1:]) if a >= steady]
     per_second = Counter(int(t) for times in starts.values() for t in times if steady <= t <= end)
     seconds_in_window = max(int(end) - int(steady), 1)
     average = sum(per_second.values()) / seconds_in_window
@@ -413,7 +475,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
     figures = {
         "cycles (all / steady)": f"{all_cycles:.0f} / {cycles:.0f}",
         "failed cycles": f"{failed:.0f}",
-        "p99 gap between starts (s)": f"{p99(gaps):.1f} (interval {INTERVAL:g})",
+        "p99 gap between starts, all / steady (s)": f"{p99(gaps):.1f} / {p99(steady_gaps):.1f} (interval {INTERVAL:g})",
         "policies that ever started a cycle": f"{len(starts)} / {n}",
         "max starts in 1 s / average": f"{max(per_second.values(), default=0)} / {average:.1f}",
         "mean cycle (s)": f"{mean:.2f}",
@@ -428,7 +490,40 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
     log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
-    return Result(name, n, figures)
+    if PROFILER and profile.exists():
+        print_profile(name, profile)
+    return Result(name, n, figures, rss)
+
+
+def per_extra_policy(results: list[Result]) -> None:
+    """Memory per extra policy: the RSS slope between the two sizes of one variant."""
+    row = "RSS per extra policy (MiB)"
+    for result in results:
+        smaller = [r for r in results if r.name == result.name and r.policies < result.policies]
+        result.figures[row] = (f"{(result.rss - smaller[0].rss) / (result.policies - smaller[0].policies):.2f}"
+                               f" (from {smaller[0].policies})" if smaller else "")
+
+
+def print_profile(name: str, raw: pathlib.Path, top: int = 25) -> None:
+    """py-spy's collapsed stacks -> the functions holding the most samples, inclusive and self."""
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    print(f"\nprofile of {name}: {samples} samples (at 50/s; idle samples excluded by py-spy), raw stacks in {raw}")
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"  top {title}:")
+        for frame, n in table.most_common(top):
+            print(f"    {100 * n / max(samples, 1):5.1f} %  {frame[:150]}")
 
 
 def print_table(results: list[Result], database: str) -> None:
@@ -449,6 +544,12 @@ def _built_tools() -> pathlib.Path | None:
     cache = pathlib.Path(os.environ.get("PWO_TOOLS_CACHE") or pathlib.Path(
         os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "prefect-workpool-operator" / "bin")
     return cache if all((cache / name).exists() for name in ("kube-apiserver", "etcd")) else None
+
+
+def baseline_crd(revision: str = BASELINE) -> str:
+    """The CRD the baseline was generated with (its models reject fields newer CRDs default)."""
+    return subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:crds/{CRD.name}"], check=True,
+                          capture_output=True, text=True).stdout
 
 
 def baseline_source(workdir: pathlib.Path, revision: str = BASELINE) -> pathlib.Path:
@@ -473,8 +574,6 @@ def main() -> None:
         moto = stack.enter_context(MotoServer(workdir / "moto"))
         plane = stack.enter_context(LocalControlPlane(workdir / "kube", bin_dir=_built_tools()))
         kubectl = Kubectl(plane.kubeconfig)
-        kubectl("apply", "--server-side", "-f", str(CRD))
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD.name.removesuffix('.yaml')}")
         log(f"seeding {largest} work pools and ECS services")
         with PrefectSeeder(server.api_url) as seeder:
             for i in range(largest):
@@ -493,6 +592,7 @@ def main() -> None:
             "after": ("after", N, None, True),
             "shared": ("after, shared identity", N, None, False),
             "large": ("after", LARGE, None, True),
+            "large-shared": ("after, shared identity", LARGE, None, False),
         }
         results = []
         for key in VARIANTS:
@@ -500,7 +600,9 @@ def main() -> None:
             if key == "before" and src is None:
                 continue
             results.append(run_variant(name, n, src=src, own_keys=own, kubectl=kubectl, proxy=proxy, moto=moto,
-                                       cluster=cluster, workdir=workdir, server_roots=roots))
+                                       cluster=cluster, workdir=workdir, server_roots=roots,
+                                       crd=baseline_crd() if key == "before" else CRD.read_text()))
+        per_extra_policy(results)
         print_table(results, database)
     log(f"logs in {workdir}")
 

@@ -24,9 +24,8 @@ QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpc
 class OperatorConfig:
     # PWO_NAMESPACES: comma-separated namespaces to watch; empty = the whole cluster.
     namespaces: tuple[str, ...]
-    # PWO_TICK_SECONDS: how often each policy's timer wakes to check whether its next
-    # start is near; a start less than one tick away is slept to exactly. Bounds how late
-    # a spec edit is handled and how long a deletion waits for a sleeping timer.
+    # PWO_TICK_SECONDS: how often a policy sleeping to its next start wakes to look for a
+    # spec edit or lost leadership: bounds how late a spec edit is handled.
     tick_seconds: float
     # PWO_LIVENESS_ENDPOINT: kopf liveness probe endpoint, e.g. http://0.0.0.0:8080/healthz.
     liveness_endpoint: str | None
@@ -39,6 +38,9 @@ class OperatorConfig:
     # PWO_PREFECT_MAX_CONNECTIONS: connections to Prefect shared by every policy, and so the
     # requests in flight at once; more wait in the operator, within their request timeout.
     prefect_max_connections: int = 50
+    # PWO_MAX_CYCLES_IN_FLIGHT: cycles run at once, all policies together; more wait for a
+    # turn and start late rather than all queue for the same connections and time out.
+    max_cycles_in_flight: int = 16
     # PWO_PREFECT_EVENTS: 0 turns Prefect's event stream off: every cycle then reads its
     # pool in full (5 requests) instead of only what the stream says changed.
     prefect_events: bool = True
@@ -101,6 +103,7 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
         prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
+        max_cycles_in_flight=_positive_int(env, "PWO_MAX_CYCLES_IN_FLIGHT", "16"),
         secret_watch=_secret_watch(env.get("PWO_SECRET_WATCH", "namespace")),
         prefect_events=env.get("PWO_PREFECT_EVENTS", "1") not in {"0", "false", "no"},
         prefect_resync_seconds=_non_negative(env, "PWO_PREFECT_RESYNC_SECONDS", "300"),

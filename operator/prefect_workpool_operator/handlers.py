@@ -41,6 +41,9 @@ DELETE_RETRIES = 5  # AWS cleanup on deletion: then the policy goes anyway (a Wa
 _connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
+# Cycles in flight, all policies together: a burst (a fleet's first cycles, a restart) waits
+# its turn instead of queueing every read on the shared connections until they time out.
+_turns = asyncio.Semaphore(CONFIG.max_cycles_in_flight)
 
 
 def _cancel_cycles() -> None:
@@ -272,13 +275,56 @@ async def reconcile(
     # A scheduled start, or None when the spec is new or changed (run at once).
     due = runtime.next_start if generation == runtime.last_generation else None
     if due is not None:
-        wait = schedule.wait_before_start(time.time(), due, CONFIG.tick_seconds)
-        if wait is None:
+        if patch.status and schedule.wait_before_start(time.time(), due, CONFIG.tick_seconds) is None:
+            return  # kopf writes the ownership claim on return; the cycle comes at a later call
+        woke = await _sleep_to(due, meta, generation, stopped)
+        if woke == "stop":
             return
-        if wait:
-            await stopped.wait(wait)  # at most one tick, and cut short by deletion or shutdown
-            if stopped:
-                return
+        if woke == "edited":  # run the new spec at once (the body is kopf's live view)
+            generation, due = meta.get("generation"), None
+            interval = _interval_seconds(body.spec)
+            offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
+    if not await _turn(stopped):
+        return
+    try:
+        await _reconcile_now(body, meta, patch, memo, logger, policy_claims, stopped, runtime, generation, due,
+                             interval, offset)
+    finally:
+        _turns.release()
+
+
+async def _turn(stopped: kopf.DaemonStopped) -> bool:
+    """Wait for a free turn (``_turns``); False when the policy stopped meanwhile."""
+    if not _turns.locked():
+        await _turns.acquire()  # free: taken without waiting
+        return True
+    turn = asyncio.ensure_future(_turns.acquire())
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        _give_back(turn)
+        raise
+    finally:
+        stop.cancel()
+    if turn.done() and not turn.cancelled() and not stopped:
+        return True
+    _give_back(turn)
+    return False
+
+
+def _give_back(turn: asyncio.Future[Any]) -> None:
+    if turn.done() and not turn.cancelled():
+        _turns.release()
+    else:
+        turn.cancel()
+
+
+async def _reconcile_now(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger,
+    policy_claims: kopf.Index[str, claims.Claimant], stopped: kopf.DaemonStopped, runtime: PolicyRuntime,
+    generation: Any, due: float | None, interval: float, offset: float,
+) -> None:
     _kube(memo)
     started = time.monotonic()
     now = datetime.now(timezone.utc)
@@ -326,6 +372,21 @@ async def reconcile(
         memo.metrics.record_aws_budget(meta, runtime.ecs.client.budget.refused)
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+async def _sleep_to(due: float, meta: kopf.Meta, generation: Any, stopped: kopf.DaemonStopped) -> str:
+    """Sleep to the cycle's start inside this one call rather than return and be called
+    again every tick (each kopf timer call costs the whole handler machinery: 1,000
+    policies made ~200 calls a second, 5 of 6 doing nothing). Wakes every tick to notice
+    a spec edit or lost leadership; deletion and shutdown cut it short at once.
+    "run" at the start, "edited" on a spec edit, "stop" otherwise."""
+    while (wait := due - time.time()) > 0:
+        await stopped.wait(min(wait, CONFIG.tick_seconds))
+        if stopped or not _acting():
+            return "stop"
+        if meta.get("generation") != generation:
+            return "edited"
+    return "run"
 
 
 def _not_ready(status: dict[str, Any]) -> bool:

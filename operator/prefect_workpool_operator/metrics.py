@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+
+# No `<name>_created` series beside each counter and histogram: nothing here queries them
+# (increase() and rate() do without), and with ~10 per policy they were a fifth of every scrape.
+disable_created_metrics()
 
 POLICY = ("namespace", "policy", "pool")
 

@@ -26,8 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.session
 from botocore import exceptions as boto
 from botocore.config import Config
+from botocore.credentials import Credentials, ReadOnlyCredentials
 
 from ..core.errors import OperatorError
 
@@ -101,56 +103,127 @@ class AwsCredentials:
 
 
 class SharedBotoClients:
-    """One boto3 Session for every policy, and one botocore client per distinct service,
-    region, endpoint, identity and client settings, shared by the policies that use it.
+    """One botocore client per distinct service, region, endpoint and client settings, shared
+    by every policy that calls there: those on the pod's identity, and — signed per request
+    with their own keys — those with static keys from a Secret.
 
-    A Session loads each service's model once; a session and client per policy cost
-    ≈12 MiB each. Clients are thread-safe; the Session is not, so clients are made under
-    a lock. Identities are keyed by a digest of the credentials, never the values.
-    A client is closed when the last ``AwsClient`` using it releases it.
+    A Session loads each service's model once, but each client still costs ≈0.26 MiB (its
+    event handlers, endpoint, connection pool): one per identity made own-key fleets grow by
+    that per policy. Static keys are therefore not baked into a client: the shared
+    static-key client's credentials are those of the policy whose call runs on the thread
+    (``_calling``), so requests keep their own identity. Shared with the identity too: the
+    client's adaptive retry rate and retry quota (as policies on the pod's identity always
+    shared them). Each identity still holds its own handle (``acquire``/``release``, counted
+    by ``len``); identities are keyed by a digest of the credentials, never the values.
+    Clients are thread-safe; Sessions are not, so clients are made under a lock. A client
+    is closed when the last identity using it releases it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._session: boto3.session.Session | None = None
-        self._clients: dict[tuple[Any, ...], list[Any]] = {}  # key -> [client, users]
+        self._sessions: dict[bool, boto3.session.Session] = {}  # static keys? -> session
+        self._cores: dict[bool, botocore.session.Session] = {}
+        self._handles: dict[tuple[Any, ...], list[Any]] = {}  # identity key -> [botocore key, users]
+        self._clients: dict[tuple[Any, ...], list[Any]] = {}  # botocore key -> [client, identities]
 
     def __len__(self) -> int:
+        return len(self._handles)
+
+    @property
+    def botocore_clients(self) -> int:
         return len(self._clients)
 
     def __repr__(self) -> str:  # identities appear as digests only
-        return f"SharedBotoClients({sorted(map(repr, self._clients))})"
+        return f"SharedBotoClients({sorted(map(repr, self._handles))})"
 
     def acquire(
         self, service: str, region: str, endpoint_url: str | None, credentials: AwsCredentials | None, config: Config
     ) -> tuple[tuple[Any, ...], Any]:
-        key = (service, region, endpoint_url, _identity(credentials), _config_key(config))
+        static = credentials is not None
+        where = (service, region, endpoint_url, static, _config_key(config))
+        key = (*where[:3], _identity(credentials), where[4])
         with self._lock:
-            entry = self._clients.get(key)
-            if entry is None:
-                if self._session is None:
-                    self._session = boto3.session.Session()
-                client = self._session.client(
-                    service, region_name=region, endpoint_url=endpoint_url, config=config,
-                    aws_access_key_id=credentials.access_key_id if credentials else None,
-                    aws_secret_access_key=credentials.secret_access_key if credentials else None,
-                    aws_session_token=credentials.session_token if credentials else None,
-                )
-                client.meta.events.register("before-send", _route_send)
-                entry = self._clients[key] = [client, 0]
-            entry[1] += 1
-            return key, entry[0]
+            handle = self._handles.get(key)
+            if handle is None:
+                entry = self._clients.get(where)
+                if entry is None:
+                    client = self._session(static).client(service, region_name=region, endpoint_url=endpoint_url,
+                                                          config=config)
+                    client.meta.events.register("before-send", _route_send)
+                    entry = self._clients[where] = [client, 0]
+                entry[1] += 1
+                handle = self._handles[key] = [where, 0]
+            handle[1] += 1
+            return key, self._clients[handle[0]][0]
 
     def release(self, key: tuple[Any, ...]) -> None:
         with self._lock:
-            entry = self._clients.get(key)
-            if entry is None:
+            handle = self._handles.get(key)
+            if handle is None:
                 return
+            handle[1] -= 1
+            if handle[1] > 0:
+                return
+            del self._handles[key]
+            entry = self._clients[handle[0]]
             entry[1] -= 1
             if entry[1] > 0:
                 return
-            del self._clients[key]
+            del self._clients[handle[0]]
         entry[0].close()
+
+    def _session(self, static: bool) -> boto3.session.Session:
+        """The pod's default chain, or (static) a session whose one credentials object signs
+        each request with the calling policy's keys; both share one loader (models parsed once)."""
+        session = self._sessions.get(static)
+        if session is None:
+            core = botocore.session.get_session()
+            if static:
+                core.register_component("credential_provider", _CallerKeysResolver())
+            if self._cores:
+                core.register_component("data_loader", next(iter(self._cores.values())).get_component("data_loader"))
+            self._cores[static] = core
+            session = self._sessions[static] = boto3.session.Session(botocore_session=core)
+        return session
+
+
+class _CallerKeys(Credentials):
+    """Credentials of whichever policy's call runs on this thread (set by ``_call_blocking``);
+    botocore freezes them once per request when it signs."""
+
+    def __init__(self) -> None:  # no keys of its own
+        self.method = "explicit"
+        self.account_id = None
+
+    def _keys(self) -> AwsCredentials:
+        owner = getattr(_calling, "client", None)
+        keys = owner._credentials if owner is not None else None
+        if keys is None:
+            raise boto.NoCredentialsError()
+        return keys
+
+    @property  # type: ignore[override]
+    def access_key(self) -> str:
+        return self._keys().access_key_id
+
+    @property  # type: ignore[override]
+    def secret_key(self) -> str:
+        return self._keys().secret_access_key
+
+    @property  # type: ignore[override]
+    def token(self) -> str | None:
+        return self._keys().session_token
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        keys = self._keys()
+        return ReadOnlyCredentials(keys.access_key_id, keys.secret_access_key, keys.session_token, None)
+
+
+class _CallerKeysResolver:
+    """botocore's credential_provider component for the static-keys session."""
+
+    def load_credentials(self) -> Credentials:
+        return _CallerKeys()
 
 
 SHARED_CLIENTS = SharedBotoClients()
