@@ -30,7 +30,7 @@ from .core.stale import WorkerLifecycle
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
-PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
+PAGE_OVERLAP = 50  # runs re-read at each offset page boundary (only without expected start times)
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
 FLOW_RUN_PREFIX = "prefect.flow-run."
@@ -345,28 +345,46 @@ class PrefectClient:
         max_pages: int = 100, excluding: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         """PENDING runs expected to start before ``expected_before`` (None: any), oldest first,
-        every page; ``excluding``: run ids left out by the server (runs already known)."""
+        every page; ``excluding``: run ids left out by the server (runs already known).
+
+        Paged by key, not offset: each page asks for runs expected at or after the last
+        page's latest time, leaving out the runs already read at exactly that time. Runs
+        leaving PENDING meanwhile (workers start them) shift nothing, so no run is skipped
+        and no page is re-read (offset pages had to overlap). Every PENDING run has an
+        expected start (the server sets it with the run's first state).
+        """
         flow_runs: dict[str, Any] = {"state": {"type": {"any_": ["PENDING"]}}}
         if expected_before is not None:
             flow_runs["expected_start_time"] = {"before_": expected_before.isoformat()}
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
-        if excluding:
-            flow_runs["id"] = {"not_any_": list(excluding)}
         runs: dict[str, dict[str, Any]] = {}
-        offset = 0
+        after: str | None = None  # the latest expected start read so far
+        at_after: list[str] = []  # the runs read with exactly that expected start
+        offset = 0  # only when a run comes without an expected start (not seen on 3.8 servers)
         for _ in range(max_pages):
-            body = {**scope, "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": page_size, "offset": offset}
+            page = dict(flow_runs)
+            if after is not None:
+                page["expected_start_time"] = {**flow_runs.get("expected_start_time", {}), "after_": after}
+            left_out = [*(excluding or []), *at_after]
+            if left_out:
+                page["id"] = {"not_any_": left_out}
+            body = {**scope, "flow_runs": page, "sort": "EXPECTED_START_TIME_ASC", "limit": page_size,
+                    "offset": offset}
             batch = await self._json("POST", "/flow_runs/filter", body)
             if not isinstance(batch, list):
                 raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
             runs.update((str(r.get("id")), r) for r in batch)
             if len(batch) < page_size:
                 break
-            # Runs leave PENDING while we page (workers start them): the rest shift left.
-            # Overlapping pages keep such a shift from skipping a run past a page boundary.
-            offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+            last = _parse_time(batch[-1].get("expected_start_time"))
+            if last is None or offset:
+                # No key to page by: offset pages, overlapping so a shift cannot skip a run.
+                offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+                continue
+            same = [str(r.get("id")) for r in batch if _parse_time(r.get("expected_start_time")) == last]
+            at_after = [*at_after, *same] if after is not None and _parse_time(after) == last else same
+            after = str(batch[-1]["expected_start_time"])
         return list(runs.values())
 
     async def claims(self, run_ids: list[str], since: datetime) -> dict[str, Claim]:

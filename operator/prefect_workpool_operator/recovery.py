@@ -133,7 +133,7 @@ async def observe_stale_runs(
             pending_run(r) for r in await client.pending_candidates(
                 scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
         memory.quiet_version = version
-        if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
+        if not stale.select_stale(new, now, rules.pending_timeout):
             memory.quiet.add(new)
             return StaleReading(total_requeued=memory.total_requeued)
     raw = [] if nothing_pending else await client.pending_candidates(
@@ -141,7 +141,7 @@ async def observe_stale_runs(
     runs = [pending_run(r) for r in raw]
     memory.quiet.remember(key, runs, now, rules.pending_timeout)
     memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
-    stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
+    stale_runs = stale.select_stale(runs, now, rules.pending_timeout)  # the plan selects with the same function
 
     claimers: dict[str, stale.Claimer] = {}
     infra: dict[str, InfraReading] = {}

@@ -318,6 +318,13 @@ def is_stale(run: PendingRun, now: datetime, pending_timeout: timedelta) -> bool
     return run.pending_for(now) >= pending_timeout
 
 
+def select_stale(runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> list[PendingRun]:
+    """The one staleness decision, used by observe (what to look up) and by the plan (what
+    to decide): the runs PENDING at least ``pending_timeout``, oldest first. Idempotent,
+    so the plan applied to observe's selection decides exactly what observe selected."""
+    return sorted((r for r in runs if is_stale(r, now, pending_timeout)), key=lambda r: (r.pending_since, r.id))
+
+
 def plan_recovery(
     runs: list[PendingRun],
     *,
@@ -334,7 +341,7 @@ def plan_recovery(
     (``lookup_window``); the other stale runs are neither decided nor observed: BatchLimit.
     """
     plan = RecoveryPlan()
-    stale = sorted((r for r in runs if is_stale(r, now, rules.pending_timeout)), key=lambda r: r.pending_since)
+    stale = select_stale(runs, now, rules.pending_timeout)
     plan.stale = len(stale)
     observations.keep_only({r.id for r in stale})
     budget = rules.max_per_cycle
@@ -453,7 +460,7 @@ class QuietPending:
 
     def remember(self, key: str, runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> None:
         """A full listing's runs; remembered only when none of them is stale."""
-        if any(is_stale(r, now, pending_timeout) for r in runs):
+        if select_stale(runs, now, pending_timeout):
             self.forget()
             return
         self.key, self.pending = key, {r.id: r.pending_since for r in runs}
