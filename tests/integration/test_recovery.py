@@ -15,7 +15,7 @@ import pytest
 
 from prefect_workpool_operator.prefect_api import PrefectClient, pool_scope
 from prefect_workpool_operator.recovery import RecoveryMemory
-from sandbox.prefect_seed import PrefectSeeder, utcnow
+from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
 
 pytestmark = pytest.mark.integration
@@ -220,3 +220,21 @@ async def test_candidates_survive_runs_leaving_pending_between_pages(
                                                 page_size=50)
     assert len(started) == 10
     assert set(runs) - set(started) <= {r["id"] for r in found}
+
+
+async def test_candidates_sharing_one_expected_start_are_all_read_once(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded
+) -> None:
+    """Pages go by expected start time; 130 runs due at the very same moment (one cron tick
+    of many deployments) span pages of 50 and each is read once: three requests, no overlap."""
+    client, recorder = recorded
+    due = utcnow() - dt.timedelta(minutes=5)
+    runs = seeder.create_runs_bulk(deployment, 130, scheduled_state(due))
+    for i in range(0, len(runs), 50):  # claimed: PENDING, their expected start stays the scheduled time
+        seeder._json("POST", "/flow_runs/bulk_set_state", json={
+            "flow_runs": {"id": {"any_": runs[i : i + 50]}}, "state": {"type": "PENDING"}, "force": True, "limit": 50})
+    assert {seeder.read_run(r)["expected_start_time"] for r in runs[:3]} == {seeder.read_run(runs[0])["expected_start_time"]}
+    mark = recorder.mark()
+    found = await client.pending_candidates(pool_scope(pool_name, []), utcnow(), [], page_size=50)
+    assert sorted(r["id"] for r in found) == sorted(runs)
+    assert len(recorder.since(mark)) == 3
