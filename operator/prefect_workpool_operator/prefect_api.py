@@ -87,7 +87,11 @@ class PrefectClient:
 
     # -- transport ------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    async def _request(self, method: str, path: str, json: Any = None, *, replay: bool = True) -> httpx.Response:
+        """``replay=False`` (state writes): sent again only when it cannot have reached the
+        server's handler (no connection, 429, 503); after a timeout or a cut answer it may have
+        been applied, and a guarded write replayed later could catch a run a worker has just
+        claimed again (PENDING anew)."""
         url = f"{self.api_url}{path}"
         last: PrefectError | None = None
         for attempt in range(self._attempts):
@@ -107,9 +111,14 @@ class PrefectClient:
                 last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} failed: {type(exc).__name__}")
                 last.cause = (f"no answer within {self._timeout:g}s" if isinstance(exc, httpx.TimeoutException)
                               else type(exc).__name__)
+                if not replay and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+                    raise last from None
                 continue
             except httpx.UnsupportedProtocol:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} must start with http:// or https://") from None
+            if response.status_code in TRANSIENT_STATUS and not replay and response.status_code != 503:
+                raise PrefectError(health.SERVER_ERROR, f"{method} {self._safe(path)} answered {_received(response)}"
+                                   " (not sent again: it may have been applied)", status_code=response.status_code)
             if response.status_code in TRANSIENT_STATUS or response.status_code == 429:
                 reason = health.RATE_LIMITED if response.status_code == 429 else health.SERVER_ERROR
                 last = PrefectError(
@@ -145,8 +154,8 @@ class PrefectClient:
         parts = urlsplit(self.api_url + path)
         return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
-    async def _json(self, method: str, path: str, json: Any = None) -> Any:
-        response = await self._request(method, path, json)
+    async def _json(self, method: str, path: str, json: Any = None, *, replay: bool = True) -> Any:
+        response = await self._request(method, path, json, replay=replay)
         try:
             return response.json()
         except ValueError:
@@ -479,6 +488,10 @@ class PrefectClient:
             raise PrefectError(health.BAD_RESPONSE, "events/count-by/event answered an unexpected body")
         return sum(int(row.get("count") or 0) for row in rows if isinstance(row, dict))
 
+    def write_slots(self) -> asyncio.Semaphore:
+        """Hold one while sending a state write: bounds them per server or account, all policies together."""
+        return self._http.write_slots(self.api_url)
+
     async def bulk_set_pending_runs(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, str] | None:
         """Set ``state`` on those of ``run_ids`` still PENDING; None when the server lacks the endpoint.
 
@@ -494,7 +507,7 @@ class PrefectClient:
             "limit": len(run_ids),
         }
         try:
-            answer = await self._json("POST", "/flow_runs/bulk_set_state", body)
+            answer = await self._json("POST", "/flow_runs/bulk_set_state", body, replay=False)
         except PrefectError as exc:
             if exc.status_code in (404, 405):
                 return None
@@ -510,7 +523,8 @@ class PrefectClient:
         run = await self._json("GET", f"/flow_runs/{_quote(run_id)}")
         if ((run.get("state") or {}).get("type")) != "PENDING":
             return None
-        answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False})
+        answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False},
+                                  replay=False)
         return str(answer.get("status"))
 
     async def update_base_job_template(self, pool: str, template: dict[str, Any]) -> None:

@@ -6,8 +6,9 @@ stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often e
 was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
 Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
 ``bulk_set_state`` with a PENDING guard, ≤50 runs per call, WRITE_CONCURRENCY calls at
-once, one group per reason so each run's state message tells its own; servers without
-it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
+once per Prefect server (every policy together), one group per reason so each run's state
+message tells its own, never sent twice after an answer that may have been lost; servers
+without it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
 the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
 runs not seen before (``core.stale.QuietPending``).
 
@@ -34,14 +35,13 @@ from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
 from .core.stale import InfraReading, Observations, PendingRun
 from .models import StaleRunsSpec
 from .prefect_api import PrefectClient, PrefectError, pool_scope
+from .prefect_http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME_LABEL = "prefect.worker.name"  # set by 3.x workers right after they claim a run
 REQUEUE_LOOKBACK = timedelta(days=30)  # older Requeued events are past Prefect's default retention anyway
 CLAIM_LOOKBACK_MARGIN = timedelta(minutes=5)
-# Guarded bulk writes in flight at once (bench/recovery_fleet.py measures 1/2/4/8 on PostgreSQL).
-WRITE_CONCURRENCY = 4
 
 
 class InfrastructureCheck(Protocol):
@@ -171,9 +171,10 @@ async def observe_stale_runs(
 async def write_batches(
     client: PrefectClient, batches: tuple[Batch, ...], reading: StaleReading, memory: RecoveryMemory, now: datetime
 ) -> WriteOutcome:
-    """The plan's guarded batches, WRITE_CONCURRENCY at once. Requeues that went through
-    are remembered even when another batch failed; then the failure is raised."""
-    slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+    """The plan's guarded batches, at most WRITE_CONCURRENCY in flight to the server with every
+    other policy's writes. Requeues that went through are remembered even when another batch
+    failed; then the failure is raised."""
+    slots = client.write_slots()
 
     async def bounded(batch: Batch) -> _ApplyResult:
         async with slots:

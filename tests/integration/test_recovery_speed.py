@@ -18,6 +18,7 @@ import pytest
 
 from prefect_workpool_operator import recovery
 from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.prefect_http import PrefectHttp
 from prefect_workpool_operator.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder
 from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
@@ -115,3 +116,33 @@ async def test_quiet_cycles_list_only_new_pending_runs(seeder: PrefectSeeder, po
         outcome, listed = await cycle(clock_after(seeder, first, 31))
         assert "expected_start_time" in listed[0]["flow_runs"] and "id" not in listed[0]["flow_runs"]
         assert outcome.figures["stale"] == 5 and outcome.figures["skipped"]["awaitingConfirmation"] == 5
+
+
+async def test_write_slots_are_shared_by_every_policy_on_a_server(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two policies recovering on one server at once: their guarded batches together stay
+    within the server's write slots (prefect_http.WRITE_CONCURRENCY), not that many each."""
+    runs = [r for tag in ("a", "b") for r in seeder.create_runs_bulk(deployment, 200, {"type": "PENDING"}, tags=[tag])]
+    now = clock_after(seeder, runs, 31)
+    in_flight = peak = 0
+    real = PrefectClient.bulk_set_pending_runs
+
+    async def counted(self: PrefectClient, run_ids: list[str], state: dict) -> dict | None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.05)  # let every batch that may start, start
+            return await real(self, run_ids, state)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(PrefectClient, "bulk_set_pending_runs", counted)
+    async with httpx.AsyncClient() as raw:
+        shared = PrefectHttp(client=raw)
+        outcomes = await asyncio.gather(*(
+            recover(PrefectClient(shared, seeder.api_url), pool_name, now, online=frozenset(), maxRunsPerCycle=200,
+                    tags=[tag]) for tag in ("a", "b")))
+    assert peak == recovery.WRITE_CONCURRENCY
+    assert sum(o.figures["recovered"] for o in outcomes) == 400
