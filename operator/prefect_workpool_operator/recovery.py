@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from .concurrent_reads import gather_or_cancel
 from .core import recovery_plan, stale
 from .core.conditions import Condition
 from .core.plan import StaleReading
 from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
 from .core.stale import InfraReading, Observations, PendingRun
 from .models import StaleRunsSpec
-from .prefect_api import PrefectClient, PrefectError, pool_scope
+from .prefect_api import Claim, PrefectClient, PrefectError, pool_scope
 from .prefect_http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class RecoveryMemory:
     # id -> (pending_since, requeues): a run's count changes only by a requeue, which
     # gives it a new PENDING state, so it is read once per PENDING state.
     requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    # id -> (pending_since, claim) once its executed event was seen: one claim per PENDING state
+    # (the server refuses PENDING -> PENDING), so nothing later can change it. Claims without
+    # that event are read again every cycle (the executed event may still come).
+    settled_claims: dict[str, tuple[datetime, Claim]] = field(default_factory=dict)
     # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
     quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
@@ -149,6 +154,7 @@ async def observe_stale_runs(
     window = stale.lookup_window(stale_runs, memory.observations, rules)
     stale_ids = {r.id for r in stale_runs}
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
+    memory.settled_claims = {k: v for k, v in memory.settled_claims.items() if k in stale_ids}
     if window:
         window = await with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
@@ -273,16 +279,22 @@ async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any])
 async def with_claims_and_counts(
     client: PrefectClient, runs: list[PendingRun], memory: RecoveryMemory, now: datetime
 ) -> list[PendingRun]:
-    ids = [r.id for r in runs]
     known = {r.id: memory.requeue_counts[r.id][1] for r in runs
              if memory.requeue_counts.get(r.id, (None, 0))[0] == r.pending_since}
-    unknown = [i for i in ids if i not in known]
-    read = await client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else {}
+    unknown = [r.id for r in runs if r.id not in known]
+    # Every run's claim event: its time is what a later worker start is compared with.
+    claims = {r.id: memory.settled_claims[r.id][1] for r in runs
+              if memory.settled_claims.get(r.id, (None, None))[0] == r.pending_since}
+    unsettled = [r for r in runs if r.id not in claims]
+    since = min((r.pending_since for r in unsettled), default=now) - CLAIM_LOOKBACK_MARGIN
+    read, claimed = await gather_or_cancel(  # independent reads: sent together
+        client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else _nothing(),
+        client.claims([r.id for r in unsettled], since) if unsettled else _nothing())
     counts = memory.requeues.merged({**known, **read}, now)
     memory.requeue_counts.update((r.id, (r.pending_since, counts.get(r.id, 0))) for r in runs)
-    # Every run's claim event: its time is what a later worker start is compared with.
-    since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
-    claims = await client.claims(ids, since)
+    claims.update(claimed)
+    memory.settled_claims.update((r.id, (r.pending_since, claims[r.id])) for r in unsettled
+                                 if r.id in claims and claims[r.id].executed)
     out = []
     for r in runs:
         claim = claims.get(r.id)
@@ -297,6 +309,10 @@ async def with_claims_and_counts(
             requeues=counts.get(r.id, 0),
         ))
     return out
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
 
 
 async def _claimer_statuses(
