@@ -129,23 +129,32 @@ async def observe_stale_runs(
     scope = pool_scope(pool, list(spec.work_queues) or queues)
     key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
     nothing_pending = pending_observed == 0
-    if not nothing_pending and memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
-        # Nothing remembered can be stale yet: list only the PENDING runs not remembered —
-        # none can be new if no run of the pool changed since the last such listing (after
-        # which every PENDING run is remembered; the event stream says what changed).
-        version = client.counts_version(pool, queues)
-        new = [] if version is not None and version == memory.quiet_version else [
-            pending_run(r) for r in await client.pending_candidates(
-                scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
-        memory.quiet_version = version
-        if not stale.select_stale(new, now, rules.pending_timeout):
-            memory.quiet.add(new)
-            return StaleReading(total_requeued=memory.total_requeued)
-    raw = [] if nothing_pending else await client.pending_candidates(
-        scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
-    runs = [pending_run(r) for r in raw]
-    memory.quiet.remember(key, runs, now, rules.pending_timeout)
-    memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
+    quiet, timeout, tags = memory.quiet, rules.pending_timeout, list(spec.tags)
+    if nothing_pending:  # the cycle's own count: no PENDING run at all
+        runs: list[PendingRun] = []
+        quiet.remember(key, runs, now, timeout)
+        memory.quiet_version = None
+    elif memory.total_requeued is not None and quiet.listable(key) and (
+            quiet.usable(key, now, timeout) or quiet.stale_listed):
+        # Remembered runs that cannot be stale yet are left out by the server (core.stale.QuietPending).
+        # Nothing stale known: every PENDING run not remembered is listed. Stale runs listed last
+        # cycle: the candidates, less the fresh remembered ones. (A remembered run turning due
+        # while none is stale brings one full listing.)
+        kept = quiet.not_due(now, timeout)
+        every = not quiet.stale_listed
+        version = client.counts_version(pool, queues) if every else None
+        if every and version is not None and version == memory.quiet_version:
+            runs = []  # no run of the pool changed since such a listing (the event stream says what changed)
+        else:
+            cutoff = None if every else stale.candidate_cutoff(now, timeout)
+            runs = [pending_run(r) for r in await client.pending_candidates(scope, cutoff, tags, excluding=sorted(kept))]
+        quiet.update(runs, now, timeout, kept)
+        memory.quiet_version = version if every and not quiet.stale_listed else None
+    else:
+        runs = [pending_run(r) for r in await client.pending_candidates(
+            scope, stale.candidate_cutoff(now, timeout), tags)]
+        quiet.remember(key, runs, now, timeout)
+        memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
     stale_runs = stale.select_stale(runs, now, rules.pending_timeout)  # the plan selects with the same function
 
     claimers: dict[str, stale.Claimer] = {}

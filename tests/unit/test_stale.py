@@ -536,3 +536,39 @@ def test_candidate_cutoff_admits_every_run_that_can_be_stale() -> None:
                 expected = since + timedelta(seconds=claimed_early)
                 assert stale.is_stale(PendingRun("r", since), NOW, timeout)
                 assert expected <= stale.candidate_cutoff(NOW, timeout)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 9), st.booleans()), max_size=70),
+       recovered=st.lists(st.integers(0, 40), max_size=10))
+def test_partial_listing_finds_every_stale_run_and_relists_no_fresh_one(events: list, recovered: list) -> None:
+    """A pool where stale and fresh PENDING runs mix (runs requeued at some minutes leave
+    PENDING). Each cycle lists only what QuietPending does not leave out: every stale run is
+    listed every cycle, and a remembered run is never listed again before its threshold."""
+    timeout = timedelta(minutes=5)
+    truth: dict[str, datetime] = {}
+    quiet = stale.QuietPending()
+    by_minute: dict[int, list[tuple[str, bool]]] = {}
+    for minute, rid, enters in events:
+        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
+    for minute in range(45):
+        now = NOW + timedelta(minutes=minute)
+        for rid, enters in by_minute.get(minute, []):
+            if enters and rid not in truth:
+                truth[rid] = now - timedelta(seconds=1)
+            elif not enters:
+                truth.pop(rid, None)
+        pending = [PendingRun(r, since) for r, since in truth.items()]
+        if quiet.listable("pool"):
+            kept = quiet.not_due(now, timeout)
+            for r in kept:  # left out: so it cannot be stale now
+                assert r not in truth or not stale.is_stale(PendingRun(r, truth[r]), now, timeout)
+            listed = [r for r in pending if r.id not in kept]
+            quiet.update(listed, now, timeout, kept)
+        else:
+            listed = pending
+            quiet.remember("pool", listed, now, timeout)
+        assert {r.id for r in stale.select_stale(pending, now, timeout)} <= {r.id for r in listed}
+        if minute in recovered:  # the stale ones are requeued: they leave PENDING
+            for r in stale.select_stale(pending, now, timeout):
+                truth.pop(r.id, None)

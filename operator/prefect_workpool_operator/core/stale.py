@@ -437,36 +437,50 @@ def _summary(plan: RecoveryPlan) -> str:
 
 @dataclass
 class QuietPending:
-    """Every PENDING run of a scope, none stale: what lets a quiet cycle skip the full listing.
+    """The PENDING runs of a scope not stale when last listed: what lets a cycle list less.
 
-    After a full listing found no stale run, the operator remembers each PENDING run
-    with its state's time. A later cycle then lists only the PENDING runs it does not
-    remember (the server filters them by id); a remembered run is no concern before
-    its own threshold (it can only leave PENDING, or re-enter later, hence fresher).
-    So the full listing is due only once a remembered run could be stale, or when a
-    newly listed run is. Never later than listing every cycle: any run not remembered
-    is listed every cycle, and a remembered run is listed at its threshold.
+    A remembered run is no concern before its own threshold (it can only leave PENDING,
+    or re-enter later, hence fresher), so a cycle lists only the PENDING runs it does not
+    remember plus the remembered ones that could be stale by now (the server leaves the
+    others out by id). Stale runs are never remembered: listed every cycle (the second
+    reading needs them). When nothing remembered or listed is stale, the cycle lists every
+    PENDING run not remembered (no expected-start cutoff), so afterwards every PENDING run
+    is known and a cycle in which no run of the pool changed can skip the listing.
     """
 
     key: str = ""  # the scope, tags and pendingTimeout the runs were listed for
     pending: dict[str, datetime] = field(default_factory=dict)  # run id -> its PENDING state's time
     limit: int = 10_000  # beyond this many ids, the filter body grows too large: list in full
+    stale_listed: bool = False  # the last listing held stale runs
+
+    def listable(self, key: str) -> bool:
+        """Whether this cycle may leave remembered runs out of its listing."""
+        return key == self.key and len(self.pending) <= self.limit
 
     def usable(self, key: str, now: datetime, pending_timeout: timedelta) -> bool:
-        """Whether this cycle may list only the runs not remembered."""
-        if key != self.key or len(self.pending) > self.limit:
+        """Whether no remembered run can be stale yet and the last listing held none."""
+        if not self.listable(key) or self.stale_listed:
             return False
         return all(now - since < pending_timeout for since in self.pending.values())
 
+    def not_due(self, now: datetime, pending_timeout: timedelta) -> dict[str, datetime]:
+        """The remembered runs that cannot be stale yet: the server may leave them out."""
+        return {k: since for k, since in self.pending.items() if now - since < pending_timeout}
+
     def remember(self, key: str, runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> None:
-        """A full listing's runs; remembered only when none of them is stale."""
-        if select_stale(runs, now, pending_timeout):
-            self.forget()
-            return
-        self.key, self.pending = key, {r.id: r.pending_since for r in runs}
+        """A full listing's runs: the stale ones are not remembered."""
+        self.key = key
+        self.update(runs, now, pending_timeout, {})
+
+    def update(self, runs: list[PendingRun], now: datetime, pending_timeout: timedelta,
+               kept: dict[str, datetime]) -> None:
+        """After a listing that left ``kept`` out: those, and the listed runs not stale."""
+        stale_ids = {r.id for r in select_stale(runs, now, pending_timeout)}
+        self.pending = {**kept, **{r.id: r.pending_since for r in runs if r.id not in stale_ids}}
+        self.stale_listed = bool(stale_ids)
 
     def add(self, runs: list[PendingRun]) -> None:
         self.pending.update((r.id, r.pending_since) for r in runs)
 
     def forget(self) -> None:
-        self.key, self.pending = "", {}
+        self.key, self.pending, self.stale_listed = "", {}, False
