@@ -98,7 +98,7 @@ class RecoveryMemory:
     # (the server refuses PENDING -> PENDING), so nothing later can change it. Claims without
     # that event are read again every cycle (the executed event may still come).
     settled_claims: dict[str, tuple[datetime, Claim]] = field(default_factory=dict)
-    # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
+    # The PENDING runs not stale when listed: later cycles leave them out until their threshold.
     quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
     quiet_version: int | None = None
