@@ -215,10 +215,10 @@ def main() -> None:
                 backdate(database_url, stale_ids)
                 log(f"recovery, {name}")
                 recover[name] = run_operator(source, server.api_url, "recover", 3)
-            pending_again(seeder, stale_ids)  # 500 stale again, the 4,500 others now due two hours ago too
-            backdate(database_url, stale_ids)
-            backdate(database_url, young_ids, state_too=False)
+            backdate(database_url, young_ids, state_too=False)  # the 4,500 others now due two hours ago too
             for name, source in sources.items():
+                pending_again(seeder, stale_ids)
+                backdate(database_url, stale_ids)
                 log(f"recovery beside {AMONG - STALE} fresh runs due long ago, {name}")
                 mixed[name] = run_operator(source, server.api_url, "recover", 3)
             pending_again(seeder, stale_ids)  # all 5,000 PENDING for seconds, due two hours ago
