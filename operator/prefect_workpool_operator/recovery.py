@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from .concurrent_reads import gather_or_cancel
 from .core import recovery_plan, stale
+from .core.claim_memory import ClaimMemory
 from .core.conditions import Condition
 from .core.plan import StaleReading
 from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
@@ -94,10 +95,9 @@ class RecoveryMemory:
     # id -> (pending_since, requeues): a run's count changes only by a requeue, which
     # gives it a new PENDING state, so it is read once per PENDING state.
     requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
-    # id -> (pending_since, claim) once its executed event was seen: one claim per PENDING state
-    # (the server refuses PENDING -> PENDING), so nothing later can change it. Claims without
-    # that event are read again every cycle (the executed event may still come).
-    settled_claims: dict[str, tuple[datetime, Claim]] = field(default_factory=dict)
+    # Claims found, per PENDING state (core.claim_memory): read when a run is first seen
+    # recoverable, so the acting cycle reads only those not found yet.
+    claims: ClaimMemory[Claim] = field(default_factory=ClaimMemory)
     # The PENDING runs not stale when listed: later cycles leave them out until their threshold.
     quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
@@ -163,7 +163,7 @@ async def observe_stale_runs(
     window = stale.lookup_window(stale_runs, memory.observations, rules)
     stale_ids = {r.id for r in stale_runs}
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
-    memory.settled_claims = {k: v for k, v in memory.settled_claims.items() if k in stale_ids}
+    memory.claims.keep_only(stale_runs)
     if window:
         window = await with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
@@ -292,9 +292,8 @@ async def with_claims_and_counts(
              if memory.requeue_counts.get(r.id, (None, 0))[0] == r.pending_since}
     unknown = [r.id for r in runs if r.id not in known]
     # Every run's claim event: its time is what a later worker start is compared with.
-    claims = {r.id: memory.settled_claims[r.id][1] for r in runs
-              if memory.settled_claims.get(r.id, (None, None))[0] == r.pending_since}
-    unsettled = [r for r in runs if r.id not in claims]
+    claims = memory.claims.known(runs)
+    unsettled = memory.claims.to_read(runs)
     since = min((r.pending_since for r in unsettled), default=now) - CLAIM_LOOKBACK_MARGIN
     read, claimed = await gather_or_cancel(  # independent reads: sent together
         client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else _nothing(),
@@ -302,8 +301,7 @@ async def with_claims_and_counts(
     counts = memory.requeues.merged({**known, **read}, now)
     memory.requeue_counts.update((r.id, (r.pending_since, counts.get(r.id, 0))) for r in runs)
     claims.update(claimed)
-    memory.settled_claims.update((r.id, (r.pending_since, claims[r.id])) for r in unsettled
-                                 if r.id in claims and claims[r.id].executed)
+    memory.claims.record(unsettled, claimed)
     out = []
     for r in runs:
         claim = claims.get(r.id)
@@ -316,6 +314,7 @@ async def with_claims_and_counts(
             claimed_at=claim.at if claim and same_worker else None,
             submission_reported=bool(claim and claim.executed),
             requeues=counts.get(r.id, 0),
+            state_id=r.state_id,
         ))
     return out
 
@@ -346,4 +345,5 @@ def pending_run(raw: dict[str, Any]) -> PendingRun:
         pending_since=datetime.fromisoformat(str(state.get("timestamp") or raw.get("state_timestamp"))),
         infrastructure_pid=raw.get("infrastructure_pid") or None,
         claimer=str(labels[WORKER_NAME_LABEL]) if labels.get(WORKER_NAME_LABEL) else None,
+        state_id=str(state["id"]) if state.get("id") else (str(raw["state_id"]) if raw.get("state_id") else None),
     )

@@ -14,6 +14,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Hashable
 
 from .conditions import Condition
 from .durations import format_duration
@@ -88,6 +89,12 @@ class PendingRun:
     claimed_at: datetime | None = None  # that event's time (worker clock, as its started/stopped events)
     submission_reported: bool = False  # prefect.worker.executed-flow-run seen: infrastructure was created
     requeues: int = 0  # earlier requeues by this operator
+    state_id: str | None = None  # the PENDING state's id: a new claim is a new state
+
+    @property
+    def state_key(self) -> tuple[str | None, datetime]:
+        """Which PENDING state this is: a re-claim (new state) is never the same reading."""
+        return self.state_id, self.pending_since
 
     def pending_for(self, now: datetime) -> timedelta:
         return now - self.pending_since
@@ -216,14 +223,14 @@ def _claimer_gone(run: PendingRun, claimer: Claimer) -> str:
 class Observations:
     """When each stale run was first seen recoverable, kept between cycles in memory.
 
-    Keyed by run id and the PENDING state's time (a new claim starts afresh); runs no
+    Keyed by run id and the PENDING state (id and time: a new claim starts afresh); runs no
     longer stale are forgotten, so the map never outgrows the stale set. After an
     operator restart the rule simply starts again.
     """
 
-    first: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (pending_since, seen)
-    # id -> pending_since of runs last seen hands-off: looked at after the others (lookup_window)
-    hands_off: dict[str, datetime] = field(default_factory=dict)
+    first: dict[str, tuple[Hashable, datetime]] = field(default_factory=dict)  # id -> (state_key, seen)
+    # id -> state_key of runs last seen hands-off: looked at after the others (lookup_window)
+    hands_off: dict[str, Hashable] = field(default_factory=dict)
 
     def confirm(self, run: PendingRun, decision: Decision, now: datetime, after: timedelta) -> bool:
         """Whether this recoverable reading confirms an earlier one at least ``after`` ago.
@@ -232,17 +239,17 @@ class Observations:
         (unknown) keeps it, so a throttle that lifts needs no fresh pair.
         """
         seen = self.first.get(run.id)
-        if seen is not None and seen[0] != run.pending_since:
+        if seen is not None and seen[0] != run.state_key:
             seen = None
         if decision.hands_off:
             self.first.pop(run.id, None)
-            self.hands_off[run.id] = run.pending_since
+            self.hands_off[run.id] = run.state_key
             return False
         self.hands_off.pop(run.id, None)
         if not decision.recover:
             return False
         if seen is None:
-            self.first[run.id] = (run.pending_since, now)
+            self.first[run.id] = (run.state_key, now)
             return False
         return now - seen[1] >= after
 
@@ -252,10 +259,10 @@ class Observations:
 
     def awaiting(self, run: PendingRun) -> bool:
         seen = self.first.get(run.id)
-        return seen is not None and seen[0] == run.pending_since
+        return seen is not None and seen[0] == run.state_key
 
     def was_hands_off(self, run: PendingRun) -> bool:
-        return self.hands_off.get(run.id) == run.pending_since
+        return self.hands_off.get(run.id) == run.state_key
 
 
 def lookup_window(runs: list[PendingRun], observations: Observations, rules: RecoveryRules) -> list[PendingRun]:
