@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import uuid
 from urllib.parse import urlsplit
 
 import httpx
@@ -270,35 +268,3 @@ async def test_a_guarded_write_that_timed_out_is_not_sent_again(
                 await client.read_workers(pool_name)
             assert len(sent) == 4  # a read is sent again (attempts=4)
 
-
-async def test_a_settled_claim_is_read_once_per_pending_state(
-    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded
-) -> None:
-    """A claim whose executed event was seen cannot change while the run stays in that PENDING
-    state (one claim per PENDING state): the second reading asks only for the other runs'
-    claims, and still decides on what the first read (a reported task, nothing to check it)."""
-    client, recorder = recorded
-    executed, submitted_only = seeder.create_runs(deployment, 2, {"type": "PENDING"}), \
-        seeder.create_runs(deployment, 2, {"type": "PENDING"})
-    claims = [seeder.submitted_event("gone", "ecs", r, pool_name) for r in executed + submitted_only]
-    claims += [{**seeder.submitted_event("gone", "ecs", r, pool_name), "id": str(uuid.uuid4()),
-                "event": "prefect.worker.executed-flow-run"} for r in executed]
-    seeder.emit_events(claims)
-    runs = executed + submitted_only
-    seeder.wait_for(lambda: len(seeder.read_events({"event": {"name": ["prefect.worker.submitted-flow-run",
-                                                                       "prefect.worker.executed-flow-run"]},
-                                                    "related": {"id": [f"prefect.flow-run.{r}" for r in runs]}},
-                                                   limit=50)) >= len(claims), timeout=30)
-    now = clock_after(seeder, runs)
-    memory = RecoveryMemory()
-    await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1)
-    mark = recorder.mark()
-    second = await recover(client, pool_name, now, memory=memory, observations=1)
-
-    asked = [json.loads(r.content) for r in recorder.since(mark) if r.url.path.endswith("/events/filter")
-             and "prefect.worker.submitted-flow-run" in r.content.decode()]
-    assert [sorted(i.removeprefix("prefect.flow-run.") for i in body["filter"]["related"]["id"]) for body in asked] \
-        == [sorted(submitted_only)]
-    # The executed runs: a task was reported, no ECS check: held; the others: claimer gone, recovered.
-    assert second.figures["skipped"]["infrastructureUnverified"] == 2 and second.figures["recovered"] == 2
-    assert {states(seeder, executed)[r] for r in executed} == {("PENDING", "Pending")}
