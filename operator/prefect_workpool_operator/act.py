@@ -3,7 +3,7 @@
 PutMetricData, then the managed Application Auto Scaling / alarm writes (or the removal
 of ours), then UpdateService; the job template (written, then read back: a value is
 never reported as set before the template holds it), and the guarded recovery batches
-(``recovery.WRITE_CONCURRENCY`` at once). In dry-run the plan holds no writes.
+(``prefect_http.WRITE_CONCURRENCY`` at once per Prefect server). In dry-run the plan holds no writes.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {500, 502, 503, 504}  # 503 is also SQLite's "database is locked"
 UPCOMING_PAGE = 200  # SCHEDULED runs listed ahead for a lookahead (the server's page maximum)
-PAGE_OVERLAP = 50  # runs re-read at each page boundary of the stale candidates
+PAGE_OVERLAP = 50  # runs re-read at each offset page boundary (only without expected start times)
 EVENT_IDS_PER_CALL = 200  # run ids per events query (checked live; the next-page URL carries them)
 COUNT_IDS_PER_CALL = 1000  # run ids per events count: one answer, no next-page URL
 FLOW_RUN_PREFIX = "prefect.flow-run."
@@ -88,7 +88,11 @@ class PrefectClient:
 
     # -- transport ------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    async def _request(self, method: str, path: str, json: Any = None, *, replay: bool = True) -> httpx.Response:
+        """``replay=False`` (state writes): sent again only when it cannot have reached the
+        server's handler (no connection, 429, 503); after a timeout or a cut answer it may have
+        been applied, and a guarded write replayed later could catch a run a worker has just
+        claimed again (PENDING anew)."""
         url = f"{self.api_url}{path}"
         last: PrefectError | None = None
         for attempt in range(self._attempts):
@@ -108,9 +112,14 @@ class PrefectClient:
                 last = PrefectError(health.UNREACHABLE, f"{method} {self._safe(path)} failed: {type(exc).__name__}")
                 last.cause = (f"no answer within {self._timeout:g}s" if isinstance(exc, httpx.TimeoutException)
                               else type(exc).__name__)
+                if not replay and not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+                    raise last from None
                 continue
             except httpx.UnsupportedProtocol:
                 raise PrefectError(health.INVALID_API_URL, f"apiUrl {self.api_url!r} must start with http:// or https://") from None
+            if response.status_code in TRANSIENT_STATUS and not replay and response.status_code != 503:
+                raise PrefectError(health.SERVER_ERROR, f"{method} {self._safe(path)} answered {_received(response)}"
+                                   " (not sent again: it may have been applied)", status_code=response.status_code)
             if response.status_code in TRANSIENT_STATUS or response.status_code == 429:
                 reason = health.RATE_LIMITED if response.status_code == 429 else health.SERVER_ERROR
                 last = PrefectError(
@@ -146,8 +155,8 @@ class PrefectClient:
         parts = urlsplit(self.api_url + path)
         return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
-    async def _json(self, method: str, path: str, json: Any = None) -> Any:
-        response = await self._request(method, path, json)
+    async def _json(self, method: str, path: str, json: Any = None, *, replay: bool = True) -> Any:
+        response = await self._request(method, path, json, replay=replay)
         try:
             return response.json()
         except ValueError:
@@ -390,28 +399,46 @@ class PrefectClient:
         max_pages: int = 100, excluding: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         """PENDING runs expected to start before ``expected_before`` (None: any), oldest first,
-        every page; ``excluding``: run ids left out by the server (runs already known)."""
+        every page; ``excluding``: run ids left out by the server (runs already known).
+
+        Paged by key, not offset: each page asks for runs expected at or after the last
+        page's latest time, leaving out the runs already read at exactly that time. Runs
+        leaving PENDING meanwhile (workers start them) shift nothing, so no run is skipped
+        and no page is re-read (offset pages had to overlap). Every PENDING run has an
+        expected start (the server sets it with the run's first state).
+        """
         flow_runs: dict[str, Any] = {"state": {"type": {"any_": ["PENDING"]}}}
         if expected_before is not None:
             flow_runs["expected_start_time"] = {"before_": expected_before.isoformat()}
         if tags:
             flow_runs["tags"] = {"all_": list(tags)}
-        if excluding:
-            flow_runs["id"] = {"not_any_": list(excluding)}
         runs: dict[str, dict[str, Any]] = {}
-        offset = 0
+        after: str | None = None  # the latest expected start read so far
+        at_after: list[str] = []  # the runs read with exactly that expected start
+        offset = 0  # only when a run comes without an expected start (not seen on 3.8 servers)
         for _ in range(max_pages):
-            body = {**scope, "flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_ASC",
-                    "limit": page_size, "offset": offset}
+            page = dict(flow_runs)
+            if after is not None:
+                page["expected_start_time"] = {**flow_runs.get("expected_start_time", {}), "after_": after}
+            left_out = [*(excluding or []), *at_after]
+            if left_out:
+                page["id"] = {"not_any_": left_out}
+            body = {**scope, "flow_runs": page, "sort": "EXPECTED_START_TIME_ASC", "limit": page_size,
+                    "offset": offset}
             batch = await self._json("POST", "/flow_runs/filter", body)
             if not isinstance(batch, list):
                 raise PrefectError(health.BAD_RESPONSE, "flow_runs/filter answered an unexpected body")
             runs.update((str(r.get("id")), r) for r in batch)
             if len(batch) < page_size:
                 break
-            # Runs leave PENDING while we page (workers start them): the rest shift left.
-            # Overlapping pages keep such a shift from skipping a run past a page boundary.
-            offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+            last = _parse_time(batch[-1].get("expected_start_time"))
+            if last is None or offset:
+                # No key to page by: offset pages, overlapping so a shift cannot skip a run.
+                offset += page_size - min(PAGE_OVERLAP, page_size // 2)
+                continue
+            same = [str(r.get("id")) for r in batch if _parse_time(r.get("expected_start_time")) == last]
+            at_after = [*at_after, *same] if after is not None and _parse_time(after) == last else same
+            after = str(batch[-1]["expected_start_time"])
         return list(runs.values())
 
     async def claims(self, run_ids: list[str], since: datetime) -> dict[str, Claim]:
@@ -506,6 +533,10 @@ class PrefectClient:
             raise PrefectError(health.BAD_RESPONSE, "events/count-by/event answered an unexpected body")
         return sum(int(row.get("count") or 0) for row in rows if isinstance(row, dict))
 
+    def write_slots(self) -> asyncio.Semaphore:
+        """Hold one while sending a state write: bounds them per server or account, all policies together."""
+        return self._http.write_slots(self.api_url)
+
     async def bulk_set_pending_runs(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, str] | None:
         """Set ``state`` on those of ``run_ids`` still PENDING; None when the server lacks the endpoint.
 
@@ -521,7 +552,7 @@ class PrefectClient:
             "limit": len(run_ids),
         }
         try:
-            answer = await self._json("POST", "/flow_runs/bulk_set_state", body)
+            answer = await self._json("POST", "/flow_runs/bulk_set_state", body, replay=False)
         except PrefectError as exc:
             if exc.status_code in (404, 405):
                 return None
@@ -537,7 +568,8 @@ class PrefectClient:
         run = await self._json("GET", f"/flow_runs/{_quote(run_id)}")
         if ((run.get("state") or {}).get("type")) != "PENDING":
             return None
-        answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False})
+        answer = await self._json("POST", f"/flow_runs/{_quote(run_id)}/set_state", {"state": state, "force": False},
+                                  replay=False)
         return str(answer.get("status"))
 
     async def update_base_job_template(self, pool: str, template: dict[str, Any]) -> None:

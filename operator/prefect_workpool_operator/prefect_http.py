@@ -35,6 +35,10 @@ DEFAULT_MAX_CONNECTIONS = 50
 REPLACE_AFTER_POOL_TIMEOUTS = 3  # in a row, with no answer between them
 CLOSE_TIMEOUT = 5.0
 DEFAULT_PAUSE = 1.0  # a 429 without Retry-After
+# State writes in flight per Prefect server or account, every policy together: the server
+# orchestrates each run in turn, CPU-bound (bench/recovery_fleet.py: 1/2/4/8 at once on
+# PostgreSQL gain little past 2-4), so more at once only stretch each past its timeout.
+WRITE_CONCURRENCY = 4
 
 
 class SlotTimeout(httpx.TimeoutException):
@@ -65,6 +69,7 @@ class PrefectHttp:
         self._slots = asyncio.Semaphore(max_connections)
         self._clock = clock
         self._paused_until: dict[str, float] = {}
+        self._write_slots: dict[str, asyncio.Semaphore] = {}
         self._pool_timeouts_in_a_row = 0
         self._closing: set[asyncio.Task[None]] = set()
         self.in_flight = 0
@@ -114,6 +119,10 @@ class PrefectHttp:
             hint = retry_after_seconds(response)
             self.pause(key, DEFAULT_PAUSE if hint is None else hint)
         return response
+
+    def write_slots(self, url: str) -> asyncio.Semaphore:
+        """The state-write slots of this server or account (``budget_key``), shared by every policy."""
+        return self._write_slots.setdefault(budget_key(url), asyncio.Semaphore(WRITE_CONCURRENCY))
 
     def pause(self, key: str, seconds: float) -> None:
         """Hold back every request to this server or account for ``seconds``."""

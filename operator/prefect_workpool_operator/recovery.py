@@ -6,8 +6,9 @@ stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often e
 was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
 Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
 ``bulk_set_state`` with a PENDING guard, ≤50 runs per call, WRITE_CONCURRENCY calls at
-once, one group per reason so each run's state message tells its own; servers without
-it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
+once per Prefect server (every policy together), one group per reason so each run's state
+message tells its own, never sent twice after an answer that may have been lost; servers
+without it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
 the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
 runs not seen before (``core.stale.QuietPending``).
 
@@ -27,21 +28,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from .concurrent_reads import gather_or_cancel
 from .core import recovery_plan, stale
+from .core.claim_memory import ClaimMemory
 from .core.conditions import Condition
 from .core.plan import StaleReading
 from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
 from .core.stale import InfraReading, Observations, PendingRun
 from .models import StaleRunsSpec
-from .prefect_api import PrefectClient, PrefectError, pool_scope
+from .prefect_api import Claim, PrefectClient, PrefectError, pool_scope
+from .prefect_http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
 
 log = logging.getLogger(__name__)
 
 WORKER_NAME_LABEL = "prefect.worker.name"  # set by 3.x workers right after they claim a run
 REQUEUE_LOOKBACK = timedelta(days=30)  # older Requeued events are past Prefect's default retention anyway
 CLAIM_LOOKBACK_MARGIN = timedelta(minutes=5)
-# Guarded bulk writes in flight at once (bench/recovery_fleet.py measures 1/2/4/8 on PostgreSQL).
-WRITE_CONCURRENCY = 4
 
 
 class InfrastructureCheck(Protocol):
@@ -93,7 +95,10 @@ class RecoveryMemory:
     # id -> (pending_since, requeues): a run's count changes only by a requeue, which
     # gives it a new PENDING state, so it is read once per PENDING state.
     requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
-    # Every PENDING run, none stale, at the last full listing: quiet cycles list only new ones.
+    # Claims found, per PENDING state (core.claim_memory): read when a run is first seen
+    # recoverable, so the acting cycle reads only those not found yet.
+    claims: ClaimMemory[Claim] = field(default_factory=ClaimMemory)
+    # The PENDING runs not stale when listed: later cycles leave them out until their threshold.
     quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
     # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
     quiet_version: int | None = None
@@ -124,24 +129,33 @@ async def observe_stale_runs(
     scope = pool_scope(pool, list(spec.work_queues) or queues)
     key = json.dumps([scope, sorted(spec.tags), rules.pending_timeout.total_seconds()], sort_keys=True)
     nothing_pending = pending_observed == 0
-    if not nothing_pending and memory.total_requeued is not None and memory.quiet.usable(key, now, rules.pending_timeout):
-        # Nothing remembered can be stale yet: list only the PENDING runs not remembered —
-        # none can be new if no run of the pool changed since the last such listing (after
-        # which every PENDING run is remembered; the event stream says what changed).
-        version = client.counts_version(pool, queues)
-        new = [] if version is not None and version == memory.quiet_version else [
-            pending_run(r) for r in await client.pending_candidates(
-                scope, None, list(spec.tags), excluding=sorted(memory.quiet.pending))]
-        memory.quiet_version = version
-        if not any(stale.is_stale(r, now, rules.pending_timeout) for r in new):
-            memory.quiet.add(new)
-            return StaleReading(total_requeued=memory.total_requeued)
-    raw = [] if nothing_pending else await client.pending_candidates(
-        scope, stale.candidate_cutoff(now, rules.pending_timeout), list(spec.tags))
-    runs = [pending_run(r) for r in raw]
-    memory.quiet.remember(key, runs, now, rules.pending_timeout)
-    memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
-    stale_runs = [r for r in runs if stale.is_stale(r, now, rules.pending_timeout)]
+    quiet, timeout, tags = memory.quiet, rules.pending_timeout, list(spec.tags)
+    if nothing_pending:  # the cycle's own count: no PENDING run at all
+        runs: list[PendingRun] = []
+        quiet.remember(key, runs, now, timeout)
+        memory.quiet_version = None
+    elif memory.total_requeued is not None and quiet.listable(key) and (
+            quiet.usable(key, now, timeout) or quiet.stale_listed):
+        # Remembered runs that cannot be stale yet are left out by the server (core.stale.QuietPending).
+        # Nothing stale known: every PENDING run not remembered is listed. Stale runs listed last
+        # cycle: the candidates, less the fresh remembered ones. (A remembered run turning due
+        # while none is stale brings one full listing.)
+        kept = quiet.not_due(now, timeout)
+        every = not quiet.stale_listed
+        version = client.counts_version(pool, queues) if every else None
+        if every and version is not None and version == memory.quiet_version:
+            runs = []  # no run of the pool changed since such a listing (the event stream says what changed)
+        else:
+            cutoff = None if every else stale.candidate_cutoff(now, timeout)
+            runs = [pending_run(r) for r in await client.pending_candidates(scope, cutoff, tags, excluding=sorted(kept))]
+        quiet.update(runs, now, timeout, kept)
+        memory.quiet_version = version if every and not quiet.stale_listed else None
+    else:
+        runs = [pending_run(r) for r in await client.pending_candidates(
+            scope, stale.candidate_cutoff(now, timeout), tags)]
+        quiet.remember(key, runs, now, timeout)
+        memory.quiet_version = None  # that listing held the candidates only, not every PENDING run
+    stale_runs = stale.select_stale(runs, now, rules.pending_timeout)  # the plan selects with the same function
 
     claimers: dict[str, stale.Claimer] = {}
     infra: dict[str, InfraReading] = {}
@@ -149,6 +163,7 @@ async def observe_stale_runs(
     window = stale.lookup_window(stale_runs, memory.observations, rules)
     stale_ids = {r.id for r in stale_runs}
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
+    memory.claims.keep_only(stale_runs)
     if window:
         window = await with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
@@ -171,9 +186,10 @@ async def observe_stale_runs(
 async def write_batches(
     client: PrefectClient, batches: tuple[Batch, ...], reading: StaleReading, memory: RecoveryMemory, now: datetime
 ) -> WriteOutcome:
-    """The plan's guarded batches, WRITE_CONCURRENCY at once. Requeues that went through
-    are remembered even when another batch failed; then the failure is raised."""
-    slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+    """The plan's guarded batches, at most WRITE_CONCURRENCY in flight to the server with every
+    other policy's writes. Requeues that went through are remembered even when another batch
+    failed; then the failure is raised."""
+    slots = client.write_slots()
 
     async def bounded(batch: Batch) -> _ApplyResult:
         async with slots:
@@ -272,16 +288,20 @@ async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any])
 async def with_claims_and_counts(
     client: PrefectClient, runs: list[PendingRun], memory: RecoveryMemory, now: datetime
 ) -> list[PendingRun]:
-    ids = [r.id for r in runs]
     known = {r.id: memory.requeue_counts[r.id][1] for r in runs
              if memory.requeue_counts.get(r.id, (None, 0))[0] == r.pending_since}
-    unknown = [i for i in ids if i not in known]
-    read = await client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else {}
+    unknown = [r.id for r in runs if r.id not in known]
+    # Every run's claim event: its time is what a later worker start is compared with.
+    claims = memory.claims.known(runs)
+    unsettled = memory.claims.to_read(runs)
+    since = min((r.pending_since for r in unsettled), default=now) - CLAIM_LOOKBACK_MARGIN
+    read, claimed = await gather_or_cancel(  # independent reads: sent together
+        client.requeue_counts(unknown, now - REQUEUE_LOOKBACK) if unknown else _nothing(),
+        client.claims([r.id for r in unsettled], since) if unsettled else _nothing())
     counts = memory.requeues.merged({**known, **read}, now)
     memory.requeue_counts.update((r.id, (r.pending_since, counts.get(r.id, 0))) for r in runs)
-    # Every run's claim event: its time is what a later worker start is compared with.
-    since = min(r.pending_since for r in runs) - CLAIM_LOOKBACK_MARGIN
-    claims = await client.claims(ids, since)
+    claims.update(claimed)
+    memory.claims.record(unsettled, claimed)
     out = []
     for r in runs:
         claim = claims.get(r.id)
@@ -294,8 +314,13 @@ async def with_claims_and_counts(
             claimed_at=claim.at if claim and same_worker else None,
             submission_reported=bool(claim and claim.executed),
             requeues=counts.get(r.id, 0),
+            state_id=r.state_id,
         ))
     return out
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
 
 
 async def _claimer_statuses(
@@ -320,4 +345,5 @@ def pending_run(raw: dict[str, Any]) -> PendingRun:
         pending_since=datetime.fromisoformat(str(state.get("timestamp") or raw.get("state_timestamp"))),
         infrastructure_pid=raw.get("infrastructure_pid") or None,
         claimer=str(labels[WORKER_NAME_LABEL]) if labels.get(WORKER_NAME_LABEL) else None,
+        state_id=str(state["id"]) if state.get("id") else (str(raw["state_id"]) if raw.get("state_id") else None),
     )

@@ -159,3 +159,21 @@ async def test_persistent_rate_limiting_is_reported(seeder: PrefectSeeder, pool_
         with pytest.raises(PrefectError) as err:
             await PrefectClient(http, seeder.api_url, attempts=3, backoff=0.01).observe_pool(pool_name, [], utcnow())
     assert err.value.reason == health.RATE_LIMITED and flaky.hits == 3
+
+
+async def test_a_state_write_is_retried_only_when_it_cannot_have_been_applied(seeder: PrefectSeeder, pool_name: str) -> None:
+    """503 (Prefect's retryable database errors) and 429 come before any run is changed: sent
+    again. A 500/502/504 may come after: the write fails at once, never replayed."""
+    seeder.create_ecs_pool(pool_name)
+    runs = seeder.create_runs(seeder.create_deployment(pool_name), 1, {"type": "PENDING"})
+    state = {"type": "SCHEDULED", "name": "Requeued"}
+    retried = Flaky("/bulk_set_state", [httpx.Response(503), httpx.Response(429, headers={"Retry-After": "0"})])
+    async with httpx.AsyncClient(transport=retried) as http:
+        results = await PrefectClient(http, seeder.api_url, backoff=0.01).bulk_set_pending_runs(runs, state)
+    assert retried.hits == 2 and results == {runs[0]: "ACCEPT"}
+    for code in (500, 502, 504):
+        once = Flaky("/bulk_set_state", [httpx.Response(code)] * 4)
+        async with httpx.AsyncClient(transport=once) as http:
+            with pytest.raises(PrefectError) as err:
+                await PrefectClient(http, seeder.api_url, backoff=0.01).bulk_set_pending_runs(runs, state)
+        assert once.hits == 1 and err.value.reason == health.SERVER_ERROR and "not sent again" in err.value.message

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from prefect_workpool_operator.prefect_api import PrefectClient, pool_scope
+from prefect_workpool_operator.core import health
+from prefect_workpool_operator.prefect_api import PrefectClient, PrefectError, pool_scope
 from prefect_workpool_operator.recovery import RecoveryMemory
-from sandbox.prefect_seed import PrefectSeeder, utcnow
+from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
+from sandbox.tcp_proxy import TcpProxy
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
 
 pytestmark = pytest.mark.integration
@@ -220,3 +223,48 @@ async def test_candidates_survive_runs_leaving_pending_between_pages(
                                                 page_size=50)
     assert len(started) == 10
     assert set(runs) - set(started) <= {r["id"] for r in found}
+
+
+async def test_candidates_sharing_one_expected_start_are_all_read_once(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, recorded
+) -> None:
+    """Pages go by expected start time; 130 runs due at the very same moment (one cron tick
+    of many deployments) span pages of 50 and each is read once: three requests, no overlap."""
+    client, recorder = recorded
+    due = utcnow() - dt.timedelta(minutes=5)
+    runs = seeder.create_runs_bulk(deployment, 130, scheduled_state(due))
+    for i in range(0, len(runs), 50):  # claimed: PENDING, their expected start stays the scheduled time
+        seeder._json("POST", "/flow_runs/bulk_set_state", json={
+            "flow_runs": {"id": {"any_": runs[i : i + 50]}}, "state": {"type": "PENDING"}, "force": True, "limit": 50})
+    assert {seeder.read_run(r)["expected_start_time"] for r in runs[:3]} == {seeder.read_run(runs[0])["expected_start_time"]}
+    mark = recorder.mark()
+    found = await client.pending_candidates(pool_scope(pool_name, []), utcnow(), [], page_size=50)
+    assert sorted(r["id"] for r in found) == sorted(runs)
+    assert len(recorder.since(mark)) == 3
+
+
+async def test_a_guarded_write_that_timed_out_is_not_sent_again(
+    seeder: PrefectSeeder, pool_name: str, deployment: str
+) -> None:
+    """A bulk write whose answer never came may still have been applied: sent again later,
+    its PENDING guard could catch a run a worker had claimed anew meanwhile. So it fails
+    the batch (the next cycle reads again) instead of being replayed; reads still retry."""
+    runs = seeder.create_runs_bulk(deployment, 3, {"type": "PENDING"})
+    host, port = urlsplit(seeder.api_url).hostname, urlsplit(seeder.api_url).port
+    sent: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    with TcpProxy(host, port, delay=1.5) as proxy:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+            client = PrefectClient(http, proxy.url("/api"), timeout=0.5, backoff=0.01)
+            with pytest.raises(PrefectError) as err:
+                await client.bulk_set_pending_runs(runs, {"type": "SCHEDULED", "name": "Requeued"})
+            assert err.value.reason == health.UNREACHABLE
+            assert sum(p.endswith("/bulk_set_state") for p in sent) == 1
+            sent.clear()
+            with pytest.raises(PrefectError):
+                await client.read_workers(pool_name)
+            assert len(sent) == 4  # a read is sent again (attempts=4)
+

@@ -18,9 +18,10 @@ import pytest
 
 from prefect_workpool_operator import recovery
 from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.prefect_http import PrefectHttp
 from prefect_workpool_operator.recovery import RecoveryMemory
-from sandbox.prefect_seed import PrefectSeeder
-from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
+from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
+from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +116,60 @@ async def test_quiet_cycles_list_only_new_pending_runs(seeder: PrefectSeeder, po
         outcome, listed = await cycle(clock_after(seeder, first, 31))
         assert "expected_start_time" in listed[0]["flow_runs"] and "id" not in listed[0]["flow_runs"]
         assert outcome.figures["stale"] == 5 and outcome.figures["skipped"]["awaitingConfirmation"] == 5
+
+
+async def test_write_slots_are_shared_by_every_policy_on_a_server(
+    seeder: PrefectSeeder, pool_name: str, deployment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two policies recovering on one server at once: their guarded batches together stay
+    within the server's write slots (prefect_http.WRITE_CONCURRENCY), not that many each."""
+    runs = [r for tag in ("a", "b") for r in seeder.create_runs_bulk(deployment, 200, {"type": "PENDING"}, tags=[tag])]
+    now = clock_after(seeder, runs, 31)
+    in_flight = peak = 0
+    real = PrefectClient.bulk_set_pending_runs
+
+    async def counted(self: PrefectClient, run_ids: list[str], state: dict) -> dict | None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.05)  # let every batch that may start, start
+            return await real(self, run_ids, state)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(PrefectClient, "bulk_set_pending_runs", counted)
+    async with httpx.AsyncClient() as raw:
+        shared = PrefectHttp(client=raw)
+        outcomes = await asyncio.gather(*(
+            recover(PrefectClient(shared, seeder.api_url), pool_name, now, online=frozenset(), maxRunsPerCycle=200,
+                    tags=[tag]) for tag in ("a", "b")))
+    assert peak == recovery.WRITE_CONCURRENCY
+    assert sum(o.figures["recovered"] for o in outcomes) == 400
+
+
+async def test_stale_runs_among_many_fresh_ones_list_only_the_stale(
+    seeder: PrefectSeeder, pool_name: str, deployment: str
+) -> None:
+    """Runs due long ago but PENDING for seconds (a backlog being claimed) beside stale ones:
+    after the first listing, a cycle leaves the fresh ones out by id and lists the stale."""
+    stale_runs = seeder.create_runs(deployment, 3, {"type": "PENDING"})
+    await asyncio.sleep(2)
+    fresh = seeder.create_runs_bulk(deployment, 40, scheduled_state(utcnow() - dt.timedelta(hours=2)))
+    for i in range(0, len(fresh), 50):  # claimed now: PENDING for seconds, due two hours ago
+        seeder._json("POST", "/flow_runs/bulk_set_state", json={
+            "flow_runs": {"id": {"any_": fresh[i : i + 50]}}, "state": {"type": "PENDING"}, "force": True, "limit": 50})
+    now = clock_after(seeder, stale_runs, 31)
+    assert min(pending_since(seeder, fresh)) > now - dt.timedelta(seconds=30)
+    recorder = Recorder()
+    memory = RecoveryMemory()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        client = PrefectClient(http, seeder.api_url)
+        first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, online=frozenset(),
+                              observations=1)
+        mark = recorder.mark()
+        second = await recover(client, pool_name, now, memory=memory, online=frozenset(), observations=1)
+    listed = bodies(recorder.since(mark), "/flow_runs/filter")
+    assert first.figures["stale"] == 3 and second.figures["stale"] == 3 and second.figures["recovered"] == 3
+    assert len(listed) == 1 and sorted(listed[0]["flow_runs"]["id"]["not_any_"]) == sorted(fresh)
+    assert {states(seeder, stale_runs)[r] for r in stale_runs} == {("SCHEDULED", "Requeued")}

@@ -479,3 +479,96 @@ def test_quiet_listing_skips_while_fresh_and_lists_at_the_threshold() -> None:
     assert not quiet.usable("k", NOW + timedelta(minutes=10) - timedelta(seconds=5), timeout)  # r0 may be stale
     quiet.remember("k", [*runs, PendingRun("old", NOW - timeout)], NOW, timeout)  # a stale one: nothing kept
     assert not quiet.usable("k", NOW, timeout)
+
+
+# -- staleness decided once: select_stale, used by observe and by the plan ---------------
+
+AGES = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 1200)), max_size=25)  # (run, seconds PENDING)
+
+
+def _runs(ages: list) -> list[PendingRun]:
+    return [PendingRun(f"r{i}", NOW - timedelta(seconds=s)) for i, s in dict(ages).items()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ages=AGES, timeout_s=st.integers(1, 1200))
+def test_select_stale_is_exactly_the_runs_past_the_threshold_oldest_first(ages: list, timeout_s: int) -> None:
+    runs = _runs(ages)
+    timeout = timedelta(seconds=timeout_s)
+    chosen = stale.select_stale(runs, NOW, timeout)
+    assert {r.id for r in chosen} == {r.id for r in runs if NOW - r.pending_since >= timeout}
+    assert [r.pending_since for r in chosen] == sorted(r.pending_since for r in chosen)
+    assert stale.select_stale(chosen, NOW, timeout) == chosen  # idempotent
+    assert stale.select_stale(list(reversed(runs)), NOW, timeout) == chosen  # whatever the listing order
+
+
+@settings(max_examples=150, deadline=None)
+@given(ages=AGES, cap=st.integers(1, 8), claimers=st.lists(st.sampled_from(list(Claimer)), min_size=31, max_size=31))
+def test_the_plan_decides_exactly_what_observe_selected(ages: list, cap: int, claimers: list) -> None:
+    """Observe hands the plan select_stale's runs; the plan given every PENDING run (the
+    non-stale ones too) decides the same: one rule, applied once."""
+    runs = _runs(ages)
+    rules = spec_rules.recovery(max_per_cycle=cap, confirm_after=INTERVAL)
+    by_run = {r.id: claimers[int(r.id[1:])] for r in runs}
+    plans = []
+    for given_runs in (runs, stale.select_stale(runs, NOW, rules.pending_timeout)):
+        observations = Observations()
+        for now in (NOW - INTERVAL, NOW):
+            current = [PendingRun(r.id, r.pending_since) for r in given_runs]
+            window = stale.lookup_window(stale.select_stale(current, now, rules.pending_timeout), observations, rules)
+            p = plan_recovery(current, claimers=by_run, infrastructure={}, rules=rules, observations=observations,
+                              now=now, looked_at={r.id for r in window})
+        plans.append(p)
+    everything, selected = plans
+    assert (everything.stale, everything.reschedule, dict(everything.skipped)) == \
+        (selected.stale, selected.reschedule, dict(selected.skipped))
+    assert set(everything.decisions) <= {r.id for r in stale.select_stale(runs, NOW, rules.pending_timeout)}
+
+
+def test_candidate_cutoff_admits_every_run_that_can_be_stale() -> None:
+    """Any run claimed at most PREFETCH before its expected start and PENDING past the
+    threshold passes the server-side pre-filter."""
+    for timeout_s in (60, 600, 3600):
+        timeout = timedelta(seconds=timeout_s)
+        for claimed_early in (0, 5, 10):
+            for pending_s in (timeout_s, timeout_s + 1, timeout_s * 3):
+                since = NOW - timedelta(seconds=pending_s)
+                expected = since + timedelta(seconds=claimed_early)
+                assert stale.is_stale(PendingRun("r", since), NOW, timeout)
+                assert expected <= stale.candidate_cutoff(NOW, timeout)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 9), st.booleans()), max_size=70),
+       recovered=st.lists(st.integers(0, 40), max_size=10))
+def test_partial_listing_finds_every_stale_run_and_relists_no_fresh_one(events: list, recovered: list) -> None:
+    """A pool where stale and fresh PENDING runs mix (runs requeued at some minutes leave
+    PENDING). Each cycle lists only what QuietPending does not leave out: every stale run is
+    listed every cycle, and a remembered run is never listed again before its threshold."""
+    timeout = timedelta(minutes=5)
+    truth: dict[str, datetime] = {}
+    quiet = stale.QuietPending()
+    by_minute: dict[int, list[tuple[str, bool]]] = {}
+    for minute, rid, enters in events:
+        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
+    for minute in range(45):
+        now = NOW + timedelta(minutes=minute)
+        for rid, enters in by_minute.get(minute, []):
+            if enters and rid not in truth:
+                truth[rid] = now - timedelta(seconds=1)
+            elif not enters:
+                truth.pop(rid, None)
+        pending = [PendingRun(r, since) for r, since in truth.items()]
+        if quiet.listable("pool"):
+            kept = quiet.not_due(now, timeout)
+            for r in kept:  # left out: so it cannot be stale now
+                assert r not in truth or not stale.is_stale(PendingRun(r, truth[r]), now, timeout)
+            listed = [r for r in pending if r.id not in kept]
+            quiet.update(listed, now, timeout, kept)
+        else:
+            listed = pending
+            quiet.remember("pool", listed, now, timeout)
+        assert {r.id for r in stale.select_stale(pending, now, timeout)} <= {r.id for r in listed}
+        if minute in recovered:  # the stale ones are requeued: they leave PENDING
+            for r in stale.select_stale(pending, now, timeout):
+                truth.pop(r.id, None)

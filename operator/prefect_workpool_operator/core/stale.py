@@ -14,6 +14,7 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Hashable
 
 from .conditions import Condition
 from .durations import format_duration
@@ -88,6 +89,12 @@ class PendingRun:
     claimed_at: datetime | None = None  # that event's time (worker clock, as its started/stopped events)
     submission_reported: bool = False  # prefect.worker.executed-flow-run seen: infrastructure was created
     requeues: int = 0  # earlier requeues by this operator
+    state_id: str | None = None  # the PENDING state's id: a new claim is a new state
+
+    @property
+    def state_key(self) -> tuple[str | None, datetime]:
+        """Which PENDING state this is: a re-claim (new state) is never the same reading."""
+        return self.state_id, self.pending_since
 
     def pending_for(self, now: datetime) -> timedelta:
         return now - self.pending_since
@@ -216,14 +223,14 @@ def _claimer_gone(run: PendingRun, claimer: Claimer) -> str:
 class Observations:
     """When each stale run was first seen recoverable, kept between cycles in memory.
 
-    Keyed by run id and the PENDING state's time (a new claim starts afresh); runs no
+    Keyed by run id and the PENDING state (id and time: a new claim starts afresh); runs no
     longer stale are forgotten, so the map never outgrows the stale set. After an
     operator restart the rule simply starts again.
     """
 
-    first: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)  # id -> (pending_since, seen)
-    # id -> pending_since of runs last seen hands-off: looked at after the others (lookup_window)
-    hands_off: dict[str, datetime] = field(default_factory=dict)
+    first: dict[str, tuple[Hashable, datetime]] = field(default_factory=dict)  # id -> (state_key, seen)
+    # id -> state_key of runs last seen hands-off: looked at after the others (lookup_window)
+    hands_off: dict[str, Hashable] = field(default_factory=dict)
 
     def confirm(self, run: PendingRun, decision: Decision, now: datetime, after: timedelta) -> bool:
         """Whether this recoverable reading confirms an earlier one at least ``after`` ago.
@@ -232,17 +239,17 @@ class Observations:
         (unknown) keeps it, so a throttle that lifts needs no fresh pair.
         """
         seen = self.first.get(run.id)
-        if seen is not None and seen[0] != run.pending_since:
+        if seen is not None and seen[0] != run.state_key:
             seen = None
         if decision.hands_off:
             self.first.pop(run.id, None)
-            self.hands_off[run.id] = run.pending_since
+            self.hands_off[run.id] = run.state_key
             return False
         self.hands_off.pop(run.id, None)
         if not decision.recover:
             return False
         if seen is None:
-            self.first[run.id] = (run.pending_since, now)
+            self.first[run.id] = (run.state_key, now)
             return False
         return now - seen[1] >= after
 
@@ -252,10 +259,10 @@ class Observations:
 
     def awaiting(self, run: PendingRun) -> bool:
         seen = self.first.get(run.id)
-        return seen is not None and seen[0] == run.pending_since
+        return seen is not None and seen[0] == run.state_key
 
     def was_hands_off(self, run: PendingRun) -> bool:
-        return self.hands_off.get(run.id) == run.pending_since
+        return self.hands_off.get(run.id) == run.state_key
 
 
 def lookup_window(runs: list[PendingRun], observations: Observations, rules: RecoveryRules) -> list[PendingRun]:
@@ -318,6 +325,13 @@ def is_stale(run: PendingRun, now: datetime, pending_timeout: timedelta) -> bool
     return run.pending_for(now) >= pending_timeout
 
 
+def select_stale(runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> list[PendingRun]:
+    """The one staleness decision, used by observe (what to look up) and by the plan (what
+    to decide): the runs PENDING at least ``pending_timeout``, oldest first. Idempotent,
+    so the plan applied to observe's selection decides exactly what observe selected."""
+    return sorted((r for r in runs if is_stale(r, now, pending_timeout)), key=lambda r: (r.pending_since, r.id))
+
+
 def plan_recovery(
     runs: list[PendingRun],
     *,
@@ -334,7 +348,7 @@ def plan_recovery(
     (``lookup_window``); the other stale runs are neither decided nor observed: BatchLimit.
     """
     plan = RecoveryPlan()
-    stale = sorted((r for r in runs if is_stale(r, now, rules.pending_timeout)), key=lambda r: r.pending_since)
+    stale = select_stale(runs, now, rules.pending_timeout)
     plan.stale = len(stale)
     observations.keep_only({r.id for r in stale})
     budget = rules.max_per_cycle
@@ -430,36 +444,50 @@ def _summary(plan: RecoveryPlan) -> str:
 
 @dataclass
 class QuietPending:
-    """Every PENDING run of a scope, none stale: what lets a quiet cycle skip the full listing.
+    """The PENDING runs of a scope not stale when last listed: what lets a cycle list less.
 
-    After a full listing found no stale run, the operator remembers each PENDING run
-    with its state's time. A later cycle then lists only the PENDING runs it does not
-    remember (the server filters them by id); a remembered run is no concern before
-    its own threshold (it can only leave PENDING, or re-enter later, hence fresher).
-    So the full listing is due only once a remembered run could be stale, or when a
-    newly listed run is. Never later than listing every cycle: any run not remembered
-    is listed every cycle, and a remembered run is listed at its threshold.
+    A remembered run is no concern before its own threshold (it can only leave PENDING,
+    or re-enter later, hence fresher), so a cycle lists only the PENDING runs it does not
+    remember plus the remembered ones that could be stale by now (the server leaves the
+    others out by id). Stale runs are never remembered: listed every cycle (the second
+    reading needs them). When nothing remembered or listed is stale, the cycle lists every
+    PENDING run not remembered (no expected-start cutoff), so afterwards every PENDING run
+    is known and a cycle in which no run of the pool changed can skip the listing.
     """
 
     key: str = ""  # the scope, tags and pendingTimeout the runs were listed for
     pending: dict[str, datetime] = field(default_factory=dict)  # run id -> its PENDING state's time
     limit: int = 10_000  # beyond this many ids, the filter body grows too large: list in full
+    stale_listed: bool = False  # the last listing held stale runs
+
+    def listable(self, key: str) -> bool:
+        """Whether this cycle may leave remembered runs out of its listing."""
+        return key == self.key and len(self.pending) <= self.limit
 
     def usable(self, key: str, now: datetime, pending_timeout: timedelta) -> bool:
-        """Whether this cycle may list only the runs not remembered."""
-        if key != self.key or len(self.pending) > self.limit:
+        """Whether no remembered run can be stale yet and the last listing held none."""
+        if not self.listable(key) or self.stale_listed:
             return False
         return all(now - since < pending_timeout for since in self.pending.values())
 
+    def not_due(self, now: datetime, pending_timeout: timedelta) -> dict[str, datetime]:
+        """The remembered runs that cannot be stale yet: the server may leave them out."""
+        return {k: since for k, since in self.pending.items() if now - since < pending_timeout}
+
     def remember(self, key: str, runs: list[PendingRun], now: datetime, pending_timeout: timedelta) -> None:
-        """A full listing's runs; remembered only when none of them is stale."""
-        if any(is_stale(r, now, pending_timeout) for r in runs):
-            self.forget()
-            return
-        self.key, self.pending = key, {r.id: r.pending_since for r in runs}
+        """A full listing's runs: the stale ones are not remembered."""
+        self.key = key
+        self.update(runs, now, pending_timeout, {})
+
+    def update(self, runs: list[PendingRun], now: datetime, pending_timeout: timedelta,
+               kept: dict[str, datetime]) -> None:
+        """After a listing that left ``kept`` out: those, and the listed runs not stale."""
+        stale_ids = {r.id for r in select_stale(runs, now, pending_timeout)}
+        self.pending = {**kept, **{r.id: r.pending_since for r in runs if r.id not in stale_ids}}
+        self.stale_listed = bool(stale_ids)
 
     def add(self, runs: list[PendingRun]) -> None:
         self.pending.update((r.id, r.pending_since) for r in runs)
 
     def forget(self) -> None:
-        self.key, self.pending = "", {}
+        self.key, self.pending, self.stale_listed = "", {}, False

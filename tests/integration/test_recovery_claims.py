@@ -1,0 +1,99 @@
+"""Claims read when a run is first seen recoverable, not again in the acting cycle (core.claim_memory).
+
+Requests counted with an httpx event hook on the operator's own client, as in
+test_recovery_requests.py; claims come from simulated workers' events on a real server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+
+import httpx
+import pytest
+
+from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.recovery import RecoveryMemory
+from sandbox.prefect_seed import PrefectSeeder
+from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
+
+pytestmark = pytest.mark.integration
+
+SUBMITTED = "prefect.worker.submitted-flow-run"
+
+
+@pytest.fixture
+async def recorded(seeder: PrefectSeeder):
+    recorder = Recorder()
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        yield PrefectClient(http, seeder.api_url), recorder
+
+
+def claimed(seeder: PrefectSeeder, worker: str, runs: list[str], pool: str) -> None:
+    """Simulated claims by ``worker`` (which never heartbeats: offline), visible before returning."""
+    seeder.emit_events([seeder.submitted_event(worker, "ecs", r, pool) for r in runs])
+    body = {"filter": {"event": {"name": [SUBMITTED]}, "related": {"id": [f"prefect.flow-run.{r}" for r in runs]}},
+            "limit": 1}
+    seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= len(runs), timeout=30)
+
+
+def claim_reads(requests: list[httpx.Request]) -> list[list[str]]:
+    """The run ids of each claims query sent."""
+    return [sorted(i.removeprefix("prefect.flow-run.") for i in json.loads(r.content)["filter"]["related"]["id"])
+            for r in requests if r.url.path.endswith("/events/filter") and SUBMITTED in r.content.decode()]
+
+
+def summary(requests: list[httpx.Request]) -> str:
+    return ", ".join(f"{n}× {k}" for k, n in Counter(f"{r.method} {r.url.path.split('/api', 1)[1]}" for r in requests).items())
+
+
+async def test_the_acting_cycle_reads_no_claim_found_at_the_first_reading(
+    seeder: PrefectSeeder, pool_name: str, recorded
+) -> None:
+    client, recorder = recorded
+    seeder.create_ecs_pool(pool_name)
+    runs = seeder.create_runs(seeder.create_deployment(pool_name), 60, {"type": "PENDING"})
+    claimed(seeder, "gone", runs, pool_name)
+    now = clock_after(seeder, runs)
+    memory = RecoveryMemory()
+    first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1)
+    assert first.figures["skipped"]["awaitingConfirmation"] == 60
+    assert sorted(i for ids in claim_reads(recorder.requests) for i in ids) == sorted(runs)  # read at the first reading
+    mark = recorder.mark()
+    second = await recover(client, pool_name, now, memory=memory, observations=1)
+    acting = recorder.since(mark)
+    print(f"\nacting cycle, 60 stale runs: {len(acting)} requests: {summary(acting)}")
+    assert second.figures["recovered"] == 60
+    assert claim_reads(acting) == []
+    assert not [r for r in acting if r.url.path.endswith("/events/count-by/resource")]  # requeue counts kept too
+    # Workers read afresh (liveness never cached), the listing, the claimer's lifecycle, 2 writes of ≤ 50.
+    assert len(Recorder.writes(acting)) == 2
+    assert [r.url.path.split("/api", 1)[1] for r in acting if r not in Recorder.writes(acting)] == [
+        f"/work_pools/{pool_name}/workers/filter", "/flow_runs/filter", "/events/filter"]
+    assert set(states(seeder, runs).values()) == {("SCHEDULED", "Requeued")}
+
+
+async def test_a_run_reclaimed_between_readings_is_read_again_and_not_acted_on(
+    seeder: PrefectSeeder, pool_name: str, recorded
+) -> None:
+    client, recorder = recorded
+    seeder.create_ecs_pool(pool_name)
+    runs = seeder.create_runs(seeder.create_deployment(pool_name), 3, {"type": "PENDING"})
+    claimed(seeder, "gone", runs, pool_name)
+    memory = RecoveryMemory()
+    await recover(client, pool_name, clock_after(seeder, runs), memory=memory, observations=1)
+    reclaimed, others = runs[0], runs[1:]
+    before = seeder.read_run(reclaimed)["state"]["id"]
+    seeder.set_state(reclaimed, {"type": "SCHEDULED"})
+    seeder.set_state(reclaimed, {"type": "PENDING", "name": "Submitting"})  # another worker's claim: a new state
+    after = seeder.read_run(reclaimed)["state"]["id"]
+    assert after != before
+    claimed(seeder, "gone-too", [reclaimed], pool_name)
+    mark = recorder.mark()
+    second = await recover(client, pool_name, clock_after(seeder, [reclaimed]), memory=memory, observations=1)
+
+    assert claim_reads(recorder.since(mark)) == [[reclaimed]]  # the new state's claim only
+    assert second.figures["recovered"] == 2 and second.figures["skipped"]["awaitingConfirmation"] == 1
+    assert seeder.read_run(reclaimed)["state"]["id"] == after  # seen once in its new state: untouched
+    assert set(states(seeder, others).values()) == {("SCHEDULED", "Requeued")}
