@@ -165,9 +165,11 @@ async def observe_stale_runs(
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
     memory.claims.keep_only(stale_runs)
     if window:
+        remembered = set(memory.claims.known(window))
         window = await with_claims_and_counts(client, window, memory, now)
         claimers = await _claimer_statuses(client, window, online_workers)
         infra = await (infrastructure_check or NoInfrastructureCheck()).check(window)
+        window = await _recheck_reported(client, window, remembered, claimers, infra, memory, now)
     looked_up = {r.id: r for r in window}
     stale_runs = [looked_up.get(r.id, r) for r in stale_runs]
     if memory.total_requeued is None:
@@ -317,6 +319,22 @@ async def with_claims_and_counts(
             state_id=r.state_id,
         ))
     return out
+
+
+async def _recheck_reported(
+    client: PrefectClient, window: list[PendingRun], remembered: set[str], claimers: dict[str, stale.Claimer],
+    infra: dict[str, InfraReading], memory: RecoveryMemory, now: datetime,
+) -> list[PendingRun]:
+    """A remembered claim's "task reported" flag can turn true between readings; it decides a
+    run only where no ECS check answers and the claimer is not online, so those claims are read again."""
+    again = [r for r in window if r.id in remembered and not r.submission_reported
+             and claimers.get(r.id) is not stale.Claimer.ONLINE
+             and infra.get(r.id, stale.NOT_CHECKED).state is stale.Infrastructure.NOT_CHECKED]
+    if not again:
+        return window
+    memory.claims.forget(again)
+    fresh = {r.id: r for r in await with_claims_and_counts(client, again, memory, now)}
+    return [fresh.get(r.id, r) for r in window]
 
 
 async def _nothing() -> dict[str, Any]:

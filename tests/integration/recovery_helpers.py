@@ -75,7 +75,7 @@ def states(seeder: PrefectSeeder, run_ids: list[str]) -> dict[str, tuple[str, st
 async def recover(
     client: PrefectClient, pool: str, now: dt.datetime, *, memory: RecoveryMemory | None = None,
     dry_run: bool = False, online: frozenset[str] | None = None, observations: int = 2,
-    interval: dt.timedelta = dt.timedelta(seconds=1), **fields: Any,
+    interval: dt.timedelta = dt.timedelta(seconds=1), infrastructure_check: Any = None, **fields: Any,
 ) -> RecoveryOutcome:
     """``observations`` cycles of recovery ``interval`` apart, the last at ``now``; the last outcome.
 
@@ -90,6 +90,7 @@ async def recover(
         outcome = await recover_stale_runs(
             client, spec(**fields), pool=pool, queues=[], policy="ns/policy", online_workers=workers,
             dry_run=dry_run, memory=memory, now=now - k * interval, interval=interval,
+            infrastructure_check=infrastructure_check,
         )
     assert outcome is not None
     return outcome

@@ -1,26 +1,32 @@
-"""Claims read when a run is first seen recoverable, not again in the acting cycle (core.claim_memory).
+"""Claims read when a run is first seen recoverable, not again in the acting cycle (core.claim_memory),
+except where the claim's "task reported" flag decides (no ECS check answers): then read again.
 
 Requests counted with an httpx event hook on the operator's own client, as in
-test_recovery_requests.py; claims come from simulated workers' events on a real server.
+test_recovery_requests.py; claims come from simulated workers' events on a real server,
+ECS answers from moto.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections import Counter
 
 import httpx
 import pytest
 
+from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
 from prefect_workpool_operator.prefect_api import PrefectClient
 from prefect_workpool_operator.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder
+from tests.ecs_sandbox import REGION, EcsSandbox
 from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
 
 pytestmark = pytest.mark.integration
 
 SUBMITTED = "prefect.worker.submitted-flow-run"
+EXECUTED = "prefect.worker.executed-flow-run"
 
 
 @pytest.fixture
@@ -48,30 +54,69 @@ def summary(requests: list[httpx.Request]) -> str:
     return ", ".join(f"{n}× {k}" for k, n in Counter(f"{r.method} {r.url.path.split('/api', 1)[1]}" for r in requests).items())
 
 
-async def test_the_acting_cycle_reads_no_claim_found_at_the_first_reading(
-    seeder: PrefectSeeder, pool_name: str, recorded
+@pytest.fixture
+def ecs_check(sandbox: EcsSandbox, moto):
+    aws = AwsClient(REGION, endpoint_url=moto.endpoint_url, credentials=AwsCredentials("testing", "testing"))
+    yield EcsInfrastructureCheck(aws, sandbox.cluster())
+    aws.close()
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["ecs-check", "no-ecs-check"])
+async def test_the_acting_cycle_reads_no_claim_found_at_the_first_reading_where_ecs_answers(
+    seeder: PrefectSeeder, pool_name: str, recorded, request, checked: bool
 ) -> None:
     client, recorder = recorded
+    check = request.getfixturevalue("ecs_check") if checked else None
     seeder.create_ecs_pool(pool_name)
     runs = seeder.create_runs(seeder.create_deployment(pool_name), 60, {"type": "PENDING"})
     claimed(seeder, "gone", runs, pool_name)
     now = clock_after(seeder, runs)
     memory = RecoveryMemory()
-    first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1)
+    first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1,
+                          infrastructure_check=check)
     assert first.figures["skipped"]["awaitingConfirmation"] == 60
     assert sorted(i for ids in claim_reads(recorder.requests) for i in ids) == sorted(runs)  # read at the first reading
     mark = recorder.mark()
-    second = await recover(client, pool_name, now, memory=memory, observations=1)
+    second = await recover(client, pool_name, now, memory=memory, observations=1, infrastructure_check=check)
     acting = recorder.since(mark)
-    print(f"\nacting cycle, 60 stale runs: {len(acting)} requests: {summary(acting)}")
+    print(f"\nacting cycle, 60 stale runs, {request.node.callspec.id}: {len(acting)} requests: {summary(acting)}")
     assert second.figures["recovered"] == 60
-    assert claim_reads(acting) == []
     assert not [r for r in acting if r.url.path.endswith("/events/count-by/resource")]  # requeue counts kept too
-    # Workers read afresh (liveness never cached), the listing, the claimer's lifecycle, 2 writes of ≤ 50.
+    # Workers read afresh (liveness never cached), the listing, the claimer's lifecycle, 2 writes of ≤ 50;
+    # without an ECS check the "task reported" flag decides, so the claims are read again (one query).
+    assert claim_reads(acting) == ([] if checked else [sorted(runs)])
     assert len(Recorder.writes(acting)) == 2
     assert [r.url.path.split("/api", 1)[1] for r in acting if r not in Recorder.writes(acting)] == [
-        f"/work_pools/{pool_name}/workers/filter", "/flow_runs/filter", "/events/filter"]
+        f"/work_pools/{pool_name}/workers/filter", "/flow_runs/filter", "/events/filter"] + (
+        [] if checked else ["/events/filter", "/events/filter/next"])  # 60 claims: two pages of events
     assert set(states(seeder, runs).values()) == {("SCHEDULED", "Requeued")}
+
+
+async def test_a_task_reported_between_readings_holds_the_run_without_an_ecs_check(
+    seeder: PrefectSeeder, pool_name: str, recorded
+) -> None:
+    """The claim was remembered without a task; the worker reports one before the acting cycle."""
+    client, _ = recorded
+    seeder.create_ecs_pool(pool_name)
+    runs = seeder.create_runs(seeder.create_deployment(pool_name), 2, {"type": "PENDING"})
+    claimed(seeder, "gone", runs, pool_name)
+    now = clock_after(seeder, runs)
+    memory = RecoveryMemory()
+    first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1)
+    assert first.figures["skipped"]["awaitingConfirmation"] == 2
+    reported, other = runs
+    executed = seeder.submitted_event("gone", "ecs", reported, pool_name)
+    executed["event"] = EXECUTED
+    executed["id"] = str(uuid.uuid4())
+    seeder.emit_events([executed])
+    body = {"filter": {"event": {"name": [EXECUTED]}, "related": {"id": [f"prefect.flow-run.{reported}"]}}, "limit": 1}
+    seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= 1, timeout=30)
+
+    second = await recover(client, pool_name, now, memory=memory, observations=1)
+
+    assert second.figures["recovered"] == 1
+    assert states(seeder, [other])[other] == ("SCHEDULED", "Requeued")
+    assert states(seeder, [reported])[reported][0] == "PENDING"  # held: a task was reported, nothing verifies it
 
 
 async def test_a_run_reclaimed_between_readings_is_read_again_and_not_acted_on(
@@ -93,7 +138,8 @@ async def test_a_run_reclaimed_between_readings_is_read_again_and_not_acted_on(
     mark = recorder.mark()
     second = await recover(client, pool_name, clock_after(seeder, [reclaimed]), memory=memory, observations=1)
 
-    assert claim_reads(recorder.since(mark)) == [[reclaimed]]  # the new state's claim only
+    # The new state's claim; the others' again too: no ECS check answers, so their "task reported" flag decides.
+    assert claim_reads(recorder.since(mark)) == [[reclaimed], sorted(others)]
     assert second.figures["recovered"] == 2 and second.figures["skipped"]["awaitingConfirmation"] == 1
     assert seeder.read_run(reclaimed)["state"]["id"] == after  # seen once in its new state: untouched
     assert set(states(seeder, others).values()) == {("SCHEDULED", "Requeued")}

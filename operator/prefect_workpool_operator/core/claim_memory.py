@@ -4,7 +4,8 @@ A run's claim (the worker event that put it into its PENDING state) cannot chang
 while the run stays in that state: the server refuses PENDING -> PENDING, so a new
 claim means a new state id. A claim found when a run is first seen recoverable is
 kept under (run id, state key) and used by later readings of the same state; a claim
-not found is not kept (its event may still become visible), so it is read again.
+not found is not kept (its event may still become visible), so it is read again. The claim's
+"task reported" flag can still turn true; where it decides, recovery forgets and re-reads it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class ClaimMemory(Generic[C]):
     def record(self, runs: list[PendingRun], found: dict[str, C]) -> None:
         """Claims read for ``runs``; a run without one is not remembered (absence is not final)."""
         self.entries.update((r.id, (r.state_key, found[r.id])) for r in runs if r.id in found)
+
+    def forget(self, runs: list[PendingRun]) -> None:
+        for r in runs:
+            self.entries.pop(r.id, None)
 
     def keep_only(self, runs: list[PendingRun]) -> None:
         """Bounded by the runs listed now: a run not listed, or in another state, is dropped."""
