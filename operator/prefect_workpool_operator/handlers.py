@@ -32,6 +32,7 @@ from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
 from .release import release_on_delete
 from .secret_cache import SecretCache
+from .turns import Turns
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ _connection: list[Any] = []  # the kubernetes.aio Configuration the login handle
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
 # Cycles in flight, all policies together: a burst (a fleet's first cycles, a restart) waits
-# its turn instead of queueing every read on the shared connections until they time out.
-_turns = asyncio.Semaphore(CONFIG.max_cycles_in_flight)
+# its turn instead of queueing every read on the shared connections until they time out;
+# scheduled cycles go ahead of first ones (turns.py).
+_turns = Turns(CONFIG.max_cycles_in_flight)
 
 
 def _cancel_cycles() -> None:
@@ -284,7 +286,7 @@ async def reconcile(
             generation, due = meta.get("generation"), None
             interval = _interval_seconds(body.spec)
             offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
-    if not await _turn(stopped):
+    if not await _turn(stopped, scheduled=due is not None):
         return
     try:
         await _reconcile_now(body, meta, patch, memo, logger, policy_claims, stopped, runtime, generation, due,
@@ -293,12 +295,12 @@ async def reconcile(
         _turns.release()
 
 
-async def _turn(stopped: kopf.DaemonStopped) -> bool:
+async def _turn(stopped: kopf.DaemonStopped, *, scheduled: bool) -> bool:
     """Wait for a free turn (``_turns``); False when the policy stopped meanwhile."""
     if not _turns.locked():
-        await _turns.acquire()  # free: taken without waiting
+        await _turns.take(scheduled=scheduled)  # free: taken without waiting
         return True
-    turn = asyncio.ensure_future(_turns.acquire())
+    turn = asyncio.ensure_future(_turns.take(scheduled=scheduled))
     stop = asyncio.ensure_future(stopped.wait())
     try:
         await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -329,8 +331,9 @@ async def _reconcile_now(
     started = time.monotonic()
     now = datetime.now(timezone.utc)
     runtime.last_generation = generation
-    # The next start is on the policy's phase, whenever this one ends: the gap is the interval.
-    runtime.next_start = schedule.next_start(max(now.timestamp(), due or 0.0), interval, offset)
+    # The next start is on the policy's phase grid, whenever this one ends: the gap is the interval.
+    runtime.next_start = schedule.start_after_cycle(max(now.timestamp(), due or 0.0), interval, offset,
+                                                    scheduled=due is not None)
     try:
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})

@@ -114,3 +114,28 @@ def test_writing_is_idempotent(figure: int, previous: int) -> None:
     wanted = {**STATUS, "runs": {"late": figure}, "lastReconcileTime": "2026-11-30T12:00:00Z"}
     applied = {**current, **report.status_changes(current, wanted, NOW, heartbeat_seconds=300)}
     assert report.status_changes(applied, wanted, NOW, heartbeat_seconds=300) == {}
+
+
+@given(first=moments, interval=intervals, lateness_fraction=st.floats(0, 3))
+def test_a_late_start_keeps_the_grid_and_never_runs_twice_in_a_row(
+    first: float, interval: float, lateness_fraction: float
+) -> None:
+    """A cycle that waited for its turn: the next start is a slot of the same grid, never
+    closer than half an interval, and no later than that plus one interval."""
+    offset = schedule.phase("policy", interval)
+    due = schedule.next_start(first, interval, offset)
+    actual = due + lateness_fraction * interval
+    following = schedule.start_after_cycle(actual, interval, offset, scheduled=True)
+    slots = (following - offset) / interval
+    assert abs(slots - round(slots)) < 1e-6
+    assert actual + interval / 2 < following <= actual + 1.5 * interval + schedule.SLOT_TOLERANCE
+    if lateness_fraction == 0:  # on time: exactly one interval
+        assert following - due == pytest.approx(interval, rel=1e-9, abs=1e-6)
+
+
+@given(now=moments, interval=intervals)
+def test_a_new_policys_second_cycle_comes_within_one_interval_and_the_first_cycle_gap(now: float, interval: float) -> None:
+    offset = schedule.phase("new", interval)
+    following = schedule.start_after_cycle(now, interval, offset, scheduled=False)
+    gap = min(interval / 2, schedule.FIRST_CYCLE_GAP)
+    assert now + gap < following <= now + gap + interval + schedule.SLOT_TOLERANCE
