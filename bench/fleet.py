@@ -16,7 +16,8 @@ are applied at once, and the run is measured for BENCH_SECONDS:
 - Prefect requests per minute per (idle) policy, requests per second the server served,
   and the CPU of the Prefect server and its database (where the local server saturates
   first, these say so); Kubernetes API requests per policy-cycle (the API server's own
-  apiserver_request_total, watches excluded).
+  apiserver_request_total, watches excluded); Events posted per policy in the first interval
+  and in the steady window (Event POSTs and PATCHes: the operator is their only writer).
 
 The proxy (HTTP and the event-stream websocket) runs in this process: its CPU is not the
 operator's, but it shares the machine. Cycle starts come from the operator's
@@ -278,6 +279,13 @@ def apiserver_requests(kubectl: Kubectl) -> float:
     return count
 
 
+def events_posted(kubectl: Kubectl) -> float:
+    """Event writes (POST, PATCH) the API server counted: the operator is their only writer."""
+    metrics = parse_metrics(kubectl("get", "--raw", "/metrics"))
+    return sum(value for key, value in metrics.items() if key.startswith("apiserver_request_total{")
+               and 'resource="events"' in key and re.search(r'verb="(POST|PATCH)"', key))
+
+
 def cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -415,6 +423,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         idle_rss = rss_mib(proc.pid)
         watcher = StartWatcher(metrics_url)
         watcher.start()
+        events0 = events_posted(kubectl)
         for first in range(0, n, 100):  # kubectl calls time out after 60 s: 1,000 at once came close
             kubectl.apply(manifest(namespace, range(first, min(first + 100, n)), proxy.api_url, moto.endpoint_url,
                                    cluster, own_keys))
@@ -423,6 +432,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         time.sleep(INTERVAL)
         steady = time.time()
         cpu0, kube0, metrics0 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        events1 = events_posted(kubectl)
         server0 = server_cpu_seconds(server_roots)
         profile = workdir / f"profile-{namespace}.txt"
         sampler = subprocess.Popen(
@@ -437,6 +447,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
             peak = max(peak, rss_mib(proc.pid))
         end = time.time()
         cpu1, kube1, metrics1 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
+        events2 = events_posted(kubectl)
         server1 = server_cpu_seconds(server_roots)
         rss = rss_mib(proc.pid)
     finally:
@@ -486,6 +497,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "Prefect requests/min per idle policy": f"{requests_steady / minutes / n:.1f}",
         "Prefect requests/s served (all policies)": f"{requests_steady / (end - steady):.0f}",
         "Prefect server + DB CPU (% of a core)": f"{100 * (server1 - server0) / (end - steady):.0f}",
+        "Events posted per policy, first interval / steady": f"{(events1 - events0) / n:.1f} / {(events2 - events1) / n:.1f}",
         "K8s API requests per policy-cycle": f"{(kube1 - kube0) / cycles:.2f}" if cycles else "n/a",
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
