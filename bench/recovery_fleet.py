@@ -13,7 +13,18 @@ runs without its event persister, as in bench/fleet.py, so no claim or requeue e
 - the same, the 4,500 others due two hours ago (a backlog being claimed), PENDING for minutes;
 - the same 5,000 runs all due two hours ago but PENDING for minutes (none stale):
   requests and seconds per steady cycle;
-- an idle policy (staleRuns set, an empty pool): Prefect requests per whole cycle.
+- an idle policy (staleRuns set, an empty pool): Prefect requests per whole cycle;
+- claimed (as in production): the operator's recovery of 500 stale PENDING runs among 5,000 in
+  a pool of their own, each stale run carrying a ``prefect.worker.submitted-flow-run`` event by
+  a worker that is gone (never heartbeats), and an ECS check against moto (the cluster runs no
+  task). The events go through the server's own ``POST /events``, sent with the Host header
+  ``ephemeral-prefect``: prefect 3.8.8 (``server/api/events.py``, ``is_ephemeral_request``)
+  then stores them through the event persister's handler before answering, which the server
+  does not otherwise do without its persister service; the bench waits until
+  ``/events/filter`` reads them all.
+
+BENCH_RECOVERY_RUNS sets the stale run count (default 500; the others are nine times as many)
+for short trial runs.
 
 "before" runs the operator source of BENCH_RECOVERY_BASELINE (default d140640, main
 before this work, taken with `git archive`), "after" this checkout; each operator case
@@ -32,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import Counter
 from urllib.parse import urlsplit
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -41,7 +54,8 @@ sys.path[:0] = [str(SOURCE), str(REPO / "hack"), str(REPO)]
 import httpx  # noqa: E402
 
 BASELINE = os.environ.get("BENCH_RECOVERY_BASELINE", "d140640")
-STALE, AMONG = 500, 5000
+STALE = int(os.environ.get("BENCH_RECOVERY_RUNS", "500"))
+AMONG = 10 * STALE
 INTERVAL = dt.timedelta(seconds=30)
 PENDING_TIMEOUT = "1h"
 CONCURRENCIES = (1, 2, 4, 8)
@@ -51,7 +65,19 @@ STATE = {"type": "SCHEDULED", "name": "Requeued", "message": "benchmark"}
 # -- the operator's recovery (a child process, one operator source) -------------------------
 
 
-async def operator_cycles(api_url: str, pool: str, cycles: int) -> list[dict[str, float]]:
+def ecs_check(ecs: list[str]):
+    """(AwsClient, EcsInfrastructureCheck) on moto at ``ecs`` = [endpoint, cluster], in either
+    source's layout (``aws`` package now, ``aws_api`` module before)."""
+    try:
+        from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
+    except ImportError:
+        from prefect_workpool_operator.aws_api import AwsClient, AwsCredentials, EcsInfrastructureCheck
+    endpoint, cluster = ecs
+    aws = AwsClient("us-east-1", endpoint_url=endpoint, credentials=AwsCredentials("testing", "testing"))
+    return aws, EcsInfrastructureCheck(aws, cluster)
+
+
+async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] | None = None) -> list[dict[str, float]]:
     from prefect_workpool_operator.models import StaleRunsSpec
     from prefect_workpool_operator.prefect_api import PrefectClient
     from prefect_workpool_operator.recovery import RecoveryMemory, recover_stale_runs
@@ -71,20 +97,27 @@ async def operator_cycles(api_url: str, pool: str, cycles: int) -> list[dict[str
     spec = StaleRunsSpec.model_validate({"pendingTimeout": PENDING_TIMEOUT, "maxRunsPerCycle": STALE})
     memory = RecoveryMemory()
     now = dt.datetime.now(dt.timezone.utc)
+    aws, check = ecs_check(ecs) if ecs else (None, None)
     out = []
     async with httpx.AsyncClient(event_hooks={"request": [recorder, sent], "response": [answered]}) as http:
         client = PrefectClient(http, api_url)
         for k in range(cycles):
             mark, started = recorder.mark(), time.monotonic()
             writing.clear()
+            aws_before = sum(aws.calls.values()) if aws else 0
+            if aws:
+                aws.start_cycle()
             outcome = await recover_stale_runs(
                 client, spec, pool=pool, queues=[], policy="bench/recovery", online_workers=frozenset(),
-                dry_run=False, memory=memory, now=now + k * INTERVAL, interval=INTERVAL)
+                dry_run=False, memory=memory, now=now + k * INTERVAL, interval=INTERVAL, infrastructure_check=check)
             sent = recorder.since(mark)
             out.append({"seconds": time.monotonic() - started, "requests": len(sent),
                         "writes": len(Recorder.writes(sent)), "recovered": outcome.figures["recovered"],
-                        "stale": outcome.figures["stale"],
+                        "stale": outcome.figures["stale"], "ecs": (sum(aws.calls.values()) - aws_before) if aws else 0,
+                        "paths": [f"{r.method} {r.url.path.split('/api', 1)[1]}" for r in sent],
                         "writing": max(writing) - min(writing) if writing else 0.0})
+    if aws:
+        aws.close()
     return out
 
 
@@ -110,9 +143,10 @@ async def idle_cycles(api_url: str, pool: str, cycles: int) -> list[int]:
     return out
 
 
-def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int, mode: str = "--cycles") -> list:
+def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int, mode: str = "--cycles",
+                 ecs: list[str] | None = None) -> list:
     env = {**os.environ, "PWO_BENCH_OPERATOR_SOURCE": str(source)}
-    done = subprocess.run([sys.executable, __file__, mode, api_url, pool, str(cycles)], env=env,
+    done = subprocess.run([sys.executable, __file__, mode, api_url, pool, str(cycles), *(ecs or [])], env=env,
                           check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -167,6 +201,36 @@ def pending_again(seeder, ids: list[str]) -> None:
             "flow_runs": {"id": {"any_": ids[i : i + 50]}}, "state": {"type": "PENDING"}, "force": True, "limit": 50})
 
 
+SUBMITTED = "prefect.worker.submitted-flow-run"
+
+
+def emit_claims(seeder, ids: list[str], pool: str, worker: str, occurred: dt.datetime) -> float:
+    """Each run's ``submitted-flow-run`` event by ``worker`` (built as prefect 3.8.8's worker does,
+    see PrefectSeeder.submitted_event), occurring at ``occurred``; stored by the server's
+    persister handler (see the module docstring); returns the seconds until all are readable."""
+    from sandbox.prefect_seed import iso
+
+    template = seeder.submitted_event(worker, "ecs", ids[0], pool)
+    names: dict[str, str] = {}
+    for i in range(0, len(ids), 200):
+        page = seeder._json("POST", "/flow_runs/filter", json={"flow_runs": {"id": {"any_": ids[i : i + 200]}}, "limit": 200})
+        names.update({r["id"]: r["name"] for r in page})
+    events = []
+    for run_id in ids:
+        related = [dict(r) for r in template["related"]]
+        for r in related:
+            if r["prefect.resource.role"] == "flow-run":
+                r.update({"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.name": names[run_id]})
+        events.append({**template, "id": str(uuid.uuid4()), "occurred": iso(occurred), "related": related})
+    started = time.monotonic()
+    for i in range(0, len(events), 100):
+        seeder._request("POST", "/events", json=events[i : i + 100], headers={"Host": "ephemeral-prefect"})
+    body = {"filter": {"event": {"name": [SUBMITTED]}, "related": {"id": [f"prefect.flow-run.{r}" for r in ids]},
+                       "occurred": {"since": iso(occurred - dt.timedelta(minutes=1))}}, "limit": 1}
+    seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= len(ids), timeout=120)
+    return time.monotonic() - started
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -181,7 +245,9 @@ def table(rows: list[tuple[str, ...]]) -> None:
 def main() -> None:
     from bench.fleet import baseline_source, log, postgres
     from sandbox.prefect_seed import PrefectSeeder
+    from sandbox.moto_server import MotoServer
     from sandbox.prefect_server import PrefectServer
+    from tests.ecs_sandbox import EcsSandbox
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pwo-recovery-"))
     log(f"work dir {workdir}")
@@ -192,7 +258,7 @@ def main() -> None:
         server = stack.enter_context(PrefectServer(workdir / "prefect", database_url=database_url,
                                                    services={"LATE_RUNS": False, "FOREMAN": False, "EVENT_PERSISTER": False}, log=log))
         sources = {"before": baseline_source(workdir, BASELINE), "after": REPO / "operator"}
-        limits, recover, mixed, fresh, idle = {}, {}, {}, {}, {}
+        limits, recover, mixed, fresh, idle, claimed = {}, {}, {}, {}, {}, {}
         with PrefectSeeder(server.api_url) as seeder:
             started = time.monotonic()
             seeder.create_ecs_pool("limit")
@@ -229,6 +295,24 @@ def main() -> None:
             seeder.create_ecs_pool("idle")
             idle = {name: run_operator(source, server.api_url, "idle", 4, "--idle") for name, source in sources.items()}
 
+            # Claimed, as in production: a pool of its own, so the cases above keep their figures.
+            moto = stack.enter_context(MotoServer(workdir / "moto", log))
+            ecs = [moto.endpoint_url, EcsSandbox(moto).cluster()]  # no task runs there
+            seeder.create_ecs_pool("claimed")
+            deployment = seeder.create_deployment("claimed", name="claimed")
+            claimed_ids = seeder.create_runs_bulk(deployment, STALE, {"type": "PENDING"})
+            seeder.create_runs_bulk(deployment, AMONG - STALE, {"type": "PENDING"})
+            # One claim per run, occurring when the runs turned PENDING (backdated below to two hours
+            # ago, at most a few minutes after this): read by both sources' claim queries.
+            seconds = emit_claims(seeder, claimed_ids, "claimed", "gone",
+                                  dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+            log(f"{len(claimed_ids)} claim events readable {seconds:.1f}s after sending")
+            for name, source in sources.items():
+                pending_again(seeder, claimed_ids)
+                backdate(database_url, claimed_ids)
+                log(f"recovery of claimed runs, ECS check on moto, {name}")
+                claimed[name] = run_operator(source, server.api_url, "claimed", 3, ecs=ecs)
+
     print(f"\nGuarded bulk_set_state, {STALE} stale PENDING runs, PostgreSQL-backed Prefect (server's own limit)")
     rows = [("concurrency", "requests", "seconds", "runs/s", "accepted")]
     for c, (requests, seconds, accepted) in limits.items():
@@ -239,12 +323,17 @@ def main() -> None:
     anchor_rate = limits[1][2] / limits[1][1]
     best = max(limits, key=lambda c: limits[c][2] / limits[c][1])
     best_rate = limits[best][2] / limits[best][1]
-    for title, runs in (("", recover), (f" beside {AMONG - STALE} fresh runs due two hours ago", mixed)):
+    claimed_title = (f", each claimed by a gone worker (submitted-flow-run events stored), ECS check on moto "
+                     "(no task)")
+    for title, runs in (("", recover), (f" beside {AMONG - STALE} fresh runs due two hours ago", mixed),
+                        (claimed_title, claimed)):
         print(f"\nOperator recovery: {STALE} stale among {AMONG} PENDING{title}, maxRunsPerCycle {STALE}, cycles "
               f"{INTERVAL.seconds}s apart (explicit clocks; seen recoverable twice before acting)")
         rows = [("", "requests (all cycles)", "requests (acting cycle)", "writes", "seconds (all)",
                  "seconds (acting)", "of which writing", "recovered", "runs/s (acting)", "vs anchor",
                  f"vs server best (concurrency {best})")]
+        if runs is claimed:
+            rows[0] += ("ECS calls (acting)", "requests per cycle")
         for name, cycles in runs.items():
             acting = [c for c in cycles if c["recovered"]]
             done = cycles[: cycles.index(acting[-1]) + 1] if acting else cycles
@@ -256,7 +345,12 @@ def main() -> None:
                          str(recovered), f"{recovered / act_s:.0f}" if act_s else "-",
                          f"{recovered / act_s / anchor_rate:.2f}x" if act_s else "-",
                          f"{recovered / act_s / best_rate:.2f}x" if act_s else "-"))
+            if runs is claimed:
+                rows[-1] += (str(sum(c["ecs"] for c in acting)), ", ".join(str(c["requests"]) for c in cycles))
         table(rows)
+    for name, cycles in claimed.items():  # what the claimed case's acting cycle sent
+        paths = Counter(p for c in cycles if c["recovered"] for p in c["paths"])
+        print(f"  acting cycle, {name}: " + ", ".join(f"{n}× {p}" for p, n in paths.items()))
 
     print(f"\n{AMONG} PENDING runs due two hours ago, PENDING for seconds (none stale): per steady cycle")
     rows = [("", "requests per cycle", "seconds per cycle", "cycles (requests)")]
@@ -280,7 +374,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--cycles"]:
         api_url, pool, cycles = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        print(json.dumps(asyncio.run(operator_cycles(api_url, pool, cycles))))
+        print(json.dumps(asyncio.run(operator_cycles(api_url, pool, cycles, sys.argv[5:7] or None))))
     elif sys.argv[1:2] == ["--idle"]:
         api_url, pool, cycles = sys.argv[2], sys.argv[3], int(sys.argv[4])
         print(json.dumps(asyncio.run(idle_cycles(api_url, pool, cycles))))
