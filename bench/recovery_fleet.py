@@ -1,7 +1,8 @@
 """Recovery benchmark on a PostgreSQL-backed Prefect server, before and after, side by side.
 
 Cases (runs made stale by backdating them in the database, see FACTS.md; the server
-runs without its event persister, as in bench/fleet.py, so no claim or requeue events):
+runs without its event persister, as in bench/fleet.py, so no claim or requeue events
+but the claimed case's):
 
 - the server's own limit (after one unreported warm-up round): 500 stale PENDING runs
   written with guarded ``bulk_set_state`` (≤ 50 runs, PENDING guard, never forced) at
@@ -276,6 +277,28 @@ def main() -> None:
                 backdate(database_url, limit_ids)
                 log(f"guarded bulk_set_state at concurrency {c}")
                 limits[c] = asyncio.run(guarded_writes(server.api_url, limit_ids, c))
+            # Claimed, as in production: a pool of its own, so the other cases keep their figures
+            # (run early: its figures are logged as soon as measured).
+            moto = stack.enter_context(MotoServer(workdir / "moto", log))
+            ecs = [moto.endpoint_url, EcsSandbox(moto).cluster()]  # no task runs there
+            seeder.create_ecs_pool("claimed")
+            deployment = seeder.create_deployment("claimed", name="claimed")
+            claimed_ids = seeder.create_runs_bulk(deployment, STALE, {"type": "PENDING"})
+            seeder.create_runs_bulk(deployment, AMONG - STALE, {"type": "PENDING"})
+            # One claim per run, occurring when the runs turned PENDING (backdated below to two hours
+            # ago, at most a few minutes after this): read by both sources' claim queries.
+            seconds = emit_claims(seeder, claimed_ids, "claimed", "gone",
+                                  dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+            log(f"{len(claimed_ids)} claim events readable {seconds:.1f}s after sending")
+            for name, source in sources.items():
+                pending_again(seeder, claimed_ids)
+                backdate(database_url, claimed_ids)
+                log(f"recovery of claimed runs, ECS check on moto, {name}")
+                claimed[name] = cycles = run_operator(source, server.api_url, "claimed", 3, ecs=ecs)
+                acting = [c for c in cycles if c["recovered"]]
+                log(f"  requests per cycle {[c['requests'] for c in cycles]}, acting cycle "
+                    f"{sum(c['recovered'] for c in acting)} recovered in {sum(c['seconds'] for c in acting):.2f}s: "
+                    + ", ".join(f"{n}× {p}" for p, n in Counter(p for c in acting for p in c["paths"]).items()))
             for name, source in sources.items():
                 pending_again(seeder, stale_ids)
                 backdate(database_url, stale_ids)
@@ -295,23 +318,6 @@ def main() -> None:
             seeder.create_ecs_pool("idle")
             idle = {name: run_operator(source, server.api_url, "idle", 4, "--idle") for name, source in sources.items()}
 
-            # Claimed, as in production: a pool of its own, so the cases above keep their figures.
-            moto = stack.enter_context(MotoServer(workdir / "moto", log))
-            ecs = [moto.endpoint_url, EcsSandbox(moto).cluster()]  # no task runs there
-            seeder.create_ecs_pool("claimed")
-            deployment = seeder.create_deployment("claimed", name="claimed")
-            claimed_ids = seeder.create_runs_bulk(deployment, STALE, {"type": "PENDING"})
-            seeder.create_runs_bulk(deployment, AMONG - STALE, {"type": "PENDING"})
-            # One claim per run, occurring when the runs turned PENDING (backdated below to two hours
-            # ago, at most a few minutes after this): read by both sources' claim queries.
-            seconds = emit_claims(seeder, claimed_ids, "claimed", "gone",
-                                  dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
-            log(f"{len(claimed_ids)} claim events readable {seconds:.1f}s after sending")
-            for name, source in sources.items():
-                pending_again(seeder, claimed_ids)
-                backdate(database_url, claimed_ids)
-                log(f"recovery of claimed runs, ECS check on moto, {name}")
-                claimed[name] = run_operator(source, server.api_url, "claimed", 3, ecs=ecs)
 
     print(f"\nGuarded bulk_set_state, {STALE} stale PENDING runs, PostgreSQL-backed Prefect (server's own limit)")
     rows = [("concurrency", "requests", "seconds", "runs/s", "accepted")]
