@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -65,6 +65,39 @@ class Counter:
 def http_for(variant: str, counter: Counter) -> PrefectHttp:
     events = EventStreams(dt.timedelta(seconds=300)) if variant == "after" else None
     return PrefectHttp(event_hooks={"response": [counter]}, events=events)
+
+
+class Sampler:
+    """Reads ``probe()`` once a second in the background, keeping (start time, value): the
+    reaction figures are the delay from a change to the first reading that shows it."""
+
+    def __init__(self, probe: Callable[[], Awaitable[Any]]) -> None:
+        self.probe = probe
+        self.readings: list[tuple[float, Any]] = []
+        self.running = True
+        self.task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while self.running:
+            began = time.monotonic()
+            self.readings.append((began, await self.probe()))
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+
+    @property
+    def last(self) -> Any:
+        return self.readings[-1][1]
+
+    async def seen(self, since: float, check: Callable[[Any], bool], timeout: float = 120) -> float:
+        while time.monotonic() - since < timeout:
+            hits = [t for t, value in self.readings if t >= since and check(value)]
+            if hits:
+                return hits[0] - since
+            await asyncio.sleep(0.1)
+        return float("nan")
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.task
 
 
 async def budget(seeder: PrefectSeeder, variant: str, policies: int, seconds: float) -> dict[str, float]:
@@ -117,27 +150,11 @@ async def reaction(seeder: PrefectSeeder, variant: str) -> dict[str, float]:
     counter = Counter()
     http = http_for(variant, counter)
     client = PrefectClient(http, seeder.api_url)
-    latest: list[tuple[float, PoolObservation]] = []
-    running = True
-
-    async def cycles() -> None:
-        while running:
-            began = time.monotonic()
-            latest.append((began, await client.observe_pool(pool, [], utcnow())))
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
-
-    async def seen(since: float, check: Callable[[PoolObservation], bool], timeout: float = 120) -> float:
-        while time.monotonic() - since < timeout:
-            hits = [t for t, o in latest if t >= since and check(o)]
-            if hits:
-                return hits[0] - since
-            await asyncio.sleep(0.1)
-        return float("nan")
-
-    task = asyncio.ensure_future(cycles())
+    sampler = Sampler(lambda: client.observe_pool(pool, [], utcnow()))
+    seen = sampler.seen
     await asyncio.sleep(8)  # warm: the stream live, every part read under it
     figures: dict[str, float] = {}
-    base = latest[-1][1]
+    base: PoolObservation = sampler.last
 
     t0 = time.monotonic()
     await asyncio.to_thread(seeder.create_runs, deployment, 1, {"type": "PENDING"})
@@ -146,7 +163,7 @@ async def reaction(seeder: PrefectSeeder, variant: str) -> dict[str, float]:
     t0 = time.monotonic()
     await asyncio.to_thread(seeder.create_runs, deployment, 1, late_state(60))
     figures["new Late run"] = await seen(t0, lambda o: o.late > base.late)
-    late_now = latest[-1][1].late
+    late_now = sampler.last.late
 
     await asyncio.sleep(4)  # let the cache settle on the new counts
     due = utcnow() + dt.timedelta(seconds=6)
@@ -163,8 +180,7 @@ async def reaction(seeder: PrefectSeeder, variant: str) -> dict[str, float]:
         await asyncio.sleep(0.2)
     t0 = time.monotonic()
     figures["worker going OFFLINE (no event)"] = await seen(t0, lambda o: o.workers_offline >= 1)
-    running = False
-    await task
+    await sampler.stop()
     await http.aclose()
     return figures
 
@@ -214,27 +230,16 @@ async def lookahead_reaction(seeder: PrefectSeeder, server: PrefectServer, varia
     window = dt.timedelta(seconds=30)
     http = http_for(variant, Counter())
     client = PrefectClient(http, seeder.api_url)
-    latest: list[tuple[float, int]] = []
-    running = True
 
-    async def cycles() -> None:
-        while running:
-            began, now = time.monotonic(), utcnow()
-            await client.observe_pool(pool, [], now, lookahead=window)
-            reading, _ = await read_backlog(client, pool, [], now, lookahead=window, include_pending=False,
-                                            per_queue=False, known=set())
-            latest.append((began, reading.upcoming))
-            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+    async def upcoming() -> int:
+        now = utcnow()
+        await client.observe_pool(pool, [], now, lookahead=window)
+        reading, _ = await read_backlog(client, pool, [], now, lookahead=window, include_pending=False,
+                                        per_queue=False, known=set())
+        return reading.upcoming
 
-    async def seen(since: float, check: Callable[[int], bool], timeout: float = 120) -> float:
-        while time.monotonic() - since < timeout:
-            hits = [t for t, n in latest if t >= since and check(n)]
-            if hits:
-                return hits[0] - since
-            await asyncio.sleep(0.1)
-        return float("nan")
-
-    task = asyncio.ensure_future(cycles())
+    sampler = Sampler(upcoming)
+    seen = sampler.seen
     await asyncio.sleep(8)
     figures: dict[str, float] = {}
     enters = utcnow() + dt.timedelta(seconds=8)
@@ -243,7 +248,7 @@ async def lookahead_reaction(seeder: PrefectSeeder, server: PrefectServer, varia
         await asyncio.sleep(0.05)
     t0 = time.monotonic()
     figures["run entering the lookahead (no event)"] = await seen(t0, lambda n: n >= 1)
-    base = latest[-1][1]
+    base = sampler.last
     await asyncio.sleep(3)
     # A deployment change (its event: a schedule edit alone sends none, prefect 3.8 leaves
     # schedules out of the updated event's fields), then the scheduler's insert seconds later.
@@ -254,8 +259,7 @@ async def lookahead_reaction(seeder: PrefectSeeder, server: PrefectServer, varia
     await asyncio.to_thread(insert_like_the_scheduler, server, deployment, 3)
     t0 = time.monotonic()
     figures["scheduler insert after a deployment change (no event)"] = await seen(t0, lambda n: n > base)
-    running = False
-    await task
+    await sampler.stop()
     await http.aclose()
     return figures
 

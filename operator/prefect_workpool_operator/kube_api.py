@@ -10,7 +10,9 @@ Nothing here imports kopf.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from kubernetes.aio.client import ApiClient, Configuration
@@ -76,6 +78,16 @@ def api_client(configuration: Configuration) -> ApiClient:
     configuration.client_go_retries = False
     configuration.connection_pool_maxsize = 0  # aiohttp: no limit
     return ApiClient(configuration)
+
+
+async def read_json(call: Awaitable[Any]) -> tuple[int, dict[str, Any] | None]:
+    """One read through a ``*_without_preload_content`` call: (HTTP status, the object when
+    200). Connection errors propagate: each caller names them in its own terms."""
+    response = await call
+    async with response:
+        if response.status != 200:
+            return response.status, None
+        return 200, json.loads(await response.read())
 
 
 class KubeClient:

@@ -39,7 +39,7 @@ from kubernetes.aio.client import CoreV1Api
 
 from .core import health
 from .core.secret_values import SecretValueError, decode_secret
-from .kube_api import KubeClient, SecretError
+from .kube_api import KubeClient, SecretError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +171,16 @@ class SecretCache:
         try:
             async with self._get_slots:
                 self.requests["get"] += 1
-                response = await CoreV1Api(self._kube.api).read_namespaced_secret_without_preload_content(
-                    name, namespace, _request_timeout=REQUEST_SECONDS)
-                async with response:
-                    status = response.status
-                    body = await response.read() if status == 200 else b""
+                status, obj = await read_json(CoreV1Api(self._kube.api).read_namespaced_secret_without_preload_content(
+                    name, namespace, _request_timeout=REQUEST_SECONDS))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: {type(exc).__name__}") from None
         if status == 404:
             raise SecretError(health.SECRET_NOT_FOUND, f"{where} does not exist")
         if status == 403:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} is not readable by the operator (RBAC: 403)")
-        if status != 200:
+        if obj is None:
             raise SecretError(health.SECRET_UNREADABLE, f"{where} could not be read: HTTP {status}")
-        obj = json.loads(body)
         return dict(obj.get("data") or {}), _version(obj)
 
     def _store(self, ref: tuple[str, str], data: dict[str, str], version: int) -> None:
@@ -286,14 +282,13 @@ class SecretCache:
         scope.resource_version = (page.get("metadata") or {}).get("resourceVersion")
 
     async def _request(self, scope: _Scope, **params: Any) -> dict[str, Any]:
-        response = await CoreV1Api(self._kube.api).list_namespaced_secret_without_preload_content(
-            scope.namespace, _request_timeout=REQUEST_SECONDS * 3, **self._selector(scope), **params)
-        async with response:
-            if response.status == 410:
-                raise _Gone()
-            if response.status != 200:
-                raise _HttpError(response.status)
-            return json.loads(await response.read())
+        status, page = await read_json(CoreV1Api(self._kube.api).list_namespaced_secret_without_preload_content(
+            scope.namespace, _request_timeout=REQUEST_SECONDS * 3, **self._selector(scope), **params))
+        if status == 410:
+            raise _Gone()
+        if page is None:
+            raise _HttpError(status)
+        return page
 
     async def _watch(self, scope: _Scope) -> None:
         self.requests["watch"] += 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from .core import pool_types, why
 from .core.errors import OperatorError
 from .core.recovery_plan import recovery_rules
 from .core.stale import NOT_CHECKED, Infrastructure, InfraReading, PendingRun, claimer_status
-from .kube_api import KubeClient, load_configuration
+from .kube_api import KubeClient, load_configuration, read_json
 from .models import PolicySpec
 from .prefect_http import PrefectHttp
 from .recovery import RecoveryMemory, claimer_lifecycles, pending_run, with_claims_and_counts
@@ -68,18 +67,15 @@ class Kubernetes:
 
     async def read_policy(self, namespace: str, name: str) -> dict[str, Any]:
         try:
-            response = await CustomObjectsApi(self.client.api).get_namespaced_custom_object_without_preload_content(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=30)
-            async with response:
-                status = response.status
-                body = await response.read() if status == 200 else b""
+            status, obj = await read_json(CustomObjectsApi(self.client.api).get_namespaced_custom_object_without_preload_content(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=30))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise WhyError(why.EXIT_READ_FAILED, f"cannot reach the API server: {type(exc).__name__}") from None
         if status == 404:
             raise WhyError(why.EXIT_UNKNOWN_POLICY, f"policy {namespace}/{name} does not exist")
-        if status != 200:
+        if obj is None:
             raise WhyError(why.EXIT_READ_FAILED, f"policy {namespace}/{name} could not be read: HTTP {status}")
-        return dict(json.loads(body))
+        return obj
 
     async def aclose(self) -> None:
         await self.secrets.aclose()

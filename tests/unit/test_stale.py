@@ -4,6 +4,7 @@ sequence of observations."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -432,6 +433,24 @@ def test_window_for_report_only_is_every_stale_run() -> None:
 # -- QuietPending: skipping the full listing while nothing can be stale -------------------------
 
 
+def simulated_pool(events: list, minutes: int = 45) -> Iterator[tuple[int, datetime, dict[str, datetime]]]:
+    """A pool minute by minute: event (m, r, True) puts run r in PENDING at minute m, (m, r,
+    False) takes it out. Yields (minute, now, run -> PENDING since); the caller may remove
+    the runs it recovers."""
+    truth: dict[str, datetime] = {}
+    by_minute: dict[int, list[tuple[str, bool]]] = {}
+    for minute, rid, enters in events:
+        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
+    for minute in range(minutes):
+        now = NOW + timedelta(minutes=minute)
+        for rid, enters in by_minute.get(minute, []):
+            if enters and rid not in truth:
+                truth[rid] = now - timedelta(seconds=1)
+            elif not enters:
+                truth.pop(rid, None)
+        yield minute, now, truth
+
+
 @settings(max_examples=150, deadline=None)
 @given(events=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 7), st.booleans()), max_size=60),
        cap=st.sampled_from([2, 10_000]))
@@ -440,20 +459,10 @@ def test_quiet_listing_never_misses_a_stale_run(events: list, cap: int) -> None:
     Listing every cycle finds stale runs at some cycles; the quiet cycle (list only the
     runs not remembered) must take the full listing at each of those cycles."""
     timeout = timedelta(minutes=5)
-    truth: dict[str, datetime] = {}  # run -> PENDING since
     quiet = stale.QuietPending(limit=cap)
     key = "pool"
-    by_minute: dict[int, list[tuple[str, bool]]] = {}
-    for minute, rid, enters in events:
-        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
     full_listings = 0
-    for minute in range(45):
-        now = NOW + timedelta(minutes=minute)
-        for rid, enters in by_minute.get(minute, []):
-            if enters and rid not in truth:
-                truth[rid] = now - timedelta(seconds=1)
-            elif not enters:
-                truth.pop(rid, None)
+    for minute, now, truth in simulated_pool(events):
         pending = [PendingRun(r, since) for r, since in truth.items()]
         stale_now = [r for r in pending if stale.is_stale(r, now, timeout)]
         full = True
@@ -546,18 +555,8 @@ def test_partial_listing_finds_every_stale_run_and_relists_no_fresh_one(events: 
     PENDING). Each cycle lists only what QuietPending does not leave out: every stale run is
     listed every cycle, and a remembered run is never listed again before its threshold."""
     timeout = timedelta(minutes=5)
-    truth: dict[str, datetime] = {}
     quiet = stale.QuietPending()
-    by_minute: dict[int, list[tuple[str, bool]]] = {}
-    for minute, rid, enters in events:
-        by_minute.setdefault(minute, []).append((f"r{rid}", enters))
-    for minute in range(45):
-        now = NOW + timedelta(minutes=minute)
-        for rid, enters in by_minute.get(minute, []):
-            if enters and rid not in truth:
-                truth[rid] = now - timedelta(seconds=1)
-            elif not enters:
-                truth.pop(rid, None)
+    for minute, now, truth in simulated_pool(events):
         pending = [PendingRun(r, since) for r, since in truth.items()]
         if quiet.listable("pool"):
             kept = quiet.not_due(now, timeout)
