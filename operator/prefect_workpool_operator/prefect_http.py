@@ -1,4 +1,4 @@
-"""The connection pool to Prefect that every policy shares, made so it cannot wedge.
+"""The connection pools to Prefect that every policy shares (one per server), made so they cannot wedge.
 
 httpcore (1.0.9) leaks a connection for good when a request's pool wait expires just
 as the pool hands it a new connection (httpcore issue 1093): once every slot has
@@ -54,7 +54,6 @@ class _Server:
     def __init__(self, client: httpx.AsyncClient, slots: int) -> None:
         self.client = client
         self.slots = asyncio.Semaphore(slots)
-        self.in_flight = 0
         self.pool_timeouts_in_a_row = 0
 
 
@@ -94,11 +93,6 @@ class PrefectHttp:
         """The client requests to this URL's server or account go through."""
         return self._server(budget_key(url)).client
 
-    def in_flight_to(self, url: str) -> int:
-        """Requests holding a slot of this URL's server or account."""
-        server = self._servers.get(budget_key(url))
-        return server.in_flight if server is not None else 0
-
     def _server(self, key: str) -> _Server:
         server = self._servers.get(key)
         if server is None:
@@ -123,7 +117,6 @@ class PrefectHttp:
             raise SlotTimeout(f"no free connection to Prefect within {timeout:g}s") from None
         client = server.client
         self.in_flight += 1
-        server.in_flight += 1
         try:
             response = await client.request(method, url, json=json, headers=headers, timeout=timeout)
         except httpx.PoolTimeout:
@@ -134,7 +127,6 @@ class PrefectHttp:
             raise
         finally:
             self.in_flight -= 1
-            server.in_flight -= 1
             server.slots.release()
         server.pool_timeouts_in_a_row = 0
         if response.status_code == 429:
