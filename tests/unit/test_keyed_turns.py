@@ -47,6 +47,24 @@ def test_the_total_bound_holds_but_never_stops_a_server_with_nothing_in_flight(o
         assert all(in_flight.get(w.key, 0) > 0 and sum(in_flight.values()) >= limit for w in waiting)
 
 
+WAITERS = st.lists(st.builds(Waiter, KEYS, st.booleans(), st.integers(0, 50)), max_size=8)
+IN_FLIGHT = st.dictionaries(KEYS, st.integers(1, 5))
+
+
+@given(WAITERS, IN_FLIGHT, st.integers(1, 12))
+def test_next_turn_picks_the_fewest_in_flight_then_scheduled_then_earliest_among_those_that_may_start(
+    waiters: list[Waiter], in_flight: dict[str, int], limit: int
+) -> None:
+    allowed = [w for w in waiters if may_start(w.key, in_flight, limit)]
+    index = next_turn(waiters, in_flight, limit)
+    if not allowed:
+        assert index is None
+        return
+    assert index is not None and waiters[index] in allowed
+    rank = lambda w: (in_flight.get(w.key, 0), not w.scheduled, w.arrival)  # noqa: E731
+    assert rank(waiters[index]) == min(rank(w) for w in allowed)
+
+
 def test_next_turn_prefers_the_server_with_fewest_in_flight_over_arrival_order() -> None:
     waiting = [Waiter("slow", True, 0), Waiter("healthy", False, 1)]
     assert next_turn(waiting, {"slow": 5, "healthy": 1}, 7) == 1
