@@ -35,12 +35,16 @@ class OperatorConfig:
     verbose: bool
     # PWO_METRICS_PORT: Prometheus /metrics port; 0 turns the endpoint off.
     metrics_port: int = 8080
-    # PWO_PREFECT_MAX_CONNECTIONS: connections to Prefect shared by every policy, and so the
-    # requests in flight at once; more wait in the operator, within their request timeout.
+    # PWO_PREFECT_MAX_CONNECTIONS: connections to each Prefect server or Cloud account, shared
+    # by its policies, and so its requests in flight at once; more wait in the operator,
+    # within their request timeout. Per server: a slow one cannot take another's connections.
     prefect_max_connections: int = 50
-    # PWO_MAX_CYCLES_IN_FLIGHT: cycles run at once, all policies together; more wait for a
-    # turn and start late rather than all queue for the same connections and time out.
+    # PWO_MAX_CYCLES_IN_FLIGHT: cycles run at once per Prefect server or Cloud account; more
+    # wait for a turn and start late rather than all queue for the same connections and time out.
     max_cycles_in_flight: int = 16
+    # PWO_MAX_CYCLES_IN_FLIGHT_TOTAL: cycles run at once, all servers together (default 4 × the
+    # per-server figure); a server with no cycle in flight may still start one (keyed_turns.py).
+    max_cycles_in_flight_total: int = 64
     # PWO_PREFECT_EVENTS: 0 turns Prefect's event stream off: every cycle then reads its
     # pool in full (5 requests) instead of only what the stream says changed.
     prefect_events: bool = True
@@ -95,6 +99,7 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
     retry = _non_negative(env, "PWO_RETRY_SECONDS", "2")
     if not 0 < retry < renew < lease:
         raise ValueError("need 0 < PWO_RETRY_SECONDS < PWO_RENEW_DEADLINE_SECONDS < PWO_LEASE_SECONDS")
+    per_server = _positive_int(env, "PWO_MAX_CYCLES_IN_FLIGHT", "16")
     return OperatorConfig(
         namespaces=namespaces,
         tick_seconds=tick,
@@ -103,7 +108,8 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
         verbose=env.get("PWO_VERBOSE", "") in {"1", "true", "yes"},
         metrics_port=_port(env.get("PWO_METRICS_PORT", "8080")),
         prefect_max_connections=_positive_int(env, "PWO_PREFECT_MAX_CONNECTIONS", "50"),
-        max_cycles_in_flight=_positive_int(env, "PWO_MAX_CYCLES_IN_FLIGHT", "16"),
+        max_cycles_in_flight=per_server,
+        max_cycles_in_flight_total=_positive_int(env, "PWO_MAX_CYCLES_IN_FLIGHT_TOTAL", str(4 * per_server)),
         secret_watch=_secret_watch(env.get("PWO_SECRET_WATCH", "namespace")),
         prefect_events=env.get("PWO_PREFECT_EVENTS", "1") not in {"0", "false", "no"},
         prefect_resync_seconds=_non_negative(env, "PWO_PREFECT_RESYNC_SECONDS", "300"),

@@ -32,7 +32,7 @@ from .prefect_http import PrefectHttp
 from .reconcile import PolicyRuntime, run_cycle
 from .release import release_on_delete
 from .secret_cache import SecretCache
-from .turns import Turns
+from .keyed_turns import KeyTurns, KeyedTurns, cycle_key
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
@@ -42,10 +42,10 @@ DELETE_RETRIES = 5  # AWS cleanup on deletion: then the policy goes anyway (a Wa
 _connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
-# Cycles in flight, all policies together: a burst (a fleet's first cycles, a restart) waits
-# its turn instead of queueing every read on the shared connections until they time out;
-# scheduled cycles go ahead of first ones (turns.py).
-_turns = Turns(CONFIG.max_cycles_in_flight)
+# Cycles in flight per Prefect server (and in total): a burst (a fleet's first cycles, a restart)
+# waits its turn instead of queueing every read on the shared connections until they time out;
+# scheduled cycles go ahead of first ones (turns.py); a slow server holds only its own turns (keyed_turns.py).
+_turns = KeyedTurns(CONFIG.max_cycles_in_flight, CONFIG.max_cycles_in_flight_total)
 
 
 def _cancel_cycles() -> None:
@@ -286,38 +286,39 @@ async def reconcile(
             generation, due = meta.get("generation"), None
             interval = _interval_seconds(body.spec)
             offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
-    if not await _turn(stopped, scheduled=due is not None):
+    turns = _turns.of(cycle_key(body.spec))
+    if not await _turn(turns, stopped, scheduled=due is not None):
         return
     try:
         await _reconcile_now(body, meta, patch, memo, logger, policy_claims, stopped, runtime, generation, due,
                              interval, offset)
     finally:
-        _turns.release()
+        turns.release()
 
 
-async def _turn(stopped: kopf.DaemonStopped, *, scheduled: bool) -> bool:
-    """Wait for a free turn (``_turns``); False when the policy stopped meanwhile."""
-    if not _turns.locked():
-        await _turns.take(scheduled=scheduled)  # free: taken without waiting
+async def _turn(turns: KeyTurns, stopped: kopf.DaemonStopped, *, scheduled: bool) -> bool:
+    """Wait for a free turn (the policy's Prefect server's, ``_turns``); False when the policy stopped meanwhile."""
+    if not turns.locked():
+        await turns.take(scheduled=scheduled)  # free: taken without waiting
         return True
-    turn = asyncio.ensure_future(_turns.take(scheduled=scheduled))
+    turn = asyncio.ensure_future(turns.take(scheduled=scheduled))
     stop = asyncio.ensure_future(stopped.wait())
     try:
         await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
-        _give_back(turn)
+        _give_back(turn, turns)
         raise
     finally:
         stop.cancel()
     if turn.done() and not turn.cancelled() and not stopped:
         return True
-    _give_back(turn)
+    _give_back(turn, turns)
     return False
 
 
-def _give_back(turn: asyncio.Future[Any]) -> None:
+def _give_back(turn: asyncio.Future[Any], turns: KeyTurns) -> None:
     if turn.done() and not turn.cancelled():
-        _turns.release()
+        turns.release()
     else:
         turn.cancel()
 

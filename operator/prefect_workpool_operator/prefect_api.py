@@ -1,6 +1,6 @@
 """Async adapter for the Prefect 3 REST API.
 
-One shared ``PrefectHttp`` (one bounded connection pool, see prefect_http.py) serves
+One shared ``PrefectHttp`` (a bounded connection pool per server, see prefect_http.py) serves
 every policy; a ``PrefectClient`` adds a policy's base URL, credentials and timeout. Errors become
 ``PrefectError`` with a stable reason from ``core.health`` and a message that never
 contains credentials.

@@ -1,17 +1,20 @@
-"""The connection pool to Prefect that every policy shares, made so it cannot wedge.
+"""The connection pools to Prefect that every policy shares (one per server), made so they cannot wedge.
 
 httpcore (1.0.9) leaks a connection for good when a request's pool wait expires just
 as the pool hands it a new connection (httpcore issue 1093): once every slot has
 leaked, every request answers ``PoolTimeout`` forever (FACTS.md "A shared httpx
 client that wedges"). So:
 
+- each Prefect server or Cloud account (``budget_key``) has its own client and its own
+  ``max_connections`` slots: a server that answers slowly or never holds only its own
+  slots, and requests to the other servers still find theirs (noisy neighbours);
 - requests wait for a slot here (an ``asyncio.Semaphore`` of ``max_connections``)
   *before* httpx sees them: httpx always finds a free connection and nothing waits in
   httpcore's pool queue;
 - keep-alive = max connections, so idle connections are reused rather than closed and
   reopened for nearly every request;
 - a client that still answers ``PoolTimeout`` (which only leaked connections can cause
-  now) is replaced by a new one and the old one closed;
+  now) is replaced by a new one and the old one closed (that server's only);
 - one Retry-After pause per Prefect server or Cloud account: a 429 holds back every
   policy on that server, not only the one that got it.
 """
@@ -45,8 +48,17 @@ class SlotTimeout(httpx.TimeoutException):
     """No slot freed up within the request's deadline: the operator is busier than its pool."""
 
 
+class _Server:
+    """One Prefect server's or Cloud account's share: its client and its slots."""
+
+    def __init__(self, client: httpx.AsyncClient, slots: int) -> None:
+        self.client = client
+        self.slots = asyncio.Semaphore(slots)
+        self.pool_timeouts_in_a_row = 0
+
+
 class PrefectHttp:
-    """One bounded, self-healing ``httpx.AsyncClient`` for every ``PrefectClient``."""
+    """Bounded, self-healing ``httpx.AsyncClient``s, one per Prefect server, for every ``PrefectClient``."""
 
     def __init__(
         self,
@@ -60,17 +72,15 @@ class PrefectHttp:
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        self.max_connections = max_connections
+        self.max_connections = max_connections  # per server or account
         self._event_hooks = event_hooks or {}
         self._factory = client_factory or self._default_client
-        # A client handed in (tests, benchmarks) is the caller's: used, never replaced or closed.
-        self._owned = client is None
-        self._client = client if client is not None else self._new_client()
-        self._slots = asyncio.Semaphore(max_connections)
+        # A client handed in (tests, benchmarks) is the caller's: used for every server, never replaced or closed.
+        self._given = client
+        self._servers: dict[str, _Server] = {}
         self._clock = clock
         self._paused_until: dict[str, float] = {}
         self._write_slots: dict[str, asyncio.Semaphore] = {}
-        self._pool_timeouts_in_a_row = 0
         self._closing: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.replacements = 0
@@ -79,12 +89,15 @@ class PrefectHttp:
         # Prefect's event stream and the read caches it keeps fresh (prefect_events.py); None: every read is sent.
         self.events = events
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        return self._client
+    def client_for(self, url: str) -> httpx.AsyncClient:
+        """The client requests to this URL's server or account go through."""
+        return self._server(budget_key(url)).client
 
-    def _new_client(self) -> httpx.AsyncClient:
-        return self._factory()
+    def _server(self, key: str) -> _Server:
+        server = self._servers.get(key)
+        if server is None:
+            server = self._servers[key] = _Server(self._given or self._factory(), self.max_connections)
+        return server
 
     def _default_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
@@ -96,25 +109,26 @@ class PrefectHttp:
         """One request: waits out a Retry-After pause, then for a slot (at most ``timeout``), then sends."""
         key = budget_key(url)
         await self._wait_for_pause(key)
+        server = self._server(key)
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout)
+            await asyncio.wait_for(server.slots.acquire(), timeout)
         except asyncio.TimeoutError:
             self.slot_timeouts += 1
             raise SlotTimeout(f"no free connection to Prefect within {timeout:g}s") from None
-        client = self._client
+        client = server.client
         self.in_flight += 1
         try:
             response = await client.request(method, url, json=json, headers=headers, timeout=timeout)
         except httpx.PoolTimeout:
             self.pool_timeouts += 1
-            self._pool_timeouts_in_a_row += 1
-            if self._pool_timeouts_in_a_row >= REPLACE_AFTER_POOL_TIMEOUTS:
-                self._replace(client)
+            server.pool_timeouts_in_a_row += 1
+            if server.pool_timeouts_in_a_row >= REPLACE_AFTER_POOL_TIMEOUTS:
+                self._replace(server, client)
             raise
         finally:
             self.in_flight -= 1
-            self._slots.release()
-        self._pool_timeouts_in_a_row = 0
+            server.slots.release()
+        server.pool_timeouts_in_a_row = 0
         if response.status_code == 429:
             hint = retry_after_seconds(response)
             self.pause(key, DEFAULT_PAUSE if hint is None else hint)
@@ -136,12 +150,12 @@ class PrefectHttp:
             # Wait out the server's own hint; the request's timeout starts after it.
             await asyncio.sleep(min(remaining, MAX_PAUSE))
 
-    def _replace(self, wedged: httpx.AsyncClient) -> None:
-        if not self._owned or wedged is not self._client:
+    def _replace(self, server: _Server, wedged: httpx.AsyncClient) -> None:
+        if self._given is not None or wedged is not server.client:
             return  # not ours, or another request already replaced it
         log.warning("The Prefect connection pool stopped handing out connections; replacing it")
-        self._client = self._new_client()
-        self._pool_timeouts_in_a_row = 0
+        server.client = self._factory()
+        server.pool_timeouts_in_a_row = 0
         self.replacements += 1
         task = asyncio.get_running_loop().create_task(_close_quietly(wedged))
         self._closing.add(task)
@@ -150,8 +164,9 @@ class PrefectHttp:
     async def aclose(self) -> None:
         if self.events is not None:
             await self.events.aclose()
-        if self._owned:
-            await self._client.aclose()
+        if self._given is None:
+            for server in self._servers.values():
+                await server.client.aclose()
         for task in list(self._closing):
             await task
 

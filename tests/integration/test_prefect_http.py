@@ -58,7 +58,7 @@ async def test_a_burst_far_beyond_the_pool_never_queues_in_httpx_and_leaves_it_w
 async def test_a_pool_that_stopped_handing_out_connections_is_replaced(seeder: PrefectSeeder, pool_name: str) -> None:
     seeder.create_ecs_pool(pool_name)
     http = PrefectHttp(max_connections=1)
-    wedged = http.client
+    wedged = http.client_for(seeder.api_url)
     # Hold the pool's only connection outside the operator's slots: to the pool it looks like
     # the leaked CONNECTING connections of httpcore issue 1093 (busy forever, no request).
     held = await wedged.send(wedged.build_request("GET", f"{seeder.api_url}/health"), stream=True)
@@ -66,7 +66,7 @@ async def test_a_pool_that_stopped_handing_out_connections_is_replaced(seeder: P
         client = PrefectClient(http, seeder.api_url, timeout=0.3, attempts=4, backoff=0.01)
         pool = await client.read_work_pool(pool_name)
         assert pool["name"] == pool_name
-        assert http.pool_timeouts == 3 and http.replacements == 1 and http.client is not wedged
+        assert http.pool_timeouts == 3 and http.replacements == 1 and http.client_for(seeder.api_url) is not wedged
         for _ in range(200):  # the old client is closed in the background
             if wedged.is_closed:
                 break
@@ -93,6 +93,7 @@ async def test_a_pool_really_wedged_by_httpcore_is_replaced(seeder: PrefectSeede
 
     http = PrefectHttp(max_connections=8, client_factory=factory)
     url = f"{seeder.api_url}/work_pools/{pool_name}"
+    http.client_for(url)  # the server's first client: made[0]
 
     async def unbounded(client: httpx.AsyncClient) -> None:
         with contextlib.suppress(httpx.HTTPError):
@@ -109,7 +110,7 @@ async def test_a_pool_really_wedged_by_httpcore_is_replaced(seeder: PrefectSeede
             pytest.skip("this machine did not reproduce httpcore's pool leak")
         client = PrefectClient(http, seeder.api_url, timeout=0.5, attempts=5, backoff=0.01)
         assert (await client.read_work_pool(pool_name))["name"] == pool_name
-        assert http.replacements == 1 and http.client is made[1]
+        assert http.replacements == 1 and http.client_for(url) is made[1]
     finally:
         await http.aclose()
         await made[0].aclose()

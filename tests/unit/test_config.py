@@ -60,3 +60,12 @@ def test_prefect_event_stream_is_on_by_default_with_a_five_minute_resync() -> No
     assert off.prefect_events is False and off.prefect_resync_seconds == 60
     with pytest.raises(ValueError, match="PWO_PREFECT_RESYNC_SECONDS"):
         load_config({"PWO_PREFECT_RESYNC_SECONDS": "-1"})
+
+
+def test_cycle_turns_are_per_prefect_server_with_a_total_four_times_that_by_default() -> None:
+    config = load_config({})
+    assert (config.max_cycles_in_flight, config.max_cycles_in_flight_total) == (16, 64)
+    assert load_config({"PWO_MAX_CYCLES_IN_FLIGHT": "5"}).max_cycles_in_flight_total == 20
+    assert load_config({"PWO_MAX_CYCLES_IN_FLIGHT_TOTAL": "30"}).max_cycles_in_flight_total == 30
+    with pytest.raises(ValueError, match="PWO_MAX_CYCLES_IN_FLIGHT_TOTAL"):
+        load_config({"PWO_MAX_CYCLES_IN_FLIGHT_TOTAL": "0"})
