@@ -139,3 +139,15 @@ def test_rate_limits_are_shared_per_server_or_cloud_account() -> None:
     assert budget_key(cloud + "w1") != budget_key("https://api.prefect.cloud/api/accounts/a2/workspaces/w1")
     assert budget_key("http://user:pw@prefect:4200/api/health") == "http://prefect:4200"
     assert budget_key("http://prefect:4200/api") != budget_key("http://other:4200/api")
+
+
+async def test_every_server_has_its_own_pool_but_one_tls_context() -> None:
+    """A client per server (noisy neighbours) must not load the CA bundle once per server."""
+    http = PrefectHttp(max_connections=3)
+    try:
+        a, b = http.client_for("https://a.example/api"), http.client_for("https://b.example/api/x")
+        assert a is not b and a is http.client_for("https://a.example/api/flow_runs/filter")
+        contexts = {id(c._transport._pool._ssl_context) for c in (a, b)}  # noqa: SLF001 - httpx keeps it there
+        assert len(contexts) == 1
+    finally:
+        await http.aclose()
