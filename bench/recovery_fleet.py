@@ -261,6 +261,7 @@ def main() -> None:
     from sandbox.prefect_server import PrefectServer
     from tests.ecs_sandbox import EcsSandbox
 
+    began = time.monotonic()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pwo-recovery-"))
     log(f"work dir {workdir}")
     with contextlib.ExitStack() as stack:
@@ -363,9 +364,12 @@ def main() -> None:
             if runs is claimed:
                 rows[-1] += (str(sum(c["ecs"] for c in acting)), ", ".join(str(c["requests"]) for c in cycles))
         table(rows)
-    for name, cycles in claimed.items():  # what the claimed case's acting cycle sent
-        paths = Counter(p for c in cycles if c["recovered"] for p in c["paths"])
-        print(f"  acting cycle, {name}: " + ", ".join(f"{n}× {p}" for p, n in paths.items()))
+    for name, cycles in claimed.items():  # what the claimed case's observing and acting cycles sent
+        first = next((c for c in cycles if c["recovered"]), None)
+        for label, sent in (("observing", cycles[: cycles.index(first)] if first else cycles),
+                            ("acting", [c for c in cycles if c["recovered"]])):
+            paths = Counter(p for c in sent for p in c["paths"])
+            print(f"  {label} cycle, {name}: " + ", ".join(f"{n}× {p}" for p, n in paths.items()))
 
     print(f"\n{AMONG} PENDING runs due two hours ago, PENDING for seconds (none stale): per steady cycle")
     rows = [("", "requests per cycle", "seconds per cycle", "cycles (requests)")]
@@ -383,7 +387,7 @@ def main() -> None:
         rows.append((name, f"{sum(steady) / len(steady):.1f}", f"{sum(steady) / len(steady) * 2:.0f}",
                      ", ".join(map(str, counts))))
     table(rows)
-    log(f"logs in {workdir}")
+    log(f"logs in {workdir}; the whole benchmark took {time.monotonic() - began:.0f}s")
 
 
 if __name__ == "__main__":
