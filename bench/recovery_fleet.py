@@ -216,7 +216,7 @@ def pending_again(seeder, ids: list[str]) -> None:
 
 
 SUBMITTED = "prefect.worker.submitted-flow-run"
-EVENTS_PER_POST = 500  # POST /events sets no limit on a batch (prefect 3.8.8); 500 took ~1.7 s
+EVENTS_PER_POST = 500  # POST /events sets no limit on a batch (prefect 3.8.8); 500 took 1.6-9.4 s here
 
 
 def emit_claims(seeder, ids: list[str], pool: str, worker: str, occurred: dt.datetime) -> float:
