@@ -15,14 +15,16 @@ but the claimed case's):
 - the same 5,000 runs all due two hours ago but PENDING for minutes (none stale):
   requests and seconds per steady cycle;
 - an idle policy (staleRuns set, an empty pool): Prefect requests per whole cycle;
-- claimed (as in production): the operator's recovery of 500 stale PENDING runs among 5,000 in
-  a pool of their own, each stale run carrying a ``prefect.worker.submitted-flow-run`` event by
-  a worker that is gone (never heartbeats), and an ECS check against moto (the cluster runs no
-  task). The events go through the server's own ``POST /events``, sent with the Host header
+- claimed (as in production), last, on the same 5,000 runs (the 4,500 others due now again):
+  each stale run carrying a ``prefect.worker.submitted-flow-run`` event by a worker that is gone
+  (never heartbeats), and an ECS check against moto (the cluster runs no task). The events go
+  through the server's own ``POST /events`` (500 in one request), sent with the Host header
   ``ephemeral-prefect``: prefect 3.8.8 (``server/api/events.py``, ``is_ephemeral_request``)
   then stores them through the event persister's handler before answering, which the server
   does not otherwise do without its persister service; the bench waits until
   ``/events/filter`` reads them all.
+
+One set of 5,000 runs serves every case: creating runs is what takes long (30-55 ms each).
 
 BENCH_RECOVERY_RUNS sets the stale run count (default 500; the others are nine times as many)
 for short trial runs.
@@ -61,6 +63,7 @@ INTERVAL = dt.timedelta(seconds=30)
 PENDING_TIMEOUT = "1h"
 CONCURRENCIES = (1, 2, 4, 8)
 STATE = {"type": "SCHEDULED", "name": "Requeued", "message": "benchmark"}
+LIMIT_TIMEOUT = 120.0  # seconds per guarded write when measuring the server's limit
 
 
 # -- the operator's recovery (a child process, one operator source) -------------------------
@@ -161,7 +164,9 @@ async def guarded_writes(api_url: str, ids: list[str], concurrency: int) -> tupl
 
     slots = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient() as http:
-        client = PrefectClient(http, api_url)
+        # The server's limit, not the operator's deadline: 8 writes in flight on a busy machine
+        # can take longer than the operator's 10 s (a write is never sent twice, so it would fail).
+        client = PrefectClient(http, api_url, timeout=LIMIT_TIMEOUT)
 
         async def one(batch: list[str]) -> int:
             async with slots:
@@ -184,15 +189,23 @@ def psql(database_url: str, sql: str) -> None:
                    input=sql, text=True, check=True, stdout=subprocess.DEVNULL)
 
 
-def backdate(database_url: str, ids: list[str], *, state_too: bool = True) -> None:
-    """Due two hours ago and (``state_too``) PENDING for two hours, in the database itself."""
+def backdate(database_url: str, ids: list[str], *, state_too: bool = True, at: dt.datetime | None = None) -> None:
+    """Due two hours ago and (``state_too``) PENDING for two hours, in the database itself;
+    ``at``: that exact time instead of two hours ago."""
+    when = f"timestamptz '{at.isoformat()}'" if at else "now() - interval '2 hours'"
     array = "ARRAY[" + ",".join(f"'{i}'" for i in ids) + "]::uuid[]"
-    sql = f"UPDATE flow_run SET expected_start_time = now() - interval '2 hours' WHERE id = ANY({array});\n"
+    sql = f"UPDATE flow_run SET expected_start_time = {when} WHERE id = ANY({array});\n"
     if state_too:
-        sql += (f"UPDATE flow_run SET state_timestamp = now() - interval '2 hours' WHERE id = ANY({array});\n"
-                "UPDATE flow_run_state s SET timestamp = now() - interval '2 hours' FROM flow_run r "
+        sql += (f"UPDATE flow_run SET state_timestamp = {when} WHERE id = ANY({array});\n"
+                f"UPDATE flow_run_state s SET timestamp = {when} FROM flow_run r "
                 f"WHERE r.state_id = s.id AND r.id = ANY({array});\n")
     psql(database_url, sql)
+
+
+def due_now(database_url: str, ids: list[str]) -> None:
+    """Expected to start now (not stale candidates), as runs just created."""
+    array = "ARRAY[" + ",".join(f"'{i}'" for i in ids) + "]::uuid[]"
+    psql(database_url, f"UPDATE flow_run SET expected_start_time = now() WHERE id = ANY({array});\n")
 
 
 def pending_again(seeder, ids: list[str]) -> None:
@@ -203,6 +216,7 @@ def pending_again(seeder, ids: list[str]) -> None:
 
 
 SUBMITTED = "prefect.worker.submitted-flow-run"
+EVENTS_PER_POST = 500  # POST /events sets no limit on a batch (prefect 3.8.8); 500 took 1.6-9.4 s here
 
 
 def emit_claims(seeder, ids: list[str], pool: str, worker: str, occurred: dt.datetime) -> float:
@@ -224,8 +238,8 @@ def emit_claims(seeder, ids: list[str], pool: str, worker: str, occurred: dt.dat
                 r.update({"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.name": names[run_id]})
         events.append({**template, "id": str(uuid.uuid4()), "occurred": iso(occurred), "related": related})
     started = time.monotonic()
-    for i in range(0, len(events), 100):
-        seeder._request("POST", "/events", json=events[i : i + 100], headers={"Host": "ephemeral-prefect"})
+    for i in range(0, len(events), EVENTS_PER_POST):  # the server stores each in its own transaction
+        seeder._request("POST", "/events", json=events[i : i + EVENTS_PER_POST], headers={"Host": "ephemeral-prefect"})
     body = {"filter": {"event": {"name": [SUBMITTED]}, "related": {"id": [f"prefect.flow-run.{r}" for r in ids]},
                        "occurred": {"since": iso(occurred - dt.timedelta(minutes=1))}}, "limit": 1}
     seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= len(ids), timeout=120)
@@ -250,6 +264,7 @@ def main() -> None:
     from sandbox.prefect_server import PrefectServer
     from tests.ecs_sandbox import EcsSandbox
 
+    began = time.monotonic()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pwo-recovery-"))
     log(f"work dir {workdir}")
     with contextlib.ExitStack() as stack:
@@ -262,43 +277,22 @@ def main() -> None:
         limits, recover, mixed, fresh, idle, claimed = {}, {}, {}, {}, {}, {}
         with PrefectSeeder(server.api_url) as seeder:
             started = time.monotonic()
-            seeder.create_ecs_pool("limit")
-            limit_ids = seeder.create_runs_bulk(seeder.create_deployment("limit", name="limit"), STALE, {"type": "PENDING"})
+            # One set of runs serves every case (creating runs is the slow part: ~30-55 ms each):
+            # the server's limit writes the 500 stale ones back and forth, and the claimed case,
+            # whose claim events no other case may see, comes last.
             seeder.create_ecs_pool("recover")
             deployment = seeder.create_deployment("recover", name="recover")
             stale_ids = seeder.create_runs_bulk(deployment, STALE, {"type": "PENDING"})
             young_ids = seeder.create_runs_bulk(deployment, AMONG - STALE, {"type": "PENDING"})
-            log(f"seeded {len(limit_ids) + AMONG} runs in {time.monotonic() - started:.0f}s")
-            pending_again(seeder, limit_ids)  # a warm-up round (not reported): the server's first writes are slow
-            backdate(database_url, limit_ids)
-            asyncio.run(guarded_writes(server.api_url, limit_ids, 1))
+            log(f"seeded {AMONG} runs in {time.monotonic() - started:.0f}s")
+            pending_again(seeder, stale_ids)  # a warm-up round (not reported): the server's first writes are slow
+            backdate(database_url, stale_ids)
+            asyncio.run(guarded_writes(server.api_url, stale_ids, 1))
             for c in CONCURRENCIES:
-                pending_again(seeder, limit_ids)
-                backdate(database_url, limit_ids)
+                pending_again(seeder, stale_ids)
+                backdate(database_url, stale_ids)
                 log(f"guarded bulk_set_state at concurrency {c}")
-                limits[c] = asyncio.run(guarded_writes(server.api_url, limit_ids, c))
-            # Claimed, as in production: a pool of its own, so the other cases keep their figures
-            # (run early: its figures are logged as soon as measured).
-            moto = stack.enter_context(MotoServer(workdir / "moto", log))
-            ecs = [moto.endpoint_url, EcsSandbox(moto).cluster()]  # no task runs there
-            seeder.create_ecs_pool("claimed")
-            deployment = seeder.create_deployment("claimed", name="claimed")
-            claimed_ids = seeder.create_runs_bulk(deployment, STALE, {"type": "PENDING"})
-            seeder.create_runs_bulk(deployment, AMONG - STALE, {"type": "PENDING"})
-            # One claim per run, occurring when the runs turned PENDING (backdated below to two hours
-            # ago, at most a few minutes after this): read by both sources' claim queries.
-            seconds = emit_claims(seeder, claimed_ids, "claimed", "gone",
-                                  dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
-            log(f"{len(claimed_ids)} claim events readable {seconds:.1f}s after sending")
-            for name, source in sources.items():
-                pending_again(seeder, claimed_ids)
-                backdate(database_url, claimed_ids)
-                log(f"recovery of claimed runs, ECS check on moto, {name}")
-                claimed[name] = cycles = run_operator(source, server.api_url, "claimed", 3, ecs=ecs)
-                acting = [c for c in cycles if c["recovered"]]
-                log(f"  requests per cycle {[c['requests'] for c in cycles]}, acting cycle "
-                    f"{sum(c['recovered'] for c in acting)} recovered in {sum(c['seconds'] for c in acting):.2f}s: "
-                    + ", ".join(f"{n}× {p}" for p, n in Counter(p for c in acting for p in c["paths"]).items()))
+                limits[c] = asyncio.run(guarded_writes(server.api_url, stale_ids, c))
             for name, source in sources.items():
                 pending_again(seeder, stale_ids)
                 backdate(database_url, stale_ids)
@@ -317,6 +311,25 @@ def main() -> None:
                 fresh[name] = run_operator(source, server.api_url, "recover", 4)
             seeder.create_ecs_pool("idle")
             idle = {name: run_operator(source, server.api_url, "idle", 4, "--idle") for name, source in sources.items()}
+            # Claimed, as in production, on the same runs: the 4,500 others due now again (PENDING
+            # for minutes, as in the first case), each stale run claimed by a worker that is gone.
+            moto = stack.enter_context(MotoServer(workdir / "moto", log))
+            ecs = [moto.endpoint_url, EcsSandbox(moto).cluster()]  # no task runs there
+            due_now(database_url, young_ids)
+            claimed_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+            seconds = emit_claims(seeder, stale_ids, "recover", "gone", claimed_at)
+            log(f"{len(stale_ids)} claim events readable {seconds:.1f}s after sending")
+            for k, (name, source) in enumerate(sources.items()):
+                pending_again(seeder, stale_ids)
+                # PENDING seconds before the claim, as a worker proposes PENDING and then submits
+                # (a time per source: a run's states cannot share one).
+                backdate(database_url, stale_ids, at=claimed_at - dt.timedelta(seconds=1 + k))
+                log(f"recovery of claimed runs, ECS check on moto, {name}")
+                claimed[name] = cycles = run_operator(source, server.api_url, "recover", 3, ecs=ecs)
+                acting = [c for c in cycles if c["recovered"]]
+                log(f"  requests per cycle {[c['requests'] for c in cycles]}, acting cycle "
+                    f"{sum(c['recovered'] for c in acting)} recovered in {sum(c['seconds'] for c in acting):.2f}s: "
+                    + ", ".join(f"{n}× {p}" for p, n in Counter(p for c in acting for p in c["paths"]).items()))
 
 
     print(f"\nGuarded bulk_set_state, {STALE} stale PENDING runs, PostgreSQL-backed Prefect (server's own limit)")
@@ -354,9 +367,12 @@ def main() -> None:
             if runs is claimed:
                 rows[-1] += (str(sum(c["ecs"] for c in acting)), ", ".join(str(c["requests"]) for c in cycles))
         table(rows)
-    for name, cycles in claimed.items():  # what the claimed case's acting cycle sent
-        paths = Counter(p for c in cycles if c["recovered"] for p in c["paths"])
-        print(f"  acting cycle, {name}: " + ", ".join(f"{n}× {p}" for p, n in paths.items()))
+    for name, cycles in claimed.items():  # what the claimed case's observing and acting cycles sent
+        first = next((c for c in cycles if c["recovered"]), None)
+        for label, sent in (("observing", cycles[: cycles.index(first)] if first else cycles),
+                            ("acting", [c for c in cycles if c["recovered"]])):
+            paths = Counter(p for c in sent for p in c["paths"])
+            print(f"  {label} cycle, {name}: " + ", ".join(f"{n}× {p}" for p, n in paths.items()))
 
     print(f"\n{AMONG} PENDING runs due two hours ago, PENDING for seconds (none stale): per steady cycle")
     rows = [("", "requests per cycle", "seconds per cycle", "cycles (requests)")]
@@ -374,7 +390,7 @@ def main() -> None:
         rows.append((name, f"{sum(steady) / len(steady):.1f}", f"{sum(steady) / len(steady) * 2:.0f}",
                      ", ".join(map(str, counts))))
     table(rows)
-    log(f"logs in {workdir}")
+    log(f"logs in {workdir}; the whole benchmark took {time.monotonic() - began:.0f}s")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ import pytest
 
 from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
 from prefect_workpool_operator.prefect_api import PrefectClient
+from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
 from prefect_workpool_operator.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder
 from tests.ecs_sandbox import REGION, EcsSandbox
-from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
+from tests.integration.recovery_helpers import NoSecrets, Recorder, clock_after, recover, states
+from tests.integration.test_recovery_requests import policy
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +145,37 @@ async def test_a_run_reclaimed_between_readings_is_read_again_and_not_acted_on(
     assert second.figures["recovered"] == 2 and second.figures["skipped"]["awaitingConfirmation"] == 1
     assert seeder.read_run(reclaimed)["state"]["id"] == after  # seen once in its new state: untouched
     assert set(states(seeder, others).values()) == {("SCHEDULED", "Requeued")}
+
+
+def count_reads(requests: list[httpx.Request]) -> list[list[str]]:
+    """The run ids of each requeue-count query sent."""
+    return [sorted(i.removeprefix("prefect.flow-run.") for i in json.loads(r.content)["filter"]["resource"]["id"])
+            for r in requests if r.url.path.endswith("/events/count-by/resource")]
+
+
+async def test_the_observing_cycle_reads_each_capped_run_once_and_nothing_beyond_the_cap(
+    seeder: PrefectSeeder, pool_name: str
+) -> None:
+    """A whole cycle (run_cycle) with 60 claimed stale runs and maxRunsPerCycle 20: claims and
+    requeue counts are read once each, for the 20 oldest only; workers and the claimer's
+    started/stopped events once."""
+    seeder.create_ecs_pool(pool_name)
+    runs = seeder.create_runs(seeder.create_deployment(pool_name), 60, {"type": "PENDING"})
+    claimed(seeder, "gone", runs, pool_name)
+    since = {r["id"]: r["state"]["timestamp"] for r in seeder.filter_runs({"flow_runs": {"id": {"any_": runs}}})}
+    oldest = sorted(runs, key=lambda r: dt.datetime.fromisoformat(since[r]))[:20]
+    recorder = Recorder()
+    body = policy(seeder.api_url, pool_name, maxRunsPerCycle=20)
+    async with httpx.AsyncClient(event_hooks={"request": [recorder]}) as http:
+        outcome = await run_cycle(body, http=http, secrets=NoSecrets(), runtime=PolicyRuntime(),
+                                  now=clock_after(seeder, runs))
+    sent = recorder.requests
+    print(f"\nobserving cycle, 60 stale runs, cap 20: {len(sent)} requests: {summary(sent)}")
+    assert outcome.status["staleRuns"]["skipped"]["awaitingConfirmation"] == 20
+    assert claim_reads(sent) == [sorted(oldest)]  # once each, none beyond the cap
+    assert count_reads(sent) == [sorted(oldest)]
+    paths = Counter(r.url.path.split("/api", 1)[1] for r in sent)
+    assert paths[f"/work_pools/{pool_name}/workers/filter"] == 1
+    lifecycle = [r for r in sent if r.url.path.endswith("/events/filter") and b"prefect.worker.started" in r.content]
+    assert len(lifecycle) == 1
+    assert Recorder.writes(sent) == []
