@@ -83,7 +83,7 @@ async def run_variant(api_url: str, pools: list[str], variant: str, proxy: TcpPr
             body["status"] = outcome.status
             ready = outcome.status["conditions"][0]
             cycles.append(Cycle(index, due, start, time.time() - start, ready["status"] == "True", ready["message"]))
-            due = schedule.start_after_cycle(max(start, due), INTERVAL, offset, scheduled=True)  # as the operator does
+            due = schedule.start_after_cycle(max(start, due), INTERVAL, offset, first=False)  # as the operator does
 
     async def phase_switch() -> None:
         await asyncio.sleep(phases[0])

@@ -44,7 +44,7 @@ _STARTED = time.time()
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
 # Cycles in flight, all policies together: a burst (a fleet's first cycles, a restart) waits
 # its turn instead of queueing every read on the shared connections until they time out;
-# scheduled cycles go ahead of first ones (turns.py).
+# warm cycles go ahead of cold first ones, which never hold every turn (turns.py).
 _turns = Turns(CONFIG.max_cycles_in_flight)
 
 
@@ -286,38 +286,39 @@ async def reconcile(
             generation, due = meta.get("generation"), None
             interval = _interval_seconds(body.spec)
             offset = schedule.phase(str(meta.get("uid") or meta.get("name")), interval)
-    if not await _turn(stopped, scheduled=due is not None):
+    cold = runtime.cycles_run == 0  # its first cycle in this process: nothing read yet
+    if not await _turn(stopped, cold=cold):
         return
     try:
         await _reconcile_now(body, meta, patch, memo, logger, policy_claims, stopped, runtime, generation, due,
                              interval, offset)
     finally:
-        _turns.release()
+        _turns.release(cold=cold)
 
 
-async def _turn(stopped: kopf.DaemonStopped, *, scheduled: bool) -> bool:
+async def _turn(stopped: kopf.DaemonStopped, *, cold: bool) -> bool:
     """Wait for a free turn (``_turns``); False when the policy stopped meanwhile."""
-    if not _turns.locked():
-        await _turns.take(scheduled=scheduled)  # free: taken without waiting
+    if not _turns.locked(cold=cold):
+        await _turns.take(cold=cold)  # free: taken without waiting
         return True
-    turn = asyncio.ensure_future(_turns.take(scheduled=scheduled))
+    turn = asyncio.ensure_future(_turns.take(cold=cold))
     stop = asyncio.ensure_future(stopped.wait())
     try:
         await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
-        _give_back(turn)
+        _give_back(turn, cold)
         raise
     finally:
         stop.cancel()
     if turn.done() and not turn.cancelled() and not stopped:
         return True
-    _give_back(turn)
+    _give_back(turn, cold)
     return False
 
 
-def _give_back(turn: asyncio.Future[Any]) -> None:
+def _give_back(turn: asyncio.Future[Any], cold: bool) -> None:
     if turn.done() and not turn.cancelled():
-        _turns.release()
+        _turns.release(cold=cold)
     else:
         turn.cancel()
 
@@ -333,7 +334,8 @@ async def _reconcile_now(
     runtime.last_generation = generation
     # The next start is on the policy's phase grid, whenever this one ends: the gap is the interval.
     runtime.next_start = schedule.start_after_cycle(max(now.timestamp(), due or 0.0), interval, offset,
-                                                    scheduled=due is not None)
+                                                    first=runtime.cycles_run == 0)
+    runtime.cycles_run += 1
     try:
         mine = claims.claim_keys(dict(body.spec))
         rival = claims.rival_for(_claimant(meta), {key: list(policy_claims.get(key, [])) for key in mine})

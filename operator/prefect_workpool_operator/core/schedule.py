@@ -36,16 +36,17 @@ def next_start(after: float, interval: float, offset: float) -> float:
     return start
 
 
-FIRST_CYCLE_GAP = 5.0  # seconds: a new policy's second cycle is at most one interval and this later
+FIRST_CYCLE_GAP = 5.0  # seconds: a policy's second cycle is at most one interval and this later
 
 
-def start_after_cycle(started: float, interval: float, offset: float, *, scheduled: bool) -> float:
+def start_after_cycle(started: float, interval: float, offset: float, *, first: bool) -> float:
     """The start that follows a cycle begun at ``started``: the next slot of the phase grid,
     so a late start does not shift the ones after it — but never closer to this start than
-    half an interval (a scheduled cycle that started late skips the slot right behind it
-    rather than run twice in a row) or, after a policy's first cycle (not ``scheduled``),
-    than ``FIRST_CYCLE_GAP`` (its second cycle stays within one interval and that gap)."""
-    gap = interval / 2 if scheduled else min(interval / 2, FIRST_CYCLE_GAP)
+    half an interval (a cycle that started late skips the slot right behind it rather than
+    run twice in a row) or, after a policy's first cycle in this process (``first``: a new
+    policy, or any policy after a restart, whether it waited for its phase or not), than
+    ``FIRST_CYCLE_GAP`` (its second cycle stays within one interval and that gap)."""
+    gap = min(interval / 2, FIRST_CYCLE_GAP) if first else interval / 2
     return next_start(started + gap, interval, offset)
 
 
