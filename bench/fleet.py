@@ -286,6 +286,21 @@ def events_posted(kubectl: Kubectl) -> float:
                and 'resource="events"' in key and re.search(r'verb="(POST|PATCH)"', key))
 
 
+def rejected_writes(kubectl: Kubectl) -> Counter[str]:
+    """Writes to policies and Events the API server answered 4xx/5xx, by verb, resource and code
+    (a rejected status PATCH means `kubectl describe` shows an older status than the cycle's)."""
+    found: Counter[str] = Counter()
+    for key, value in parse_metrics(kubectl("get", "--raw", "/metrics")).items():
+        if not key.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+        if labels.get("resource") in ("prefectworkpoolpolicies", "events") and labels.get("code", "")[:1] in ("4", "5") \
+                and labels.get("verb") in ("POST", "PATCH", "PUT", "DELETE"):
+            what = labels["resource"] + ("/" + labels["subresource"] if labels.get("subresource") else "")
+            found[f"{labels['verb']} {what} {labels['code']}"] += int(value)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -423,7 +438,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         idle_rss = rss_mib(proc.pid)
         watcher = StartWatcher(metrics_url)
         watcher.start()
-        events0 = events_posted(kubectl)
+        events0, rejected0 = events_posted(kubectl), rejected_writes(kubectl)
         for first in range(0, n, 100):  # kubectl calls time out after 60 s: 1,000 at once came close
             kubectl.apply(manifest(namespace, range(first, min(first + 100, n)), proxy.api_url, moto.endpoint_url,
                                    cluster, own_keys))
@@ -447,7 +462,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
             peak = max(peak, rss_mib(proc.pid))
         end = time.time()
         cpu1, kube1, metrics1 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
-        events2 = events_posted(kubectl)
+        events2, rejected = events_posted(kubectl), rejected_writes(kubectl) - rejected0
         server1 = server_cpu_seconds(server_roots)
         rss = rss_mib(proc.pid)
     finally:
@@ -499,6 +514,8 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "Prefect server + DB CPU (% of a core)": f"{100 * (server1 - server0) / (end - steady):.0f}",
         "Events posted per policy, first interval / steady": f"{(events1 - events0) / n:.1f} / {(events2 - events1) / n:.1f}",
         "K8s API requests per policy-cycle": f"{(kube1 - kube0) / cycles:.2f}" if cycles else "n/a",
+        "K8s writes rejected (verb resource code: count)": ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items()))
+        or "none",
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
     log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))
