@@ -147,3 +147,12 @@ def test_a_policys_second_cycle_comes_within_one_interval_and_the_first_cycle_ga
     assert started + gap < following <= started + gap + interval + schedule.SLOT_TOLERANCE
     slots = (following - offset) / interval
     assert abs(slots - round(slots)) < 1e-6
+
+
+@given(first=st.floats(0.01, 1), total=st.floats(0, 30))
+def test_the_finalizer_waits_double_and_stay_within_their_total(first: float, total: float) -> None:
+    waits = schedule.finalizer_waits(first, total)
+    assert sum(waits) <= total + 1e-9
+    assert all(b == 2 * a for a, b in zip(waits, waits[1:]))
+    assert (waits[:1] == [first]) == (first <= total)
+    assert sum(waits) + first * 2 ** len(waits) > total  # no room for one more

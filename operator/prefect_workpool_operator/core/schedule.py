@@ -50,6 +50,18 @@ def start_after_cycle(started: float, interval: float, offset: float, *, first: 
     return next_start(started + gap, interval, offset)
 
 
+def finalizer_waits(first: float = 0.05, total: float = 5.0) -> list[float]:
+    """Sleeps between looks for kopf's finalizer on a new policy before its first write:
+    doubling from ``first`` (it is usually there within one), together at most ``total``
+    (then the policy goes on: a late finalizer only costs kopf a second patch)."""
+    waits: list[float] = []
+    wait = first
+    while sum(waits) + wait <= total:
+        waits.append(wait)
+        wait *= 2
+    return waits
+
+
 def wait_before_start(now: float, due: float, tick: float) -> float | None:
     """How long a timer waking at ``now`` sleeps before starting the cycle due at ``due``;
     None when the start is more than one ``tick`` away (a later wake will take it)."""
