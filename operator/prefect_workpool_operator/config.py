@@ -39,7 +39,8 @@ class OperatorConfig:
     # requests in flight at once; more wait in the operator, within their request timeout.
     prefect_max_connections: int = 50
     # PWO_MAX_CYCLES_IN_FLIGHT: cycles run at once, all policies together; more wait for a
-    # turn and start late rather than all queue for the same connections and time out.
+    # turn and start late rather than all queue for the same connections and time out; a
+    # quarter of them is kept for policies past their first cycle here (core.turn_rules).
     max_cycles_in_flight: int = 16
     # PWO_PREFECT_EVENTS: 0 turns Prefect's event stream off: every cycle then reads its
     # pool in full (5 requests) instead of only what the stream says changed.
