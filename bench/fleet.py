@@ -21,7 +21,7 @@ are applied at once, and the run is measured for BENCH_SECONDS:
 
 The proxy (HTTP and the event-stream websocket) runs in this process: its CPU is not the
 operator's, but it shares the machine. Cycle starts come from the operator's
-`pwo_cycle_started_timestamp_seconds` gauge (scraped every 5 s) where it has one, else from
+`pwo_cycle_started_timestamp_seconds` gauge (read every 2 s) where it has one, else from
 each cycle's `GET /work_pools/<pool>`.
 
 Steady-state figures skip the first interval (the fleet's first cycles).
@@ -199,14 +199,16 @@ class Proxy:
         self._loop.run_until_complete(main())
 
 
-SCRAPE_SECONDS = 15.0  # < the interval, so every start is seen; the chart's ServiceMonitor scrapes every 30 s
+SCRAPE_SECONDS = 15.0  # the full /metrics, as Prometheus would (the chart's ServiceMonitor: every 30 s)
+STARTS_SECONDS = 2.0  # the start gauge alone: shorter than any gap between two starts (≥ 5 s), so none is missed
 
 
 class StartWatcher:
-    """Scrapes the operator's pwo_cycle_started_timestamp_seconds every SCRAPE_SECONDS: each
-    new value is a cycle's exact start (cycles of one policy are an interval apart, and each
-    value stays exported until the next). A scrape costs the operator CPU in proportion to its
-    series, so scraping more often than Prometheus would inflates the CPU figure."""
+    """Reads the operator's pwo_cycle_started_timestamp_seconds every STARTS_SECONDS (that gauge
+    alone, `name[]`: a full scrape costs the operator CPU in proportion to all its series, so
+    scraping everything that often would inflate the CPU figure): each new value is a cycle's
+    exact start (two starts of one policy are at least 5 s apart, and each value stays exported
+    until the next). The full /metrics is scraped every SCRAPE_SECONDS, as Prometheus would."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -222,9 +224,13 @@ class StartWatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(SCRAPE_SECONDS):
+        full = time.monotonic()
+        while not self._stop.wait(STARTS_SECONDS):
             with contextlib.suppress(OSError):
-                for key, value in scrape(self.url).items():
+                if time.monotonic() - full >= SCRAPE_SECONDS:
+                    full = time.monotonic()
+                    scrape(self.url)
+                for key, value in scrape(self.url + "?name[]=pwo_cycle_started_timestamp_seconds").items():
                     found = re.fullmatch(r'pwo_cycle_started_timestamp_seconds\{.*policy="([^"]+)".*\}', key)
                     if found:
                         self.starts[found.group(1)].add(value)
@@ -284,6 +290,21 @@ def events_posted(kubectl: Kubectl) -> float:
     metrics = parse_metrics(kubectl("get", "--raw", "/metrics"))
     return sum(value for key, value in metrics.items() if key.startswith("apiserver_request_total{")
                and 'resource="events"' in key and re.search(r'verb="(POST|PATCH)"', key))
+
+
+def rejected_writes(kubectl: Kubectl) -> Counter[str]:
+    """Writes to policies and Events the API server answered 4xx/5xx, by verb, resource and code
+    (a rejected status PATCH means `kubectl describe` shows an older status than the cycle's)."""
+    found: Counter[str] = Counter()
+    for key, value in parse_metrics(kubectl("get", "--raw", "/metrics")).items():
+        if not key.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+        if labels.get("resource") in ("prefectworkpoolpolicies", "events") and labels.get("code", "")[:1] in ("4", "5") \
+                and labels.get("verb") in ("POST", "PATCH", "PUT", "DELETE"):
+            what = labels["resource"] + ("/" + labels["subresource"] if labels.get("subresource") else "")
+            found[f"{labels['verb']} {what} {labels['code']}"] += int(value)
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -423,7 +444,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         idle_rss = rss_mib(proc.pid)
         watcher = StartWatcher(metrics_url)
         watcher.start()
-        events0 = events_posted(kubectl)
+        events0, rejected0 = events_posted(kubectl), rejected_writes(kubectl)
         for first in range(0, n, 100):  # kubectl calls time out after 60 s: 1,000 at once came close
             kubectl.apply(manifest(namespace, range(first, min(first + 100, n)), proxy.api_url, moto.endpoint_url,
                                    cluster, own_keys))
@@ -447,7 +468,7 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
             peak = max(peak, rss_mib(proc.pid))
         end = time.time()
         cpu1, kube1, metrics1 = cpu_seconds(proc.pid), apiserver_requests(kubectl), scrape(metrics_url)
-        events2 = events_posted(kubectl)
+        events2, rejected = events_posted(kubectl), rejected_writes(kubectl) - rejected0
         server1 = server_cpu_seconds(server_roots)
         rss = rss_mib(proc.pid)
     finally:
@@ -499,6 +520,8 @@ def run_variant(name: str, n: int, *, src: pathlib.Path | None, own_keys: bool, 
         "Prefect server + DB CPU (% of a core)": f"{100 * (server1 - server0) / (end - steady):.0f}",
         "Events posted per policy, first interval / steady": f"{(events1 - events0) / n:.1f} / {(events2 - events1) / n:.1f}",
         "K8s API requests per policy-cycle": f"{(kube1 - kube0) / cycles:.2f}" if cycles else "n/a",
+        "K8s writes rejected (verb resource code: count)": ", ".join(f"{k}: {v}" for k, v in sorted(rejected.items()))
+        or "none",
         "log lines per policy per minute": f"{log_lines / n / ((end - applied) / 60):.2f}",
     }
     log(f"{name}: " + "; ".join(f"{k}: {v}" for k, v in figures.items()))

@@ -50,11 +50,15 @@ async def child(api_url: str, slow_url: str, pools: list[str], healthy: int, slo
     try:  # after: turns per Prefect server
         from prefect_workpool_operator.keyed_turns import KeyedTurns, cycle_key
         keyed = KeyedTurns(PER_SERVER, 4 * PER_SERVER)
-        turns_of = lambda spec: keyed.of(cycle_key(spec))  # noqa: E731
+        turns_of = lambda spec: keyed.of(cycle_key(spec), cold=False)  # noqa: E731
+        take = lambda turns: turns.take()  # noqa: E731
+        follow = lambda started, offset: schedule.start_after_cycle(started, INTERVAL, offset, first=False)  # noqa: E731
     except ImportError:  # before: one set of turns for every policy
         from prefect_workpool_operator.turns import Turns
         one = Turns(PER_SERVER)
         turns_of = lambda spec: one  # noqa: E731
+        take = lambda turns: turns.take(scheduled=True)  # noqa: E731
+        follow = lambda started, offset: schedule.start_after_cycle(started, INTERVAL, offset, scheduled=True)  # noqa: E731
 
     logging.getLogger("prefect_workpool_operator").setLevel(logging.CRITICAL)
     http = PrefectHttp()
@@ -72,7 +76,7 @@ async def child(api_url: str, slow_url: str, pools: list[str], healthy: int, slo
         turns = turns_of(body["spec"])
         while due < stop:
             await asyncio.sleep(max(0.0, due - time.time()))
-            await turns.take(scheduled=True)
+            await take(turns)
             start = time.time()
             try:
                 outcome = await run_cycle(body, http=http, secrets=None, runtime=runtime, now=utcnow())  # type: ignore[arg-type]
@@ -82,7 +86,7 @@ async def child(api_url: str, slow_url: str, pools: list[str], healthy: int, slo
             ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
             cycles.append({"kind": kind, "policy": index, "due": due, "start": start, "seconds": time.time() - start,
                            "ready": ready["status"] == "True"})
-            due = schedule.start_after_cycle(max(start, due), INTERVAL, offset, scheduled=True)
+            due = follow(max(start, due), offset)
 
     tasks = [policy(i, api_url, "healthy") for i in range(healthy)] + [policy(i, slow_url, "slow") for i in range(slow)]
     # A slow policy's last cycle can outlast the window by its deadline: the healthy figures are what count.

@@ -76,6 +76,7 @@ async def run_variant(api_url: str, pools: list[str], variant: str, proxy: TcpPr
                 "spec": {"prefect": {"apiUrl": api_url, "workPool": pool}, "staleRuns": {}}}
         offset = schedule.phase(pool, INTERVAL)
         due = schedule.next_start(time.time(), INTERVAL, offset)
+        first = True
         while due < stop:
             await asyncio.sleep(max(0.0, due - time.time()))
             start = time.time()
@@ -83,7 +84,8 @@ async def run_variant(api_url: str, pools: list[str], variant: str, proxy: TcpPr
             body["status"] = outcome.status
             ready = outcome.status["conditions"][0]
             cycles.append(Cycle(index, due, start, time.time() - start, ready["status"] == "True", ready["message"]))
-            due = schedule.start_after_cycle(max(start, due), INTERVAL, offset, scheduled=True)  # as the operator does
+            due = schedule.start_after_cycle(max(start, due), INTERVAL, offset, first=first)  # as the operator does
+            first = False
 
     async def phase_switch() -> None:
         await asyncio.sleep(phases[0])

@@ -40,7 +40,8 @@ class OperatorConfig:
     # within their request timeout. Per server: a slow one cannot take another's connections.
     prefect_max_connections: int = 50
     # PWO_MAX_CYCLES_IN_FLIGHT: cycles run at once per Prefect server or Cloud account; more
-    # wait for a turn and start late rather than all queue for the same connections and time out.
+    # wait for a turn and start late rather than all queue for the same connections and time
+    # out; a quarter of them is kept for policies past their first cycle here (core.turn_rules).
     max_cycles_in_flight: int = 16
     # PWO_MAX_CYCLES_IN_FLIGHT_TOTAL: cycles run at once, all servers together (default 4 × the
     # per-server figure); a server with no cycle in flight may still start one (keyed_turns.py).

@@ -3,12 +3,13 @@
 A cycle on a slow Prefect keeps its turn up to observe's deadline (≥ 60 s). With one
 shared set of turns, a slow server's policies held every turn and the other servers'
 cycles all started late. Here each key (``prefect_http.budget_key`` of the policy's
-``apiUrl``) has its own ``turns.Turns`` of ``per_key`` turns (scheduled cycles first),
+``apiUrl``) has its own ``turns.Turns`` of ``per_key`` turns (warm cycles first, cold
+first cycles never holding every turn),
 and a total bound across keys decided by ``core.turn_order`` (a key with nothing in
 flight always gets a turn; freed turns go to the key with the fewest in flight).
 
-``KeyedTurns.of(key)`` has the interface of ``Turns`` (``locked``/``take``/``release``),
-so the handler only picks the policy's key.
+``KeyedTurns.of(key, cold=...)`` is one cycle's view (``locked``/``take``/``release``):
+the handler picks the policy's key and whether its cycle is cold.
 """
 
 from __future__ import annotations
@@ -34,20 +35,20 @@ class KeyedTurns:
         self._waiting: list[tuple[Waiter, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
-    def of(self, key: str) -> KeyTurns:
+    def of(self, key: str, *, cold: bool) -> KeyTurns:
         turns = self._keys.get(key)
         if turns is None:
             turns = self._keys[key] = Turns(self.per_key)
-        return KeyTurns(self, key, turns)
+        return KeyTurns(self, key, turns, cold)
 
     def _locked(self, key: str) -> bool:
         return not may_start(key, self.in_flight, self.total)
 
-    async def _take(self, key: str, scheduled: bool) -> None:
+    async def _take(self, key: str, cold: bool) -> None:
         if not self._locked(key):
             self._hold(key)
             return
-        waiter = Waiter(key, scheduled, next(self._arrivals))
+        waiter = Waiter(key, cold, next(self._arrivals))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((waiter, future))
         try:
@@ -76,27 +77,28 @@ class KeyedTurns:
 
 
 class KeyTurns:
-    """One key's view: its own turns first, then one of the shared total."""
+    """One cycle's view of its key: the key's own turns first, then one of the shared total."""
 
-    def __init__(self, shared: KeyedTurns, key: str, turns: Turns) -> None:
+    def __init__(self, shared: KeyedTurns, key: str, turns: Turns, cold: bool) -> None:
         self._shared = shared
         self.key = key
+        self.cold = cold
         self._turns = turns
 
     def locked(self) -> bool:
-        return self._turns.locked() or self._shared._locked(self.key)
+        return self._turns.locked(cold=self.cold) or self._shared._locked(self.key)
 
-    async def take(self, *, scheduled: bool) -> None:
-        await self._turns.take(scheduled=scheduled)
+    async def take(self) -> None:
+        await self._turns.take(cold=self.cold)
         try:
-            await self._shared._take(self.key, scheduled)
+            await self._shared._take(self.key, self.cold)
         except BaseException:
-            self._turns.release()
+            self._turns.release(cold=self.cold)
             raise
 
     def release(self) -> None:
         self._shared._release(self.key)
-        self._turns.release()
+        self._turns.release(cold=self.cold)
 
 
 def cycle_key(spec: Mapping[str, Any] | None) -> str:

@@ -51,6 +51,7 @@ class PolicyRuntime:
     published: Mapping[str, Any] | None = None  # the last published datum's figure
     last_generation: int | None = None
     next_start: float | None = None  # epoch seconds (core.schedule), set by the kopf glue
+    cycles_run: int = 0  # cycles started in this process: the first is cold (nothing read yet)
     log_gate: LogGate = field(default_factory=LogGate)  # a persisting failure is logged once, then reminded
     extra: dict[str, Any] = field(default_factory=dict)
 

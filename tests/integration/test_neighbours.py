@@ -84,8 +84,8 @@ async def test_cycles_on_a_healthy_server_run_while_a_slow_one_holds_all_its_tur
     turns = KeyedTurns(per_key=2, total=3)
 
     async def cycle(body: dict[str, Any], scheduled: bool) -> dict[str, Any]:
-        mine = turns.of(cycle_key(body["spec"]))
-        await mine.take(scheduled=scheduled)
+        mine = turns.of(cycle_key(body["spec"]), cold=not scheduled)  # a policy's first cycle is cold
+        await mine.take()
         try:
             outcome = await run_cycle(body, http=http, secrets=None, runtime=PolicyRuntime(), now=utcnow())  # type: ignore[arg-type]
         finally:

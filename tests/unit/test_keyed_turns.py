@@ -20,14 +20,14 @@ def test_the_total_bound_holds_but_never_stops_a_server_with_nothing_in_flight(o
     in_flight: dict[str, int] = {}
     held: list[str] = []
     waiting: list[Waiter] = []
-    for number, (op, arg, scheduled) in enumerate(ops):
+    for number, (op, arg, cold) in enumerate(ops):
         if op == "arrive":
             if may_start(arg, in_flight, limit):
                 assert in_flight.get(arg, 0) == 0 or sum(in_flight.values()) < limit
                 in_flight[arg] = in_flight.get(arg, 0) + 1
                 held.append(arg)
             else:
-                waiting.append(Waiter(arg, scheduled, number))
+                waiting.append(Waiter(arg, cold, number))
         elif held:
             key = held.pop(arg % len(held))
             in_flight[key] -= 1
@@ -35,11 +35,11 @@ def test_the_total_bound_holds_but_never_stops_a_server_with_nothing_in_flight(o
                 del in_flight[key]
             while (index := next_turn(waiting, in_flight, limit)) is not None:
                 chosen = waiting.pop(index)
-                # The key with the fewest in flight, then scheduled first, then in arrival order.
+                # The key with the fewest in flight, then warm first, then in arrival order.
                 for other in waiting:
                     if may_start(other.key, in_flight, limit):
-                        assert (in_flight.get(chosen.key, 0), not chosen.scheduled, chosen.arrival) < \
-                            (in_flight.get(other.key, 0), not other.scheduled, other.arrival)
+                        assert (in_flight.get(chosen.key, 0), chosen.cold, chosen.arrival) < \
+                            (in_flight.get(other.key, 0), other.cold, other.arrival)
                 in_flight[chosen.key] = in_flight.get(chosen.key, 0) + 1
                 held.append(chosen.key)
         # Over the total only by one reserved turn per key in flight; nobody left waiting who may start.
@@ -52,7 +52,7 @@ IN_FLIGHT = st.dictionaries(KEYS, st.integers(1, 5))
 
 
 @given(WAITERS, IN_FLIGHT, st.integers(1, 12))
-def test_next_turn_picks_the_fewest_in_flight_then_scheduled_then_earliest_among_those_that_may_start(
+def test_next_turn_picks_the_fewest_in_flight_then_warm_then_earliest_among_those_that_may_start(
     waiters: list[Waiter], in_flight: dict[str, int], limit: int
 ) -> None:
     allowed = [w for w in waiters if may_start(w.key, in_flight, limit)]
@@ -61,14 +61,14 @@ def test_next_turn_picks_the_fewest_in_flight_then_scheduled_then_earliest_among
         assert index is None
         return
     assert index is not None and waiters[index] in allowed
-    rank = lambda w: (in_flight.get(w.key, 0), not w.scheduled, w.arrival)  # noqa: E731
+    rank = lambda w: (in_flight.get(w.key, 0), w.cold, w.arrival)  # noqa: E731
     assert rank(waiters[index]) == min(rank(w) for w in allowed)
 
 
 def test_next_turn_prefers_the_server_with_fewest_in_flight_over_arrival_order() -> None:
-    waiting = [Waiter("slow", True, 0), Waiter("healthy", False, 1)]
+    waiting = [Waiter("slow", False, 0), Waiter("healthy", True, 1)]
     assert next_turn(waiting, {"slow": 5, "healthy": 1}, 7) == 1
-    assert next_turn(waiting, {"slow": 1, "healthy": 1}, 3) == 0  # a tie: scheduled first
+    assert next_turn(waiting, {"slow": 1, "healthy": 1}, 3) == 0  # a tie: warm first
     assert next_turn(waiting, {"slow": 1, "healthy": 1}, 2) is None  # full, both have one in flight
 
 
@@ -80,18 +80,18 @@ async def _started(task: asyncio.Future[None]) -> bool:
 
 async def test_a_server_holding_all_its_turns_does_not_hold_back_another() -> None:
     turns = KeyedTurns(per_key=2, total=3)
-    slow, healthy = turns.of("slow"), turns.of("healthy")
-    await slow.take(scheduled=True)
-    await slow.take(scheduled=True)
+    slow, healthy = turns.of("slow", cold=False), turns.of("healthy", cold=True)
+    await slow.take()
+    await slow.take()
     assert slow.locked() and not healthy.locked()
-    queued = asyncio.ensure_future(slow.take(scheduled=True))
+    queued = asyncio.ensure_future(slow.take())
     assert not await _started(queued)
-    await healthy.take(scheduled=False)  # at once: the slow server's waiters are not ahead of it
+    await healthy.take()  # at once: the slow server's waiters are not ahead of it
     # The total (3) is reached: one more healthy cycle waits, a third server still gets its one.
     assert healthy.locked()
-    third = turns.of("third")
+    third = turns.of("third", cold=True)
     assert not third.locked()
-    await third.take(scheduled=False)
+    await third.take()
     assert turns.in_flight == {"slow": 2, "healthy": 1, "third": 1}
     queued.cancel()
     await asyncio.gather(queued, return_exceptions=True)
@@ -99,55 +99,56 @@ async def test_a_server_holding_all_its_turns_does_not_hold_back_another() -> No
 
 async def test_a_freed_turn_goes_to_the_server_with_fewest_in_flight() -> None:
     turns = KeyedTurns(per_key=4, total=4)
-    slow, healthy = turns.of("slow"), turns.of("healthy")
+    slow, healthy, healthy_cold = turns.of("slow", cold=False), turns.of("healthy", cold=False), turns.of("healthy", cold=True)
     for _ in range(3):
-        await slow.take(scheduled=True)
-    await healthy.take(scheduled=True)
-    slow_waiter = asyncio.ensure_future(slow.take(scheduled=True))
+        await slow.take()
+    await healthy.take()
+    slow_waiter = asyncio.ensure_future(slow.take())
     assert not await _started(slow_waiter)
-    healthy_waiter = asyncio.ensure_future(healthy.take(scheduled=False))
+    healthy_waiter = asyncio.ensure_future(healthy_cold.take())
     assert not await _started(healthy_waiter)
-    slow.release()  # slow 2, healthy 1 in flight: the later, first-cycle healthy waiter goes first
+    slow.release()  # slow 2, healthy 1 in flight: the later, cold healthy waiter goes first
     assert await _started(healthy_waiter) and not slow_waiter.done()
     healthy.release()
     assert await _started(slow_waiter)
     assert turns.in_flight == {"slow": 3, "healthy": 1}
 
 
-async def test_within_a_server_scheduled_cycles_go_ahead_of_first_cycles() -> None:
+async def test_within_a_server_warm_cycles_go_ahead_of_cold_first_cycles() -> None:
     turns = KeyedTurns(per_key=1, total=8)
-    one = turns.of("server")
-    await one.take(scheduled=False)
+    first = turns.of("server", cold=True)
+    await first.take()
     order: list[str] = []
 
-    async def cycle(name: str, scheduled: bool) -> None:
-        await one.take(scheduled=scheduled)
+    async def cycle(name: str, cold: bool) -> None:
+        view = turns.of("server", cold=cold)
+        await view.take()
         order.append(name)
-        one.release()
+        view.release()
 
-    tasks = [asyncio.ensure_future(cycle(f"first-{i}", False)) for i in range(2)]
+    tasks = [asyncio.ensure_future(cycle(f"first-{i}", True)) for i in range(2)]
     await asyncio.sleep(0)
-    tasks.append(asyncio.ensure_future(cycle("scheduled", True)))
+    tasks.append(asyncio.ensure_future(cycle("warm", False)))
     await asyncio.sleep(0)
-    one.release()
+    first.release()
     await asyncio.gather(*tasks)
-    assert order == ["scheduled", "first-0", "first-1"]
-    assert turns.in_flight == {} and not one.locked()
+    assert order == ["warm", "first-0", "first-1"]
+    assert turns.in_flight == {} and not first.locked()
 
 
 async def test_a_cancelled_waiter_neither_keeps_nor_loses_a_turn() -> None:
     turns = KeyedTurns(per_key=2, total=2)
-    a, b = turns.of("a"), turns.of("b")
-    await a.take(scheduled=True)
-    await b.take(scheduled=True)
+    a, b, a_cold = turns.of("a", cold=False), turns.of("b", cold=False), turns.of("a", cold=True)
+    await a.take()
+    await b.take()
     # Waiting on the total (its key has a turn free): cancelled, it leaves both as they were.
-    gone = asyncio.ensure_future(a.take(scheduled=False))
+    gone = asyncio.ensure_future(a_cold.take())
     assert not await _started(gone)
     gone.cancel()
     await asyncio.gather(gone, return_exceptions=True)
     assert turns.in_flight == {"a": 1, "b": 1}
     # Handed the turn and cancelled before it ran: the turn is passed on, not kept.
-    handed = asyncio.ensure_future(a.take(scheduled=False))
+    handed = asyncio.ensure_future(a_cold.take())
     assert not await _started(handed)
     b.release()
     handed.cancel()
@@ -156,7 +157,7 @@ async def test_a_cancelled_waiter_neither_keeps_nor_loses_a_turn() -> None:
     a.release()
     assert turns.in_flight == {} and not a.locked() and not b.locked()
     for _ in range(2):  # every turn of the key is free again
-        await a.take(scheduled=True)
+        await a.take()
     assert a.locked()
 
 

@@ -125,7 +125,7 @@ def test_a_late_start_keeps_the_grid_and_never_runs_twice_in_a_row(
     offset = schedule.phase("policy", interval)
     due = schedule.next_start(first, interval, offset)
     actual = due + lateness_fraction * interval
-    following = schedule.start_after_cycle(actual, interval, offset, scheduled=True)
+    following = schedule.start_after_cycle(actual, interval, offset, first=False)
     slots = (following - offset) / interval
     assert abs(slots - round(slots)) < 1e-6
     assert actual + interval / 2 < following <= actual + 1.5 * interval + schedule.SLOT_TOLERANCE
@@ -133,9 +133,26 @@ def test_a_late_start_keeps_the_grid_and_never_runs_twice_in_a_row(
         assert following - due == pytest.approx(interval, rel=1e-9, abs=1e-6)
 
 
-@given(now=moments, interval=intervals)
-def test_a_new_policys_second_cycle_comes_within_one_interval_and_the_first_cycle_gap(now: float, interval: float) -> None:
+@given(now=moments, interval=intervals, lateness_fraction=st.floats(0, 3))
+def test_a_policys_second_cycle_comes_within_one_interval_and_the_first_cycle_gap(
+    now: float, interval: float, lateness_fraction: float
+) -> None:
+    """After a policy's first cycle in this process — run at once (a new policy) or at its
+    phase after a restart, on time or late (it waited for a turn) — the second is on the
+    grid and within one interval and FIRST_CYCLE_GAP (not up to 1.5 intervals)."""
     offset = schedule.phase("new", interval)
-    following = schedule.start_after_cycle(now, interval, offset, scheduled=False)
+    started = now + lateness_fraction * interval
+    following = schedule.start_after_cycle(started, interval, offset, first=True)
     gap = min(interval / 2, schedule.FIRST_CYCLE_GAP)
-    assert now + gap < following <= now + gap + interval + schedule.SLOT_TOLERANCE
+    assert started + gap < following <= started + gap + interval + schedule.SLOT_TOLERANCE
+    slots = (following - offset) / interval
+    assert abs(slots - round(slots)) < 1e-6
+
+
+@given(first=st.floats(0.01, 1), total=st.floats(0, 30))
+def test_the_finalizer_waits_double_and_stay_within_their_total(first: float, total: float) -> None:
+    waits = schedule.finalizer_waits(first, total)
+    assert sum(waits) <= total + 1e-9
+    assert all(b == 2 * a for a, b in zip(waits, waits[1:]))
+    assert (waits[:1] == [first]) == (first <= total)
+    assert sum(waits) + first * 2 ** len(waits) > total  # no room for one more

@@ -36,17 +36,30 @@ def next_start(after: float, interval: float, offset: float) -> float:
     return start
 
 
-FIRST_CYCLE_GAP = 5.0  # seconds: a new policy's second cycle is at most one interval and this later
+FIRST_CYCLE_GAP = 5.0  # seconds: a policy's second cycle is at most one interval and this later
 
 
-def start_after_cycle(started: float, interval: float, offset: float, *, scheduled: bool) -> float:
+def start_after_cycle(started: float, interval: float, offset: float, *, first: bool) -> float:
     """The start that follows a cycle begun at ``started``: the next slot of the phase grid,
     so a late start does not shift the ones after it — but never closer to this start than
-    half an interval (a scheduled cycle that started late skips the slot right behind it
-    rather than run twice in a row) or, after a policy's first cycle (not ``scheduled``),
-    than ``FIRST_CYCLE_GAP`` (its second cycle stays within one interval and that gap)."""
-    gap = interval / 2 if scheduled else min(interval / 2, FIRST_CYCLE_GAP)
+    half an interval (a cycle that started late skips the slot right behind it rather than
+    run twice in a row) or, after a policy's first cycle in this process (``first``: a new
+    policy, or any policy after a restart, whether it waited for its phase or not), than
+    ``FIRST_CYCLE_GAP`` (its second cycle stays within one interval and that gap)."""
+    gap = min(interval / 2, FIRST_CYCLE_GAP) if first else interval / 2
     return next_start(started + gap, interval, offset)
+
+
+def finalizer_waits(first: float = 0.05, total: float = 5.0) -> list[float]:
+    """Sleeps between looks for kopf's finalizer on a new policy before its first write:
+    doubling from ``first`` (it is usually there within one), together at most ``total``
+    (then the policy goes on: a late finalizer only costs kopf a second patch)."""
+    waits: list[float] = []
+    wait = first
+    while sum(waits) + wait <= total:
+        waits.append(wait)
+        wait *= 2
+    return waits
 
 
 def wait_before_start(now: float, due: float, tick: float) -> float | None:

@@ -8,10 +8,10 @@ servers, whose cycles hold their turns up to observe's deadline, starve healthy 
   key is reserved: the total is exceeded by at most the number of keys in flight − 1);
 - otherwise a cycle starts while the total is below its limit;
 - a freed turn goes to the waiting key with the fewest cycles in flight (a slow server's
-  waiters come after a healthy one's), then to a scheduled cycle before a first one, then
-  in arrival order.
+  waiters come after a healthy one's), then to a warm cycle before a cold one (a
+  policy's first cycle in this process, ``core.turn_rules``), then in arrival order.
 
-The per-key limit itself is ``turns.Turns`` (one per key, scheduled cycles first): a cycle
+The per-key limit itself is ``turns.Turns`` (one per key, warm cycles first): a cycle
 reaches these decisions only once it holds its key's turn.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Waiter:
     key: str
-    scheduled: bool
+    cold: bool
     arrival: int  # increasing: earlier waiters have smaller numbers
 
 
@@ -40,7 +40,7 @@ def next_turn(waiters: Sequence[Waiter], in_flight: Mapping[str, int], total_lim
     for index, waiter in enumerate(waiters):
         if not may_start(waiter.key, in_flight, total_limit):
             continue
-        rank = (in_flight.get(waiter.key, 0), not waiter.scheduled, waiter.arrival)
+        rank = (in_flight.get(waiter.key, 0), waiter.cold, waiter.arrival)
         if best is None or rank < best:
             best, chosen = rank, index
     return chosen
