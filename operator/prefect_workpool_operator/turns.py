@@ -1,4 +1,4 @@
-"""Turns for cycles in flight, all policies together: warm cycles first (core.turn_rules).
+"""Turns for cycles in flight (one set per Prefect server, keyed_turns.py): warm cycles first (core.turn_rules).
 
 A fleet applied at once (or an operator restart) queues its cold first cycles (full
 Prefect reads, first status write, first Events) for turns. If they held every turn, a
