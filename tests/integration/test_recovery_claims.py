@@ -38,12 +38,25 @@ async def recorded(seeder: PrefectSeeder):
         yield PrefectClient(http, seeder.api_url), recorder
 
 
-def claimed(seeder: PrefectSeeder, worker: str, runs: list[str], pool: str) -> None:
-    """Simulated claims by ``worker`` (which never heartbeats: offline), visible before returning."""
-    seeder.emit_events([seeder.submitted_event(worker, "ecs", r, pool) for r in runs])
-    body = {"filter": {"event": {"name": [SUBMITTED]}, "related": {"id": [f"prefect.flow-run.{r}" for r in runs]}},
+def emit_visible(seeder: PrefectSeeder, events: list[dict], name: str, runs: list[str]) -> None:
+    """Emit events named ``name`` about ``runs``; return once the server lists every one."""
+    seeder.emit_events(events)
+    body = {"filter": {"event": {"name": [name]}, "related": {"id": [f"prefect.flow-run.{r}" for r in runs]}},
             "limit": 1}
     seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= len(runs), timeout=30)
+
+
+def claimed(seeder: PrefectSeeder, worker: str, runs: list[str], pool: str) -> None:
+    """Simulated claims by ``worker`` (which never heartbeats: offline), visible before returning."""
+    emit_visible(seeder, [seeder.submitted_event(worker, "ecs", r, pool) for r in runs], SUBMITTED, runs)
+
+
+def claimed_runs(seeder: PrefectSeeder, pool: str, count: int) -> list[str]:
+    """An ECS pool with ``count`` PENDING runs claimed by a worker that is gone."""
+    seeder.create_ecs_pool(pool)
+    runs = seeder.create_runs(seeder.create_deployment(pool), count, {"type": "PENDING"})
+    claimed(seeder, "gone", runs, pool)
+    return runs
 
 
 def claim_reads(requests: list[httpx.Request]) -> list[list[str]]:
@@ -69,9 +82,7 @@ async def test_the_acting_cycle_reads_no_claim_found_at_the_first_reading_where_
 ) -> None:
     client, recorder = recorded
     check = request.getfixturevalue("ecs_check") if checked else None
-    seeder.create_ecs_pool(pool_name)
-    runs = seeder.create_runs(seeder.create_deployment(pool_name), 60, {"type": "PENDING"})
-    claimed(seeder, "gone", runs, pool_name)
+    runs = claimed_runs(seeder, pool_name, 60)
     now = clock_after(seeder, runs)
     memory = RecoveryMemory()
     first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1,
@@ -99,9 +110,7 @@ async def test_a_task_reported_between_readings_holds_the_run_without_an_ecs_che
 ) -> None:
     """The claim was remembered without a task; the worker reports one before the acting cycle."""
     client, _ = recorded
-    seeder.create_ecs_pool(pool_name)
-    runs = seeder.create_runs(seeder.create_deployment(pool_name), 2, {"type": "PENDING"})
-    claimed(seeder, "gone", runs, pool_name)
+    runs = claimed_runs(seeder, pool_name, 2)
     now = clock_after(seeder, runs)
     memory = RecoveryMemory()
     first = await recover(client, pool_name, now - dt.timedelta(seconds=1), memory=memory, observations=1)
@@ -110,9 +119,7 @@ async def test_a_task_reported_between_readings_holds_the_run_without_an_ecs_che
     executed = seeder.submitted_event("gone", "ecs", reported, pool_name)
     executed["event"] = EXECUTED
     executed["id"] = str(uuid.uuid4())
-    seeder.emit_events([executed])
-    body = {"filter": {"event": {"name": [EXECUTED]}, "related": {"id": [f"prefect.flow-run.{reported}"]}}, "limit": 1}
-    seeder.wait_for(lambda: seeder._json("POST", "/events/filter", json=body)["total"] >= 1, timeout=30)
+    emit_visible(seeder, [executed], EXECUTED, [reported])
 
     second = await recover(client, pool_name, now, memory=memory, observations=1)
 
@@ -125,9 +132,7 @@ async def test_a_run_reclaimed_between_readings_is_read_again_and_not_acted_on(
     seeder: PrefectSeeder, pool_name: str, recorded
 ) -> None:
     client, recorder = recorded
-    seeder.create_ecs_pool(pool_name)
-    runs = seeder.create_runs(seeder.create_deployment(pool_name), 3, {"type": "PENDING"})
-    claimed(seeder, "gone", runs, pool_name)
+    runs = claimed_runs(seeder, pool_name, 3)
     memory = RecoveryMemory()
     await recover(client, pool_name, clock_after(seeder, runs), memory=memory, observations=1)
     reclaimed, others = runs[0], runs[1:]
@@ -159,9 +164,7 @@ async def test_the_observing_cycle_reads_each_capped_run_once_and_nothing_beyond
     """A whole cycle (run_cycle) with 60 claimed stale runs and maxRunsPerCycle 20: claims and
     requeue counts are read once each, for the 20 oldest only; workers and the claimer's
     started/stopped events once."""
-    seeder.create_ecs_pool(pool_name)
-    runs = seeder.create_runs(seeder.create_deployment(pool_name), 60, {"type": "PENDING"})
-    claimed(seeder, "gone", runs, pool_name)
+    runs = claimed_runs(seeder, pool_name, 60)
     since = {r["id"]: r["state"]["timestamp"] for r in seeder.filter_runs({"flow_runs": {"id": {"any_": runs}}})}
     oldest = sorted(runs, key=lambda r: dt.datetime.fromisoformat(since[r]))[:20]
     recorder = Recorder()
