@@ -27,7 +27,10 @@ def main() -> None:
         namespaces=list(config.namespaces),
         # No kopf peering: one active replica per shard comes from the shard's Lease (leader.py).
         standalone=True,
-        liveness_endpoint=config.liveness_endpoint,
+        # Ours, not kopf's detect_own_id(): that calls getpass.getuser(), which fails for a uid
+        # with no passwd entry (the image runs as 65532 without one) unless POD_ID is set.
+        identity=config.identity,
+        # No liveness_endpoint: probes.py serves /healthz and /readyz on it (handlers.startup).
     )
 
 

@@ -27,7 +27,8 @@ class OperatorConfig:
     # PWO_TICK_SECONDS: how often a policy sleeping to its next start wakes to look for a
     # spec edit or lost leadership: bounds how late a spec edit is handled.
     tick_seconds: float
-    # PWO_LIVENESS_ENDPOINT: kopf liveness probe endpoint, e.g. http://0.0.0.0:8080/healthz.
+    # PWO_LIVENESS_ENDPOINT: where the probes are served (probes.py), e.g. http://0.0.0.0:8081/healthz:
+    # liveness at its path, readiness at /readyz on the same port; unset = no probe server.
     liveness_endpoint: str | None
     # PWO_LOG_FORMAT: plain | full | json.
     log_format: str

@@ -23,12 +23,14 @@ from .core.durations import parse_duration
 from .aws import AwsError
 from .clients import AwsConnection
 from .kube_api import KubeClient, SecretError, credentials, load_configuration
-from .leader import LeaseElector
+from .core.readiness import Facts, Verdict, decide
+from .leader import ElectionThread, LeaseElector
 from .metrics import OperatorMetrics
 from .models import PolicySpec
 from .observe import ReadCache
 from .prefect_events import EventStreams
 from .prefect_http import PrefectHttp
+from .probes import ProbeServer
 from .reconcile import PolicyRuntime, run_cycle
 from .release import release_on_delete
 from .secret_cache import SecretCache
@@ -42,6 +44,8 @@ DELETE_RETRIES = 5  # AWS cleanup on deletion: then the policy goes anyway (a Wa
 FINALIZER = f"{GROUP}/finalizer"
 _connection: list[Any] = []  # the kubernetes.aio Configuration the login handler loaded (kopf uses the same)
 _STARTED = time.time()
+_STARTED_MONOTONIC = time.monotonic()
+_login_error: list[str] = []  # why our login handler failed last (readiness); empty once it succeeds
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
 # Cycles in flight per Prefect server (and in total): a burst (a fleet's first cycles, a restart)
 # waits its turn instead of queueing every read on the shared connections until they time out;
@@ -61,6 +65,8 @@ ELECTOR = LeaseElector(
     lease_seconds=CONFIG.lease_seconds, renew_deadline=CONFIG.renew_deadline_seconds,
     retry_seconds=CONFIG.retry_seconds, on_lost=_cancel_cycles,
 ) if CONFIG.leader_election else None
+# Its own thread, event loop and connection: renewals never queue behind the fleet's traffic.
+ELECTION = ElectionThread(ELECTOR) if ELECTOR is not None else None
 
 
 def _acting() -> bool:
@@ -133,6 +139,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
+    if CONFIG.liveness_endpoint:  # before login: /healthz answers, /readyz says why not ready
+        memo.probes = ProbeServer(CONFIG.liveness_endpoint, health=_health, readiness=_readiness)
+        await memo.probes.start()
     memo.metrics = OperatorMetrics()
     if CONFIG.metrics_port:
         memo.metrics.serve(CONFIG.metrics_port)
@@ -144,8 +153,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # Per-object memos are shallow copies of this one: a dict here is shared by all
     # policies, so they share one Kubernetes client and Secret cache (built once logged in).
     memo.shared = {}
-    if ELECTOR is not None:
-        memo.shared["elector"] = asyncio.ensure_future(_elect(ELECTOR, memo))
+    if ELECTION is not None:
+        memo.shared["elector"] = asyncio.ensure_future(_elect(ELECTION, memo))
 
 
 def _kube(memo: kopf.Memo) -> KubeClient | None:
@@ -161,21 +170,37 @@ def _kube(memo: kopf.Memo) -> KubeClient | None:
     return kube
 
 
-async def _elect(elector: LeaseElector, memo: kopf.Memo) -> None:
+async def _elect(election: ElectionThread, memo: kopf.Memo) -> None:
     """Take part in the shard's election once kopf has logged in (login follows startup)."""
-    while (kube := _kube(memo)) is None:
+    while not _connection:
         await asyncio.sleep(0.1)
     gauge = memo.metrics.leader.labels(CONFIG.shard_name)
     gauge.set(0)
-    elector.connect(kube)
-    election = asyncio.ensure_future(elector.run())
-    try:
-        while not election.done():  # the gauge follows the role
-            gauge.set(1 if elector.is_leader else 0)
-            await asyncio.wait({election}, timeout=0.5)
-            _kube(memo)
-    finally:
-        election.cancel()
+    election.start(_connection[0])
+    while True:  # the gauge follows the role; new credentials follow kopf's logins
+        gauge.set(1 if election.elector.is_leader else 0)
+        election.use(_connection[0])
+        await asyncio.sleep(0.5)
+
+
+def _health() -> tuple[bool, dict[str, Any]]:
+    """/healthz: answered by this event loop; fails only if the election thread died."""
+    body: dict[str, Any] = {"leader": leader_probe()}
+    if ELECTION is not None and ELECTION.failed:
+        body["problem"] = "the Lease election thread stopped"
+        return False, body
+    return True, body
+
+
+def _readiness() -> tuple[Verdict, dict[str, Any]]:
+    """/readyz: logged in and the shard's Lease reached recently (core.readiness)."""
+    facts = Facts(
+        now=time.monotonic(), started=_STARTED_MONOTONIC, login_error=_login_error[0] if _login_error else None,
+        logged_in=bool(_connection), election=ELECTOR is not None, lease_seconds=CONFIG.lease_seconds,
+        lease_reached=ELECTOR.reached if ELECTOR else None, lease_problem=ELECTOR.problem if ELECTOR else None,
+        lease_status=ELECTOR.problem_status if ELECTOR else None,
+    )
+    return decide(facts), leader_probe()
 
 
 @kopf.on.probe(id="leader")
@@ -188,7 +213,12 @@ def leader_probe(**_: Any) -> dict[str, Any]:
 async def login(**_: Any) -> kopf.ConnectionInfo:
     """One login source for kopf and the operator's own client: the official client's loader
     (in-cluster ServiceAccount, else the kubeconfig)."""
-    configuration = await load_configuration()
+    try:
+        configuration = await load_configuration()
+    except Exception as exc:
+        _login_error[:] = [f"no credentials ({type(exc).__name__}: {str(exc)[:200]})"]
+        raise
+    _login_error.clear()
     _connection[:] = [configuration]
     return kopf.ConnectionInfo(**await credentials(configuration))
 
@@ -201,14 +231,16 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if election is not None:
         election.cancel()
         await asyncio.wait({election}, timeout=1.0)
-    if ELECTOR is not None:
-        await ELECTOR.release()
+    if ELECTION is not None:
+        await ELECTION.stop()  # releases the Lease if held
     if memo.shared.get("secrets") is not None:
         await memo.shared["secrets"].aclose()
     if memo.shared.get("kube") is not None:
         await memo.shared["kube"].aclose()
     if memo.get("http") is not None:
         await memo.http.aclose()
+    if memo.get("probes") is not None:
+        await memo.probes.aclose()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

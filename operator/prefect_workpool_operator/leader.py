@@ -14,6 +14,11 @@ the Secret cache uses too):
   acting (``on_lost``) even before it hears from the server, and the renew deadline is
   shorter than the lease, so it has stopped before any standby may take over;
 - ``release`` empties the holder so a standby takes over at its next try, not after the lease.
+
+``ElectionThread`` runs an elector on a thread of its own, with its own event loop and its
+own ApiClient (same login): renewals never wait behind the operator's other Kubernetes
+traffic or a busy main loop (1,000 policies recovering at once made the only replica miss
+its renew deadline and cancel its cycles).
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
-from kubernetes.aio.client import ApiException, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
+from kubernetes.aio.client import ApiException, Configuration, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 
 from .kube_api import KubeClient
 
@@ -40,7 +46,8 @@ def _now() -> datetime:
 
 def _problem(exc: Exception) -> str:
     if isinstance(exc, ApiException):
-        return f"HTTP {exc.status}" + (" Forbidden (RBAC: the Lease's Role)" if exc.status == 403 else "")
+        return f"HTTP {exc.status}" + {403: " Forbidden (RBAC: the Lease's Role)",
+                                       401: " Unauthorized (credentials refused)"}.get(exc.status or 0, "")
     return type(exc).__name__
 
 
@@ -53,7 +60,7 @@ class LeaseElector:
     ) -> None:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds, self.renew_deadline, self.retry_seconds = lease_seconds, renew_deadline, retry_seconds
-        self._on_lost = on_lost
+        self.on_lost = on_lost
         self._kube: KubeClient | None = None
         self._written_lease: V1Lease | None = None  # what our last successful write returned (fast-path renewal)
         self._renewed_at: float | None = None  # monotonic time the last successful write was *sent*
@@ -61,6 +68,11 @@ class LeaseElector:
         self._observed_at = 0.0  # when it was first seen unchanged (our clock)
         self.last_contact: float | None = None  # monotonic time of the last answer from the API server
         self.transitions = 0  # times this replica became leader
+        # For readiness (core.readiness): the last successful read or write of the Lease, and
+        # what the last try that failed said (cleared by the next success).
+        self.reached: float | None = None
+        self.problem: str | None = None
+        self.problem_status: int | None = None
 
     def connect(self, kube: KubeClient) -> None:
         """Use this client (the operator's one login) for every request."""
@@ -89,6 +101,8 @@ class LeaseElector:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the next try may succeed; the watchdog guards the deadline
+                    self.problem = _problem(exc)
+                    self.problem_status = exc.status if isinstance(exc, ApiException) else None
                     log.warning("lease %s/%s: try failed: %s", self.namespace, self.name, _problem(exc))
                 await asyncio.sleep(self.retry_seconds)
         finally:
@@ -104,7 +118,7 @@ class LeaseElector:
     def _lose(self, why: str) -> None:
         self._renewed_at = None
         log.warning("lease %s/%s: %s is no longer leader (%s)", self.namespace, self.name, self.identity, why)
-        self._on_lost()
+        self.on_lost()
 
     async def _try_once(self) -> None:
         sent = time.monotonic()
@@ -120,13 +134,13 @@ class LeaseElector:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.last_contact = time.monotonic()
+            self._reached()
             body = V1Lease(api_version="coordination.k8s.io/v1", kind="Lease",
                            metadata=V1ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(None))
             await self._write(self._api.create_namespaced_lease(
                 self.namespace, body, _request_timeout=self.retry_seconds), sent)
             return
-        self.last_contact = time.monotonic()
+        self._reached()
         spec = lease.spec or V1LeaseSpec()
         holder = spec.holder_identity or ""
         if holder and holder != self.identity:
@@ -141,6 +155,10 @@ class LeaseElector:
         lease.spec = self._spec(spec)
         await self._write(self._api.replace_namespaced_lease(
             self.name, self.namespace, lease, _request_timeout=self.retry_seconds), sent)
+
+    def _reached(self) -> None:
+        self.last_contact = self.reached = time.monotonic()
+        self.problem = self.problem_status = None
 
     def _spec(self, old: V1LeaseSpec | None) -> V1LeaseSpec:
         now = _now()
@@ -160,9 +178,10 @@ class LeaseElector:
             self.last_contact = time.monotonic()
             self._written_lease = None
             if exc.status == 409:
+                self._reached()
                 return False  # another replica wrote first (or our fast path was stale): read next
             raise
-        self.last_contact = time.monotonic()
+        self._reached()
         if self._renewed_at is None:
             self.transitions += 1
             log.info("lease %s/%s: %s is leader", self.namespace, self.name, self.identity)
@@ -187,3 +206,81 @@ class LeaseElector:
             lease.spec.holder_identity, lease.spec.lease_duration_seconds, lease.spec.renew_time = "", 1, _now()
             await self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=2.0)
             log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
+
+
+class ElectionThread:
+    """Runs a ``LeaseElector`` on a thread of its own: its own event loop and ApiClient.
+
+    The operator's main loop only reads ``elector.is_leader`` (a float compared with the
+    clock: safe from any thread); ``on_lost`` is handed to the main loop with
+    ``call_soon_threadsafe``; credentials are passed in with ``use`` (kopf logged in again).
+    """
+
+    def __init__(self, elector: LeaseElector) -> None:
+        self.elector = elector
+        self._deliver = elector.on_lost
+        elector.on_lost = self._lost
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._configuration: Configuration | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stopping = False
+
+    def _lost(self) -> None:
+        if self._main is not None and not self._main.is_closed():
+            self._main.call_soon_threadsafe(self._deliver)
+
+    @property
+    def failed(self) -> bool:
+        """Started, not asked to stop, and its thread is gone (liveness: restart the Pod)."""
+        return self._thread is not None and not self._stopping and not self._thread.is_alive()
+
+    def start(self, configuration: Configuration) -> None:
+        """Start electing with these credentials (call from the main loop)."""
+        self._main = asyncio.get_running_loop()
+        self._configuration = configuration
+        self._thread = threading.Thread(target=self._main_of_thread, name=f"lease-{self.elector.name}", daemon=True)
+        self._thread.start()
+
+    def use(self, configuration: Configuration) -> None:
+        """New credentials: the election's own client is rebuilt on them before its next try."""
+        self._configuration = configuration
+
+    async def stop(self, timeout: float = 8.0) -> None:
+        """Stop electing and release the Lease if held (call from the main loop)."""
+        self._stopping = True
+        if self._thread is None:
+            return
+        await asyncio.to_thread(self._started.wait, timeout)
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, timeout)
+
+    def _main_of_thread(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except Exception:
+            log.exception("lease %s/%s: the election thread failed", self.elector.namespace, self.elector.name)
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._started.set()
+        assert self._configuration is not None
+        kube = KubeClient(self._configuration)
+        self.elector.connect(kube)
+        election = asyncio.ensure_future(self.elector.run())
+        try:
+            while not self._stop.is_set() and not election.done():
+                kube.use(self._configuration)  # no-op unless kopf logged in again
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=0.5)
+        finally:
+            election.cancel()
+            await asyncio.gather(election, return_exceptions=True)
+            await self.elector.release()
+            await kube.aclose()

@@ -1,0 +1,90 @@
+"""The Lease election runs on its own thread, event loop and connection: it keeps renewing
+while the operator's main event loop is blocked for longer than the renew deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import pytest
+from kubernetes.aio.client import Configuration
+from kubernetes.aio.config import load_kube_config
+
+from prefect_workpool_operator.leader import ElectionThread, LeaseElector
+from tests.kubectl import Kubectl
+
+pytestmark = pytest.mark.e2e
+
+TIMINGS = {"lease_seconds": 6.0, "renew_deadline": 4.0, "retry_seconds": 1.0}
+
+
+def renew_time(kubectl: Kubectl, namespace: str) -> datetime:
+    spec = kubectl.in_namespace(namespace).get_json("lease", "thread")["spec"]
+    return datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00"))
+
+
+def test_renewals_go_on_while_the_main_loop_is_blocked(kubectl: Kubectl, namespace: str) -> None:
+    lost: list[float] = []
+
+    async def scenario() -> dict[str, object]:
+        configuration = Configuration()
+        await load_kube_config(config_file=kubectl.kubeconfig, client_configuration=configuration)
+        elector = LeaseElector(namespace=namespace, name="thread", identity="a", on_lost=lambda: lost.append(1.0),
+                               **TIMINGS)
+        election = ElectionThread(elector)
+        election.start(configuration)
+        try:
+            deadline = time.monotonic() + 30
+            while not elector.is_leader:
+                assert time.monotonic() < deadline, "never became leader"
+                await asyncio.sleep(0.05)
+            before = renew_time(kubectl, namespace)
+            transitions = elector.transitions
+            time.sleep(TIMINGS["renew_deadline"] + 2.0)  # the main loop is blocked, as under a fleet's burst
+            during = renew_time(kubectl, namespace)
+            leading = elector.is_leader
+            await asyncio.sleep(0.2)  # an on_lost queued for this loop would run now
+            return {"before": before, "during": during, "leading": leading, "transitions": elector.transitions - transitions}
+        finally:
+            await election.stop()
+
+    seen = asyncio.run(scenario())
+    assert seen["leading"], "leadership lost while the main loop was blocked"
+    assert lost == []
+    assert seen["transitions"] == 0
+    # Renewed every retry (1 s) during the 6 s block: the record moved by well over the deadline.
+    assert (seen["during"] - seen["before"]).total_seconds() >= TIMINGS["renew_deadline"], seen
+    assert kubectl.in_namespace(namespace).get_json("lease", "thread")["spec"].get("holderIdentity") in ("", None)
+
+
+def test_lost_leadership_reaches_the_main_loop(kubectl: Kubectl, namespace: str) -> None:
+    """Someone else takes the Lease: ``on_lost`` runs on the caller's loop, not the election's thread."""
+    import threading
+
+    async def scenario() -> tuple[bool, bool]:
+        configuration = Configuration()
+        await load_kube_config(config_file=kubectl.kubeconfig, client_configuration=configuration)
+        main = threading.get_ident()
+        called: asyncio.Event = asyncio.Event()
+        on_main: list[bool] = []
+
+        def on_lost() -> None:
+            on_main.append(threading.get_ident() == main)
+            called.set()
+
+        elector = LeaseElector(namespace=namespace, name="stolen", identity="a", on_lost=on_lost, **TIMINGS)
+        election = ElectionThread(elector)
+        election.start(configuration)
+        try:
+            while not elector.is_leader:
+                await asyncio.sleep(0.05)
+            ns = kubectl.in_namespace(namespace)
+            ns("patch", "lease", "stolen", "--type=merge", "-p", '{"spec":{"holderIdentity":"b"}}')
+            await asyncio.wait_for(called.wait(), timeout=10)
+            return on_main[0], elector.is_leader
+        finally:
+            await election.stop()
+
+    on_main, still_leader = asyncio.run(scenario())
+    assert on_main and not still_leader
