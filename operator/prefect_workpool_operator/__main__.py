@@ -7,10 +7,11 @@ import sys
 
 import kopf
 
-from .config import load_config, quiet_libraries
+from .config import ensure_home, load_config, quiet_libraries
 
 
 def main() -> None:
+    ensure_home()  # before anything imports the kubernetes client
     if sys.argv[1:2] == ["why"]:  # `python -m prefect_workpool_operator why <ns>/<policy> <run>`: reads only
         from .why import main as why
 

@@ -128,6 +128,21 @@ def load_config(env: dict[str, str] | None = None) -> OperatorConfig:
     )
 
 
+def ensure_home(env: dict[str, str] | None = None) -> None:
+    """Give HOME a value when it has none and the passwd database has no entry for this uid
+    (the image runs as 65532 without one): the kubernetes client computes ~/.kube/config at
+    import and Path.home() raises then. Nothing is written there; it need not exist."""
+    env = os.environ if env is None else env
+    if env.get("HOME"):
+        return
+    import pwd  # POSIX only, like the image
+
+    try:
+        pwd.getpwuid(os.getuid())
+    except KeyError:
+        env["HOME"] = "/nonexistent"
+
+
 def _own_namespace() -> str:
     try:
         with open(_SA_NAMESPACE) as handle:
