@@ -137,7 +137,7 @@ def test_deployment_is_hardened(helm: str) -> None:
     # The new Pod is a ready standby before the old leader stops (and releases the Lease).
     assert spec["replicas"] == 1 and spec["strategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "liveness"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"] == {
