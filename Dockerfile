@@ -1,17 +1,30 @@
 # The operator image: the package and its pinned dependencies (constraints.txt) in a
 # virtualenv on a slim Python base, run as an unprivileged numeric user so Kubernetes
 # can enforce runAsNonRoot. Works with a read-only root filesystem (the chart mounts an
-# emptyDir on /tmp). Build: `docker build -t prefect-workpool-operator:dev .`
+# emptyDir on /tmp). Build: `make image` (hack/image.sh; also without a registry) or
+# `docker build -t prefect-workpool-operator:dev .`
 ARG PYTHON_IMAGE=python:3.11.15-slim-trixie
+
+# The runtime requirements, read from pyproject.toml: an edit elsewhere in that file yields
+# the same list, so the dependency layer below stays cached.
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > requirements.txt
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, so editing the operator's code reuses this layer.
-COPY constraints.txt pyproject.toml README.md ./
+# Dependencies first, without the package's code, so editing operator/ reuses this layer.
+# setuptools here too: the package is then built without fetching its backend again.
+COPY constraints.txt ./
+COPY --from=requirements /src/requirements.txt ./
+RUN /opt/venv/bin/pip install --constraint constraints.txt --requirement requirements.txt "setuptools>=69"
+# The code: only the package itself, its dependencies being in place.
+COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN /opt/venv/bin/pip install --constraint constraints.txt . \
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
  && /opt/venv/bin/python -c "import prefect_workpool_operator.handlers"
 
 FROM ${PYTHON_IMAGE}
