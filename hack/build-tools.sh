@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, helm, promtool and helm-docs from the Go modules pinned under hack/tools/ and
+# Builds kube-apiserver, etcd, helm, promtool and helm-docs (and, for the node tests, kubelet, kube-proxy,
+# kube-controller-manager and kube-scheduler) from the Go modules pinned under hack/tools/ and
 # caches the binaries, keyed by a hash of each tools module, so only the first run pays.
 # Prints the directory holding the binaries on its last line.
 set -euo pipefail
@@ -15,7 +16,7 @@ build() { # name module-dir package [ldflags] [build tags]
   local out="$cache/$name-$key"
   if [ ! -x "$out" ]; then
     echo ">> building $name from $pkg (first run only; on 2 cores kube-apiserver takes ~7 min," \
-      "promtool ~2.5 min, helm-docs ~1 min, helm and etcd a few)" >&2
+      "the four node binaries ~8 min together, promtool ~2.5 min, helm-docs ~1 min, helm and etcd a few)" >&2
     local start=$SECONDS
     # Progress for the long build: a dot a minute on stderr. It stops within a second of
     # the flag file going, so no stray `sleep` holds the caller's pipe open.
@@ -38,8 +39,17 @@ kube_version=$(sed -nE 's#^(require )?[[:space:]]*k8s\.io/kubernetes (v[0-9]+\.[
 kv=${kube_version#v}
 pfx=k8s.io/component-base/version
 build etcd etcd go.etcd.io/etcd/server/v3
-build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver \
-  "-X $pfx.gitVersion=$kube_version -X $pfx.gitMajor=${kv%%.*} -X $pfx.gitMinor=$(echo "$kv" | cut -d. -f2) -X $pfx.gitTreeState=clean"
+kube_ldflags="-X $pfx.gitVersion=$kube_version -X $pfx.gitMajor=${kv%%.*} -X $pfx.gitMinor=$(echo "$kv" | cut -d. -f2) -X $pfx.gitTreeState=clean"
+build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+# The node (tests/node): the same Kubernetes release, in a module of its own so that adding
+# it did not change kube-apiserver's cache key. Skipped with PWO_NODE_TOOLS=0.
+node_version=$(sed -nE 's#^(require )?[[:space:]]*k8s\.io/kubernetes (v[0-9]+\.[0-9]+\.[0-9]+)( .*)?$#\2#p' "$here/tools/node/go.mod" | head -n1)
+[ "$node_version" = "$kube_version" ] || { echo "!! tools/node has k8s.io/kubernetes $node_version, tools/kube $kube_version" >&2; exit 1; }
+if [ "${PWO_NODE_TOOLS:-1}" != 0 ]; then
+  for component in kubelet kube-controller-manager kube-scheduler kube-proxy; do
+    build "$component" node "k8s.io/kubernetes/cmd/$component" "$kube_ldflags"
+  done
+fi
 # Like helm's own Makefile: the Kubernetes version offline `helm template`/`lint` assume
 # comes from the client-go it is built with, and the binary reports its release.
 helm_mod=$here/tools/helm/go.mod

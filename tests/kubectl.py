@@ -24,8 +24,12 @@ class Kubectl:
     def in_namespace(self, namespace: str) -> Kubectl:
         return Kubectl(self.kubeconfig, namespace)
 
+    def base_command(self) -> list[str]:
+        """kubectl with this kubeconfig and namespace, for a caller running it itself (e.g. -f)."""
+        return [KUBECTL, "--kubeconfig", self.kubeconfig, *(["-n", self.namespace] if self.namespace else [])]
+
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [KUBECTL, "--kubeconfig", self.kubeconfig, *(["-n", self.namespace] if self.namespace else []), *args]
+        cmd = [*self.base_command(), *args]
         proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")

@@ -1,8 +1,10 @@
 """A real Kubernetes control plane (etcd + kube-apiserver) on loopback, without Docker.
 
-There is no controller-manager or scheduler: no garbage collection, namespaces never
-finish deleting and Deployments never get Pods. It is enough for CRDs, RBAC checks,
-ServiceAccount tokens and custom-resource reconciliation by an operator.
+By itself there is no controller-manager or scheduler: no garbage collection, namespaces
+never finish deleting and Deployments never get Pods. It is enough for CRDs, RBAC checks,
+ServiceAccount tokens and custom-resource reconciliation by an operator. With
+``address=`` (the node bridge's own address) it serves where pods can reach it, with the
+ServiceAccount admission plugin on, for a ``sandbox.node.LocalNode`` to run pods.
 
     with LocalControlPlane(tmp_path) as cp:
         subprocess.run(["kubectl", "get", "ns"], env=cp.env(), check=True)
@@ -80,14 +82,21 @@ class LocalControlPlane:
         *,
         detach: bool = False,
         apiserver_args: tuple[str, ...] = (),
+        address: str = "127.0.0.1",
+        service_cidr: str = "10.0.0.0/24",
     ) -> None:
         """`detach=True` (for hack/cluster.py) lets the processes outlive this Python process;
-        ``apiserver_args``: more kube-apiserver flags (a test's own control plane)."""
+        ``apiserver_args``: more kube-apiserver flags (a test's own control plane);
+        ``address``: where kube-apiserver listens — loopback, or a node bridge's own address
+        (then pods reach it through the ``kubernetes`` Service and get ServiceAccount tokens)."""
         self.workdir = pathlib.Path(workdir).resolve()
         self.bin_dir = bin_dir
         self.log = log
         self.detach = detach
         self.apiserver_args = tuple(apiserver_args)
+        self.address = address
+        self.service_cidr = service_cidr
+        self.for_pods = address != "127.0.0.1"
         self.kubeconfig = self.workdir / "kubeconfig"
         self.server = ""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -177,15 +186,23 @@ class LocalControlPlane:
     def _start_apiserver(self, etcd_url: str, deadline: float) -> None:
         sa_key = self._sa_key()
         tokens = self._token_file()
-        port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        port = free_port(self.address)
+        self.server = f"https://{self.address}:{port}"
+        if self.for_pods:
+            # Pods reach it as the 'kubernetes' Service (kube-proxy, from these endpoints), and
+            # the ServiceAccount admission plugin gives them their token (the 'default'
+            # ServiceAccounts come from kube-controller-manager).
+            pod_args = ["--endpoint-reconciler-type=lease"]
+        else:
+            # The endpoint reconciler refuses a loopback address, and nothing in-cluster needs
+            # the 'kubernetes' Service endpoints here; nothing would create the 'default'
+            # ServiceAccount, so Pods would be rejected by its admission plugin.
+            pod_args = ["--endpoint-reconciler-type=none", "--disable-admission-plugins=ServiceAccount"]
         proc = self._spawn("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            # The endpoint reconciler refuses a loopback address, and nothing in-cluster needs
-            # the 'kubernetes' Service endpoints here.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            *pod_args,
             f"--secure-port={port}",
             f"--cert-dir={self._ca_file.parent}",  # self-signed serving cert, kept across restarts
             "--authorization-mode=RBAC",
@@ -193,9 +210,7 @@ class LocalControlPlane:
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={sa_key}",  # a private key file also yields the public key
             f"--service-account-signing-key-file={sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            # Nothing would create the 'default' ServiceAccount, so Pods would be rejected.
-            "--disable-admission-plugins=ServiceAccount",
+            f"--service-cluster-ip-range={self.service_cidr}",
             "--allow-privileged=true",
             *self.apiserver_args,
         ])

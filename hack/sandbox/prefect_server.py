@@ -138,7 +138,8 @@ def ensure_venv(venv_dir: pathlib.Path, requirements: pathlib.Path, what: str, l
 
 
 class PrefectServer:
-    """A `prefect server start` subprocess on a free loopback port.
+    """A `prefect server start` subprocess on a free loopback port (or on ``host``: the node
+    bridge's own address, for an operator running as a pod).
 
     ``start()`` may be called again after ``stop()``: it reuses the same port and
     PREFECT_HOME (so the same SQLite database), which lets tests restart the server
@@ -155,8 +156,10 @@ class PrefectServer:
         env: dict[str, str] | None = None,
         venv_dir: pathlib.Path | None = None,
         log: Log = print,
+        host: str = "127.0.0.1",
     ) -> None:
         self.workdir = pathlib.Path(workdir).resolve()
+        self.host = host
         self.auth_string = auth_string
         self.services = {**DEFAULT_SERVICES, **{k.upper(): v for k, v in (services or {}).items()}}
         self.database_url = database_url
@@ -171,7 +174,7 @@ class PrefectServer:
     def api_url(self) -> str:
         if self.port is None:
             raise RuntimeError("server not started")
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{self.host}:{self.port}/api"
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -218,7 +221,7 @@ class PrefectServer:
         # first start just try another one.
         for attempt in range(3):
             if self.port is None:
-                self.port = free_port()
+                self.port = free_port(self.host)
             if self._spawn(prefect, timeout):
                 return
             if not first or attempt == 2:
@@ -237,7 +240,7 @@ class PrefectServer:
                     "server",
                     "start",
                     "--host",
-                    "127.0.0.1",
+                    self.host,
                     "--port",
                     str(self.port),
                     "--no-ui",

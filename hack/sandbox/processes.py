@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 Log = Callable[[str], object]
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (racy, but fine on a test box)."""
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``address`` right now (racy, but fine on a test box)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
