@@ -58,7 +58,7 @@ chart-docs: tools ## regenerate the chart README's values table from the comment
 	"$$(hack/build-tools.sh | tail -1)/helm-docs" --chart-search-root charts --template-files README.md.gotmpl \
 		--sort-values-order file --log-level warning
 
-release: venv tools ## package a release in dist/: chart, wheel, image (where docker/podman/buildah exists), SHA256SUMS (DRAFT=1: undated changelog ok)
+release: venv tools ## package a release in dist/: chart, wheel, image (hack/image.sh, also without a registry; else podman/buildah), SHA256SUMS (DRAFT=1: undated changelog ok)
 	hack/release.sh
 
 bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed, Prefect budget, overload, noisy neighbours and the fleet (before/after)
@@ -91,8 +91,8 @@ cluster-down: venv ## stop the local control plane
 run: venv ## run the operator against the cluster KUBECONFIG points at
 	$(BIN)/python -m prefect_workpool_operator
 
-image: ## build the operator image (needs a Docker engine)
-	hack/kind-deploy.sh image
+image: ## build the operator image (a running Docker engine or a private dockerd; debootstrap base without a registry; IMAGE_REPO, IMAGE_TAG)
+	hack/image.sh
 
 kind-up: ## create a kind cluster (needs Docker and kind)
 	hack/kind-deploy.sh cluster

@@ -17,7 +17,11 @@ RELEASE=${RELEASE:-prefect-workpool-operator}
 HELM=${HELM:-helm}
 CHART=charts/prefect-workpool-operator
 
-image() { docker build -t "$IMAGE_REPO:$IMAGE_TAG" .; }
+# kind loads from the engine that answers, so the build must use it too (no private dockerd).
+image() {
+  docker info >/dev/null 2>&1 || { echo "!! no Docker engine answers (kind needs one)" >&2; exit 1; }
+  IMAGE_REPO=$IMAGE_REPO IMAGE_TAG=$IMAGE_TAG hack/image.sh >/dev/null
+}
 
 cluster() {
   kind get clusters 2>/dev/null | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER"
