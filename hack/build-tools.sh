@@ -14,6 +14,11 @@ build() { # name module-dir package [ldflags] [build tags]
   # ldflags and tags are part of the key: they carry the versions the binary reports.
   key=$( { cat "$here/tools/$dir/go.mod" "$here/tools/$dir/go.sum"; printf '%s' "$ldflags" "$tags"; } | sha256sum | cut -c1-12)
   local out="$cache/$name-$key"
+  # One build of a binary at a time on this machine: a second caller (another checkout, a test
+  # starting its own control plane) waits for it instead of compiling the same packages again.
+  local lock
+  exec {lock}>"$cache/.$name.lock"
+  flock "$lock"
   if [ ! -x "$out" ]; then
     echo ">> building $name from $pkg (first run only; on 2 cores kube-apiserver takes ~7 min," \
       "the four node binaries ~8 min together, promtool ~2.5 min, helm-docs ~1 min, helm and etcd a few)" >&2
@@ -29,6 +34,7 @@ build() { # name module-dir package [ldflags] [build tags]
     mv -f "$out.tmp.$$" "$out"  # per-process temp: concurrent builds (two checkouts) never clobber each other
     echo ">> built $name in $((SECONDS - start))s" >&2
   fi
+  exec {lock}>&-
   ln -sf "$out" "$cache/$name"
 }
 
