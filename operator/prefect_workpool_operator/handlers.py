@@ -46,6 +46,13 @@ _connection: list[Any] = []  # the kubernetes.aio Configuration the login handle
 _STARTED = time.time()
 _STARTED_MONOTONIC = time.monotonic()
 _login_error: list[str] = []  # why our login handler failed last (readiness); empty once it succeeds
+_given: list[dict[str, Any]] = []  # the credentials last handed to kopf
+_refused_since: list[float] = []  # since when kopf has been asking again for credentials it was refused
+# kopf asks for credentials again only after a 401, and exits when given the same ones back:
+# wait (unready, /readyz says why) for new ones — a rotated token, a fixed kubeconfig —
+# for this long, then hand them back and let kopf exit (a restart clears a transient refusal).
+REFUSED_RETRY_SECONDS = 10.0
+REFUSED_GIVE_UP_SECONDS = 300.0
 _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: cancelled when leadership is lost
 # Cycles in flight per Prefect server (and in total): a burst (a fleet's first cycles, a restart)
 # waits its turn instead of queueing every read on the shared connections until they time out;
@@ -218,9 +225,19 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
     except Exception as exc:
         _login_error[:] = [f"no credentials ({type(exc).__name__}: {str(exc)[:200]})"]
         raise
-    _login_error.clear()
+    info = await credentials(configuration)
+    if _given and info == _given[0]:
+        _refused_since[:] = _refused_since or [time.monotonic()]
+        _login_error[:] = ["the API server refused the credentials (HTTP 401)"]
+        if time.monotonic() - _refused_since[0] < REFUSED_GIVE_UP_SECONDS:
+            raise kopf.TemporaryError("the API server refused the credentials (HTTP 401); waiting for new ones",
+                                      delay=REFUSED_RETRY_SECONDS)
+    else:
+        _refused_since.clear()
+        _login_error.clear()
+    _given[:] = [info]
     _connection[:] = [configuration]
-    return kopf.ConnectionInfo(**await credentials(configuration))
+    return kopf.ConnectionInfo(**info)
 
 
 @kopf.on.cleanup()

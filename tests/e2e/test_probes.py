@@ -52,7 +52,10 @@ def test_bad_token_is_not_ready_but_alive(kubectl: Kubectl, namespace: str, tmp_
     port = free_port()
     with operator_process(operator_env(str(bad), namespace, "bad-token", port), tmp_path / "op.log") as proc:
         base = f"http://127.0.0.1:{port}"
-        status, body = wait_for(lambda: answers(f"{base}/healthz"), timeout=30, what="/healthz answers")
+        try:
+            status, body = wait_for(lambda: answers(f"{base}/healthz"), timeout=60, what="/healthz answers")
+        except AssertionError:
+            raise AssertionError((tmp_path / "op.log").read_text()[-5000:]) from None
         assert status == 200 and body["leader"]["pod"] == "bad-token", body
         status, body = wait_for(lambda: (r := answers(f"{base}/readyz")) and "login" in r[1].get("reason", "") and r,
                                 timeout=30, what="/readyz says login")
