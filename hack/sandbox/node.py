@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -412,6 +413,34 @@ def _containers() -> list[str]:
     return out.stdout.split() if out.returncode == 0 else []
 
 
+def _our_rules(tool: str) -> list[str]:
+    """iptables-save lines of the node's chains: ours, kube-proxy's and the kubelet's (KUBE-*)."""
+    out = _run(f"{tool}-save", check=False).stdout
+    return [line for line in out.splitlines() if FORWARD_CHAIN in line or "KUBE-" in line]
+
+
+def _drop_chains(tool: str) -> None:
+    """Rules jumping to the node's chains first, then the chains themselves, in every table."""
+    table = ""
+    jumps: list[tuple[str, list[str]]] = []
+    chains: list[tuple[str, str]] = []
+    for line in _run(f"{tool}-save", check=False).stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":") and (line[1:].startswith("KUBE-") or line[1:].startswith(FORWARD_CHAIN)):
+            chains.append((table, line[1:].split()[0]))
+        elif line.startswith("-A ") and ("-j KUBE-" in line or f"-j {FORWARD_CHAIN}" in line):
+            words = shlex.split(line)
+            if not words[1].startswith(("KUBE-", FORWARD_CHAIN)):
+                jumps.append((table, words[1:]))
+    for table, rule in jumps:
+        _run(tool, "-t", table, "-D", *rule, check=False)
+    for table, chain in chains:
+        _run(tool, "-t", table, "-F", chain, check=False)
+    for table, chain in chains:
+        _run(tool, "-t", table, "-X", chain, check=False)
+
+
 def leftovers() -> list[str]:
     """What of a node is still on this machine: empty after a clean stop."""
     found = [f"process {name}" for name in _our_pids()]
@@ -419,9 +448,7 @@ def leftovers() -> list[str]:
     found += [f"mount {m}" for m in _our_mounts(_mount_roots())]
     before = set(json.loads((RUN_DIR / "netns-before.json").read_text())) if (RUN_DIR / "netns-before.json").exists() else set()
     found += [f"netns {n}" for n in _netns() if n.startswith("cni-") and n not in before]
-    rules = _run("iptables-save", check=False).stdout
-    found += [f"iptables {line}" for line in rules.splitlines()
-              if FORWARD_CHAIN in line or "KUBE-" in line or BRIDGE in line]
+    found += [f"{tool} {line}" for tool in ("iptables", "ip6tables") for line in _our_rules(tool)]
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         found.append(f"link {BRIDGE}")
     return found
@@ -447,10 +474,8 @@ def sweep(log: Log = print) -> None:
     for name in _netns():
         if name.startswith("cni-") and name not in before:
             _run("ip", "netns", "delete", name, check=False)
-    if _run("iptables", "-C", "FORWARD", "-j", FORWARD_CHAIN, check=False).returncode == 0:
-        _run("iptables", "-D", "FORWARD", "-j", FORWARD_CHAIN, check=False)
-    _run("iptables", "-F", FORWARD_CHAIN, check=False)
-    _run("iptables", "-X", FORWARD_CHAIN, check=False)
+    for tool in ("iptables", "ip6tables"):
+        _drop_chains(tool)
     _run("ip", "link", "delete", BRIDGE, check=False)
     if before_file.exists():
         before_file.unlink()
@@ -523,27 +548,31 @@ def kubelet_client_cert(kube_dir: pathlib.Path) -> tuple[pathlib.Path, pathlib.P
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    """One GET from this machine (e.g. to a pod's address on the bridge)."""
+    """One GET from this machine (e.g. to a pod's address on the bridge): (status, body), 0 when no answer."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as answer:
             return answer.status, answer.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
+    except OSError as exc:  # not listening yet, refused, timed out: no answer
+        return 0, f"{type(exc).__name__}: {exc}"
 
 
 @contextlib.contextmanager
-def node_sandbox(workdir: pathlib.Path, log: Log = print) -> Iterator[tuple[LocalControlPlane, LocalNode]]:
+def node_sandbox(workdir: pathlib.Path, log: Log = print,
+                 bin_dir: pathlib.Path | None = None) -> Iterator[tuple[LocalControlPlane, LocalNode]]:
     """A control plane serving on the bridge's address and a node beside it, torn down after."""
     prepare_network()
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "workdir").write_text(str((workdir / "node").resolve()))
-    bin_dir = build_tools()
+    bin_dir = bin_dir or build_tools()
     kube_dir = workdir / "kube"
     crt, key = kubelet_client_cert(kube_dir)
     try:
         with LocalControlPlane(kube_dir, bin_dir, log, address=NODE_IP, service_cidr=SERVICE_CIDR,
-                               apiserver_args=(f"--kubelet-client-certificate={crt}",
-                                               f"--kubelet-client-key={key}")) as plane:
+                               apiserver_args=(f"--kubelet-client-certificate={crt}", f"--kubelet-client-key={key}",
+                                               # The node's name resolves nowhere: its IP, on the bridge.
+                                               "--kubelet-preferred-address-types=InternalIP")) as plane:
             with LocalNode(workdir / "node", plane, log, bin_dir) as node:
                 yield plane, node
     finally:

@@ -16,6 +16,10 @@ def main() -> None:
         from .why import main as why
 
         sys.exit(why(sys.argv[2:]))
+    if sys.argv[1:2] == ["uninstall"]:  # the chart's pre-delete hook: stop the operator, release the policies
+        from .uninstall import main as uninstall
+
+        sys.exit(uninstall(sys.argv[2:]))
     config = load_config()
     kopf.configure(verbose=config.verbose, log_format=kopf.LogFormat[config.log_format.upper()])
     quiet_libraries()

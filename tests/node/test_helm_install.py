@@ -1,0 +1,250 @@
+"""The users' first step, for real: the image built from the Dockerfile, the chart installed with
+``helm install --wait`` on a node whose kubelet starts its pod, and everything afterwards —
+Lease, reconciling, probes, the pod's security settings, replicas, upgrade, rollback, uninstall.
+
+A pod is working when it holds its shard's Lease and reconciles a policy, not when it is Ready.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from sandbox.node import NODE_IP, http_get
+from sandbox.prefect_seed import PrefectSeeder
+from sandbox.prefect_server import PrefectServer
+from tests.conftest import unique
+from tests.kubectl import Kubectl, condition, wait_for
+from tests.node.conftest import IMAGE_REPO, IMAGE_TAG, Node, record
+from tests.node.helpers import (
+    CHART, Helm, LeaseWatch, LogFollower, container_pid, doubled, holder, lease_name, operator_pods, proc_status,
+    ready, restarts, root_mount_options, signal_pid, wait_ready_pods,
+)
+
+pytestmark = pytest.mark.node
+
+RELEASE = "pwo"
+# The chart's pod fits the restricted Pod Security profile: installed where it is enforced.
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+@dataclass
+class Release:
+    helm: Helm
+    ns: Kubectl  # the release namespace
+    policies: Kubectl  # a namespace for policies
+    lease: str
+    values: list[str]
+
+    def upgrade(self, *sets: str, wait: bool = True) -> float:
+        started = time.monotonic()
+        self.helm("upgrade", RELEASE, str(CHART), "-n", self.ns.namespace or "", "--reuse-values", *sets,
+                  *(["--wait", "--timeout", "3m"] if wait else []))
+        return time.monotonic() - started
+
+
+def _namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> Kubectl:
+    kubectl.apply(yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}))
+    return kubectl.in_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def release(node: Node, operator_image: str, helm_binary: pathlib.Path) -> Iterator[Release]:
+    kubectl = node.kubectl
+    ns = _namespace(kubectl, unique("pwo-system"), RESTRICTED)
+    policies = _namespace(kubectl, unique("data"), {})
+    helm = Helm(helm_binary, kubectl.kubeconfig)
+    values = [
+        "--set", f"image.repository={IMAGE_REPO}", "--set", f"image.tag={IMAGE_TAG}", "--set", "image.pullPolicy=Never",
+        # Logs the tests read (one line per cycle, with its pod), and cycles that follow edits within a second.
+        "--set", "operator.logFormat=full", "--set", "operator.verbose=true", "--set", "operator.tickSeconds=1",
+    ]
+    started = time.monotonic()
+    helm("install", RELEASE, str(CHART), "-n", ns.namespace or "", *values, "--wait", "--timeout", "3m")
+    record("helm install --wait", time.monotonic() - started)
+    yield Release(helm, ns, policies, lease_name(ns, RELEASE), values)
+    # The last test uninstalls; after a failure nothing may keep reconciling behind later modules.
+    if RELEASE in helm("list", "-n", ns.namespace or "", "-q").split():
+        helm("uninstall", RELEASE, "-n", ns.namespace or "", "--wait", "--timeout", "2m")
+
+
+def _policy(release: Release, prefect: PrefectServer, name: str) -> None:
+    release.policies.apply(yaml.safe_dump({
+        "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy", "metadata": {"name": name},
+        "spec": {"prefect": {"apiUrl": prefect.api_url, "workPool": f"pool-{name}"}, "interval": "10s"},
+    }))
+
+
+def _reconciled_by(release: Release, name: str) -> dict:
+    policy = release.policies.get_json("pwpp", name)
+    return policy if condition(policy, "Ready") and (policy.get("status") or {}).get("owner") else {}
+
+
+def test_install_holds_the_lease_and_reconciles(node: Node, release: Release, node_prefect: PrefectServer) -> None:
+    """Ready alone proves nothing: the pod holds its shard's Lease and a policy applied after the
+    install gets conditions, Events and an owner naming that pod."""
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    name = pod["metadata"]["name"]
+    wait_for(lambda: holder(release.ns, release.lease) == name, timeout=30, what="the pod holds the Lease")
+    with PrefectSeeder(node_prefect.api_url) as seeder:
+        seeder.create_ecs_pool("pool-etl")  # a pool that exists: the cycle reads it
+    _policy(release, node_prefect, "etl")
+    policy = wait_for(lambda: _reconciled_by(release, "etl"), timeout=60, what="the policy reconciled")
+    assert policy["status"]["owner"]["pod"] == name
+    assert condition(policy, "PrefectConnected")["status"] == "True", policy["status"]["conditions"]
+    assert condition(policy, "WorkPoolReady") is not None
+    describe = release.policies("describe", "pwpp", "etl")
+    assert "Conditions:" in describe and "Events:" in describe and "PrefectConnected" in describe
+    events = release.policies.get_json("events", "--field-selector", "involvedObject.name=etl")["items"]
+    assert events, "the first cycle posts its Events"
+
+
+def test_pod_runs_as_the_chart_says(node: Node, release: Release) -> None:
+    """Enforced by the kubelet and runc, read from the container's process on the node."""
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    pid = container_pid(node.node, pod)
+    status = proc_status(pid)
+    assert status["Uid"].split()[:2] == ["65532", "65532"] and status["Gid"].split()[:2] == ["65532", "65532"]
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
+    assert status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == "2", "seccomp RuntimeDefault is a filter (mode 2)"
+    assert "ro" in root_mount_options(pid)
+    passwd = pathlib.Path(f"/proc/{pid}/root/etc/passwd").read_text()
+    assert not any(line.split(":")[2] == "65532" for line in passwd.splitlines() if line.count(":") >= 2), \
+        "the image has no passwd entry for the operator's uid"
+
+
+def test_metrics_through_the_pod_address_and_helm_test(release: Release) -> None:
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    ip = pod["status"]["podIP"]
+    code, body = http_get(f"http://{ip}:8080/metrics")
+    assert code == 200 and "pwo_cycles" in body
+    code, body = http_get(f"http://{ip}:8081/healthz")
+    assert code == 200, body
+    out = release.helm("test", RELEASE, "-n", release.ns.namespace or "", "--timeout", "3m")
+    assert "Phase:          Succeeded" in out or "Succeeded" in out, out
+
+
+def test_readiness_follows_the_lease(release: Release) -> None:
+    """Not ready while the Lease cannot be reached (its Role removed); ready again once it can."""
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    role = release.ns.get_json("role", f"{RELEASE}-prefect-workpool-operator-leader-election")
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        role["metadata"].pop(key, None)
+    release.ns("delete", "role", role["metadata"]["name"])
+    try:
+        wait_for(lambda: not ready(release.ns.get_json("pod", name)), timeout=90, what="pod not Ready")
+        code, body = http_get(f"http://{ip}:8081/readyz")
+        assert code == 503 and "lease" in body.lower(), (code, body)
+    finally:
+        release.ns.apply(json.dumps(role))
+    wait_for(lambda: ready(release.ns.get_json("pod", name)), timeout=90, what="pod Ready again")
+    wait_for(lambda: holder(release.ns, release.lease) == name, timeout=30, what="the pod holds the Lease again")
+
+
+def test_no_login_is_not_ready(release: Release) -> None:
+    """A pod without a ServiceAccount token cannot log in: it never turns Ready (the old pod keeps
+    serving: maxUnavailable 0), and says why."""
+    deployment = f"deployment/{RELEASE}-prefect-workpool-operator"
+    release.ns("patch", deployment, "--type=merge", "-p", '{"spec":{"template":{"spec":{"automountServiceAccountToken":false}}}}')
+    try:
+        def tokenless() -> dict | None:
+            for pod in operator_pods(release.ns, RELEASE):
+                if not pod["spec"].get("automountServiceAccountToken", True) and pod["status"].get("podIP"):
+                    return pod
+            return None
+
+        pod = wait_for(tokenless, timeout=60, what="the new pod without a token")
+        code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http_get(f"http://{pod['status']['podIP']}:8081/readyz")),
+                              timeout=60, what="/readyz answering 503")
+        assert "login" in body.lower(), body
+        assert http_get(f"http://{pod['status']['podIP']}:8081/healthz")[0] == 200  # alive, only not ready
+        assert not ready(release.ns.get_json("pod", pod["metadata"]["name"]))
+    finally:
+        release.ns("rollout", "undo", deployment)
+    wait_ready_pods(release.ns, RELEASE, 1)
+
+
+def test_kubelet_restarts_a_wedged_process(node: Node, release: Release) -> None:
+    """SIGSTOP: the event loop cannot answer /healthz; the liveness probe fails and the kubelet restarts it."""
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    name, before = pod["metadata"]["name"], restarts(pod)
+    stopped_at = time.monotonic()
+    signal_pid(container_pid(node.node, pod), signal.SIGSTOP)
+    wait_for(lambda: restarts(release.ns.get_json("pod", name)) > before, timeout=150, interval=1,
+             what="the kubelet restarted the wedged container")
+    record("wedged process restarted by the kubelet after", time.monotonic() - stopped_at)
+    wait_ready_pods(release.ns, RELEASE, 1)
+    wait_for(lambda: holder(release.ns, release.lease) == name, timeout=60, what="it leads again")
+
+
+def test_two_replicas_take_over(node: Node, release: Release, node_prefect: PrefectServer,
+                                tmp_path: pathlib.Path) -> None:
+    """Delete the leader pod: the other takes over, no cycle runs twice; kill -9 a container: the
+    kubelet restarts it and it rejoins."""
+    for i in range(3):
+        _policy(release, node_prefect, f"ha-{i}")
+    release.upgrade("--set", "replicaCount=2")
+    with LogFollower(release.ns, RELEASE, tmp_path) as logs:
+        pods = wait_ready_pods(release.ns, RELEASE, 2)
+        leader = wait_for(lambda: holder(release.ns, release.lease), what="a leader")
+        standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
+        wait_for(lambda: all(len(logs.cycles().get(f"ha-{i}", [])) >= 2 for i in range(3)), timeout=60,
+                 what="two cycles of every policy")
+        deleted_at = time.time()
+        release.ns("delete", "pod", leader, "--wait=false")
+        wait_for(lambda: holder(release.ns, release.lease) == standby, timeout=30, interval=0.2,
+                 what="the standby holds the Lease")
+        record("takeover after the leader pod's deletion (Lease)", time.time() - deleted_at)
+        wait_for(lambda: any(pod == standby and when > deleted_at for seq in logs.cycles().values() for when, pod in seq),
+                 timeout=30, what="the new leader cycles")
+        record("takeover after the leader pod's deletion (first cycle)",
+               min(when for seq in logs.cycles().values() for when, pod in seq if pod == standby) - deleted_at)
+        wait_ready_pods(release.ns, RELEASE, 2)
+        assert doubled({k: v for k, v in logs.cycles().items() if k.startswith("ha-")}, handovers=1) == 0
+
+    # kill -9 of the leader's container: the kubelet restarts it; it rejoins (as standby, or leader again).
+    pod = release.ns.get_json("pod", standby)
+    before = restarts(pod)
+    signal_pid(container_pid(node.node, pod), signal.SIGKILL)
+    wait_for(lambda: restarts(release.ns.get_json("pod", standby)) > before, timeout=60, what="container restarted")
+    wait_ready_pods(release.ns, RELEASE, 2)
+    names = {p["metadata"]["name"] for p in operator_pods(release.ns, RELEASE)}
+    wait_for(lambda: holder(release.ns, release.lease) in names, timeout=40, what="a replica of the two holds the Lease")
+    release.upgrade("--set", "replicaCount=1")
+    wait_ready_pods(release.ns, RELEASE, 1)
+
+
+def test_upgrade_rollback_uninstall(node: Node, release: Release, node_prefect: PrefectServer) -> None:
+    """A new image tag rolls out with the Lease handed over (no gap longer than the lease);
+    rollback returns to the old one; uninstall leaves no holder and no finalizer in the way."""
+    node.node.tag_image(f"docker.io/library/{IMAGE_REPO}:{IMAGE_TAG}", f"docker.io/library/{IMAGE_REPO}:{IMAGE_TAG}-2")
+    _policy(release, node_prefect, "upgraded")
+    wait_for(lambda: _reconciled_by(release, "upgraded"), timeout=60, what="the policy reconciled")
+    with LeaseWatch(release.ns, release.lease) as watch:
+        seconds = release.upgrade("--set", f"image.tag={IMAGE_TAG}-2")
+        (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+        wait_for(lambda: holder(release.ns, release.lease) == pod["metadata"]["name"], timeout=30, what="new pod leads")
+    record("helm upgrade --wait (new image)", seconds)
+    record("longest time without a Lease renewal during the upgrade", watch.longest_gap())
+    assert pod["spec"]["containers"][0]["image"].endswith(f":{IMAGE_TAG}-2")
+    assert watch.longest_gap() <= 15, watch.samples
+    assert len(watch.holders()) >= 2, "the Lease changed hands"
+
+    release.helm("rollback", RELEASE, "-n", release.ns.namespace or "", "--wait", "--timeout", "3m")
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    assert pod["spec"]["containers"][0]["image"].endswith(f":{IMAGE_TAG}")
+    wait_for(lambda: holder(release.ns, release.lease) == pod["metadata"]["name"], timeout=30, what="rolled-back pod leads")
+
+    release.helm("uninstall", RELEASE, "-n", release.ns.namespace or "", "--wait", "--timeout", "2m")
+    assert holder(release.ns, release.lease) == "", "the last leader released the Lease"
+    release.policies("delete", "pwpp", "--all", "--timeout=60s")
+    assert release.policies.get_json("pwpp")["items"] == []
