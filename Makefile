@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 CHART := charts/prefect-workpool-operator
 
-.PHONY: help venv test unit integration e2e lint crds docs chart chart-docs describe-docs release bench bench-fleet bench-lookahead demo cluster-up cluster-down tools run \
+.PHONY: help venv test unit integration e2e node lint crds docs chart chart-docs describe-docs release bench bench-fleet bench-lookahead demo cluster-up cluster-down tools run \
 	install-crds image kind-up kind-load kind-deploy kind-down clean
 
 help: ## list targets
@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP) ## create .venv with the operator and test dependencies (pinned by constraints.txt)
 
-tools: ## build (once, cached) kube-apiserver, etcd, helm, promtool and helm-docs from Go modules
+tools: ## build (once, cached) kube-apiserver, etcd, helm, promtool, helm-docs and the node's kubelet, kube-proxy, kube-controller-manager, kube-scheduler from Go modules
 	hack/build-tools.sh
 
-test: venv tools ## all tests: lint contracts, unit, integration (real Prefect), e2e (real kube-apiserver)
+test: venv tools ## all tests: lint contracts, unit, integration (real Prefect), e2e (real kube-apiserver), node (real kubelet, as root)
 	$(BIN)/lint-imports
 	$(BIN)/pytest -ra $(PYTEST_ARGS)
 
@@ -36,6 +36,9 @@ integration: venv ## tests against a real Prefect server
 
 e2e: venv tools ## tests against a real kube-apiserver (or the cluster KUBECONFIG names, with E2E_USE_KUBECONFIG=1)
 	$(BIN)/pytest -ra tests/e2e $(PYTEST_ARGS)
+
+node: venv tools ## the chart's pod on a real node (kubelet + containerd; needs root): the image, helm install --wait, failover, upgrade
+	$(BIN)/pytest -ra tests/node $(PYTEST_ARGS)
 
 lint: venv ## architecture contracts (the decision core stays pure)
 	$(BIN)/lint-imports

@@ -52,6 +52,8 @@ CRD_NAME = "prefectworkpoolpolicies.prefectops.dev"
 PWPP = CRD_NAME  # fully qualified resource name for `kubectl auth can-i`
 FINALIZER = "prefectops.dev/finalizer"
 LEASES = "leases.coordination.k8s.io"
+# No node runs the pre-delete hook's Job here (tests/node runs it): uninstall without hooks.
+NO_NODE = ("--no-hooks",)
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
@@ -118,7 +120,7 @@ def release(helm: Helm, name: str, namespace: str, *args: str) -> Iterator[subpr
         yield installed
     finally:
         if helm.run("status", name, "-n", namespace, check=False).returncode == 0:
-            helm.run("uninstall", name, "-n", namespace, check=False)
+            helm.run("uninstall", name, "-n", namespace, *NO_NODE, check=False)
 
 
 def deployment_env(k: Kubectl, namespace: str, name: str) -> dict[str, str]:
@@ -411,7 +413,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
         assert can_i(sa, "list", PWPP, "-A")  # the same ServiceAccount, same rules, after the upgrade
 
         # -- uninstall: the release's objects go; the CRD and the policy stay
-        helm.run("uninstall", name, "-n", rel_ns)
+        helm.run("uninstall", name, "-n", rel_ns, *NO_NODE)
         assert not_found(cluster, "-n", rel_ns, "deployment", fullname)
         assert not_found(cluster, "-n", rel_ns, "serviceaccount", fullname)
         assert not_found(cluster, "clusterrole", scoped)
@@ -509,7 +511,7 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             wait_for(reconciled(cluster.in_namespace(other), "etl"), timeout=60, what="newly watched policy Ready")
         assert log_problems(log) == []
 
-        helm.run("uninstall", name, "-n", rel_ns)
+        helm.run("uninstall", name, "-n", rel_ns, *NO_NODE)
         for namespace in (watched, other):
             assert not_found(cluster, "-n", namespace, "role", scoped)
             assert condition(cluster.in_namespace(namespace).get_json("pwpp", "etl"), "Ready")["status"] == "True"

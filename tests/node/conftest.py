@@ -36,6 +36,14 @@ def record(name: str, seconds: float) -> None:
     print(f"FIGURE {name}: {seconds:.1f} s")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The node's figures at the end of every run, captured output or not."""
+    if FIGURES:
+        terminalreporter.section("node figures (seconds)")
+        for name, seconds in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {seconds}")
+
+
 @dataclass
 class Node:
     plane: LocalControlPlane

@@ -580,10 +580,45 @@ def test_helm_test_hook(helm: str, tmp_path: pathlib.Path) -> None:
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8081, "liveness"), (8080, "http-metrics")}
     (c,) = pod["spec"]["containers"]
     assert c["image"] == container(render(helm))["image"]  # the operator's image: nothing else to pull
+    # The Service's address from the kubelet's variables for it (no cluster DNS needed).
+    host = "$(" + f"{FULLNAME}-test".upper().replace("-", "_") + "_SERVICE_HOST)"
+    assert pod["spec"]["enableServiceLinks"] is True
     assert {e["name"]: e["value"] for e in c["env"]} == {
-        "HEALTH_URL": f"http://{FULLNAME}-test:8081/healthz", "METRICS_URL": f"http://{FULLNAME}-test:8080/metrics"}
+        "HEALTH_URL": f"http://{host}:8081/healthz", "METRICS_URL": f"http://{host}:8080/metrics"}
     assert c["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["automountServiceAccountToken"] is False
     # Without metrics only the health check; off altogether with tests.enabled false.
     (c,) = next(d for d in render(helm, {"metrics": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Pod")["spec"]["containers"]
     assert [e["name"] for e in c["env"]] == ["HEALTH_URL"]
     assert not [d for d in render(helm, {"tests": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Pod"]
+
+
+def test_uninstall_hook(helm: str, tmp_path: pathlib.Path) -> None:
+    """A pre-delete Job with its own ServiceAccount: it may delete the release's operator
+    Deployments (by name, nothing else) and list pods in the release namespace, and list and
+    patch policies where the release serves them; all of it goes once the Job succeeded."""
+    for values, scopes in (({"shards": ["blue"]}, [None]), ({"watchNamespaces": ["a", "b"]}, ["a", "b"])):
+        hooks = [d for d in render(helm, values, tmp_path, hooks=True)
+                 if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "pre-delete"]
+        assert all("hook-succeeded" in d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] for d in hooks)
+        objects = by_kind(hooks)
+        job = objects[("Job", f"{FULLNAME}-uninstall", NAMESPACE)]
+        weights = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
+        assert weights["Job"] > max(w for k, w in weights.items() if k != "Job")  # its rights exist first
+        spec = job["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == f"{FULLNAME}-uninstall" and spec["containers"][0]["args"] == ["uninstall"]
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        deployments = [d["metadata"]["name"] for d in render(helm, values, tmp_path) if d["kind"] == "Deployment"]
+        assert env["PWO_UNINSTALL_DEPLOYMENTS"].split(",") == deployments
+        assert env["PWO_NAMESPACES"] == ",".join(values.get("watchNamespaces", []))
+        role = objects[("Role", f"{FULLNAME}-uninstall", NAMESPACE)]
+        assert {(r["resources"][0], tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in role["rules"]} == {
+            ("deployments", ("delete",), tuple(deployments)), ("pods", ("list",), ())}
+        for scope in scopes:
+            kind = "Role" if scope else "ClusterRole"
+            policies = objects[(kind, f"{SCOPED}-uninstall", scope)]
+            assert policies["rules"] == [{"apiGroups": ["prefectops.dev"], "resources": ["prefectworkpoolpolicies"],
+                                          "verbs": ["list", "patch"]}]
+            assert (kind + "Binding", f"{SCOPED}-uninstall", scope) in objects
+        c = spec["containers"][0]["securityContext"]
+        assert c["readOnlyRootFilesystem"] and c["capabilities"]["drop"] == ["ALL"] and c["runAsNonRoot"]
+    assert not [d for d in render(helm, {"uninstallHook": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Job"]
