@@ -622,3 +622,16 @@ def test_uninstall_hook(helm: str, tmp_path: pathlib.Path) -> None:
         c = spec["containers"][0]["securityContext"]
         assert c["readOnlyRootFilesystem"] and c["capabilities"]["drop"] == ["ALL"] and c["runAsNonRoot"]
     assert not [d for d in render(helm, {"uninstallHook": {"enabled": False}}, tmp_path, hooks=True) if d["kind"] == "Job"]
+
+
+def test_values_added_in_0_2_may_be_missing(helm: str) -> None:
+    """`helm upgrade --reuse-values` from a release whose values predate the probe timings and
+    the uninstall hook: the chart still renders, with the defaults (null removes a key)."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                    "--set", "operator.livenessProbe=null", "--set", "operator.readinessProbe=null",
+                    "--set", "uninstallHook=null")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    c = container(docs)
+    assert c["livenessProbe"]["periodSeconds"] == 20 and c["readinessProbe"]["periodSeconds"] == 10
+    assert any(d["kind"] == "Job" and d["metadata"]["name"].endswith("-uninstall") for d in docs)
