@@ -64,13 +64,14 @@ chart-docs: tools ## regenerate the chart README's values table from the comment
 release: venv tools ## package a release in dist/: chart, wheel, image (hack/image.sh, also without a registry; else podman/buildah), SHA256SUMS (DRAFT=1: undated changelog ok)
 	hack/release.sh
 
-bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed, Prefect budget, overload, noisy neighbours and the fleet (before/after)
+bench: venv tools ## benchmarks that print figures: recovery write methods racing a worker; recovery speed, Prefect budget, overload, noisy neighbours, the fleet, Leases lost under a recovering fleet (before/after)
 	$(BIN)/python bench/recovery_write_race.py
 	$(BIN)/python bench/recovery_fleet.py
 	$(BIN)/python bench/prefect_budget.py
 	$(BIN)/python bench/prefect_overload.py
 	$(BIN)/python bench/neighbours.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/lease_under_load.py
 	$(BIN)/python bench/lookahead.py
 
 bench-lookahead: venv ## seconds from a scheduled run's start to a worker counted for it, with and without scaling.lookahead
