@@ -28,7 +28,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from functools import partial
 
-from .processes import free_port, stop_pids
+from .processes import free_port, log_tails, stop_pids, wait_until
 
 BUILD_TOOLS = pathlib.Path(__file__).resolve().parent.parent / "build-tools.sh"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -116,7 +116,7 @@ class LocalControlPlane:
             etcd_url = self._start_etcd(deadline)
             self._start_apiserver(etcd_url, deadline)
         except BaseException:
-            self._dump_logs()
+            log_tails(self.workdir, self.procs, self.log)
             self.stop()
             raise
 
@@ -179,7 +179,7 @@ class LocalControlPlane:
             "--unsafe-no-fsync",  # throwaway data; fsync dominates start-up and write latency
             "--log-level=warn",
         ])
-        self._wait("etcd", proc, deadline, lambda: _http_ok(f"{client}/health", b'"health":"true"'))
+        wait_until("etcd", proc, deadline, lambda: _http_ok(f"{client}/health", b'"health":"true"'))
         (self.workdir / "etcd-url").write_text(client)  # beside the kubeconfig: tests compact etcd
         return client
 
@@ -214,22 +214,13 @@ class LocalControlPlane:
             "--allow-privileged=true",
             *self.apiserver_args,
         ])
-        self._wait("kube-apiserver", proc, deadline, partial(self._admin_ok, "/readyz"))
+        wait_until("kube-apiserver", proc, deadline, partial(self._admin_ok, "/readyz"))
         self._write_kubeconfig()
         # /readyz can pass before the bootstrap controllers have created these.
         for path in ("/api/v1/namespaces/default",
                      "/apis/rbac.authorization.k8s.io/v1/clusterroles/cluster-admin"):
-            self._wait(f"kube-apiserver {path}", proc, deadline, partial(self._admin_ok, path))
+            wait_until(f"kube-apiserver {path}", proc, deadline, partial(self._admin_ok, path))
         self.log(f"kube-apiserver ready at {self.server}; KUBECONFIG={self.kubeconfig}")
-
-    def _wait(self, what: str, proc: subprocess.Popen[bytes], deadline: float,
-              ready: Callable[[], bool]) -> None:
-        while not ready():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with code {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not ready in time")
-            time.sleep(0.2)
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -295,14 +286,6 @@ current-context: sandbox
                 return bool(r.status == 200)
         except OSError:  # includes HTTPError (e.g. 500 while still starting) and SSL errors
             return False
-
-    def _dump_logs(self, lines: int = 30) -> None:
-        for name in self.procs:
-            path = self.workdir / f"{name}.log"
-            tail = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            self.log(f"---- last {len(tail)} lines of {path}")
-            for line in tail:
-                self.log(line)
 
 
 def _http_ok(url: str, expect: bytes) -> bool:

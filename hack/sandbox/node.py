@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 from .kube import LocalControlPlane, _die_with_parent, build_tools
-from .processes import free_port, pid_alive, stop_pids
+from .processes import free_port, log_tails, pid_alive, stop_pids, wait_until
 
 BRIDGE = "pwo0"
 POD_CIDR = "10.213.0.0/24"
@@ -106,7 +106,7 @@ class LocalNode:
             self._start_controllers()
             self._wait_node_ready(deadline)
         except BaseException:
-            self._dump_logs()
+            log_tails(self.workdir, self.procs, self.log)
             self.stop()
             raise
         self.timings["node start-up"] = time.monotonic() - begin
@@ -200,7 +200,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "{self.workdir / 'cni'}"
 """)
         proc = self._spawn("containerd", ["--config", str(config), "--log-level", "warn"])
-        self._wait("containerd", proc, deadline, lambda: self.ctr("version", check=False).returncode == 0)
+        wait_until("containerd", proc, deadline, lambda: self.ctr("version", check=False).returncode == 0)
 
     def _write_cni_config(self) -> None:
         cni = self.workdir / "cni"
@@ -299,14 +299,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 raise TimeoutError(f"node {NODE_NAME} not Ready in time")
             time.sleep(0.5)
 
-    def _wait(self, what: str, proc: subprocess.Popen[bytes], deadline: float, ok: Callable[[], bool]) -> None:
-        while not ok():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with code {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not ready in time")
-            time.sleep(0.2)
-
     def _drain(self, timeout: float = 60) -> None:
         """Every pod deleted through the kubelet (so it tears their sandboxes down), then any
         sandbox still in containerd removed directly."""
@@ -324,14 +316,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return
             time.sleep(0.5)
         self.log(f"tasks still running in the node's containerd after {timeout}s: {left}")
-
-    def _dump_logs(self, lines: int = 30) -> None:
-        for name in self.procs:
-            path = self.workdir / f"{name}.log"
-            tail = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            self.log(f"---- last {len(tail)} lines of {path}")
-            for line in tail:
-                self.log(line)
 
 
 def _kubectl() -> str:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 Log = Callable[[str], object]
 
@@ -65,6 +65,26 @@ def stop_pids(pids: Mapping[str, int], log: Log = print, grace: float = 5.0) -> 
         if pid_alive(pid, name):
             log(f"{name} (pid {pid}) still running after {grace}s; killing it")
             signal_group(pid, signal.SIGKILL)
+
+
+def wait_until(what: str, proc: subprocess.Popen[bytes], deadline: float, ready: Callable[[], bool]) -> None:
+    """Poll ``ready`` until it holds; fail at once if ``proc`` exits, or at the monotonic ``deadline``."""
+    while not ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready in time")
+        time.sleep(0.2)
+
+
+def log_tails(workdir: pathlib.Path, names: Iterable[str], log: Log, lines: int = 30) -> None:
+    """The last lines of each ``<workdir>/<name>.log``: why a component did not start."""
+    for name in names:
+        path = workdir / f"{name}.log"
+        tail = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+        log(f"---- last {len(tail)} lines of {path}")
+        for line in tail:
+            log(line)
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
