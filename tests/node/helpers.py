@@ -181,6 +181,13 @@ class LeaseWatch:
                     if who and renewed != before]
         return max((b - a for a, b in zip(renewals, renewals[1:])), default=0.0)
 
+    def renewed_after(self, moment: float) -> float | None:
+        """When the Lease was first seen renewed (its renewTime changed, with a holder) after ``moment``."""
+        for (when, who, renewed), (_, _, before) in zip(self.samples[1:], self.samples):
+            if when > moment and who and renewed != before:
+                return when
+        return None
+
     def holders(self) -> list[str]:
         seen: list[str] = []
         for _, who, _ in self.samples:

@@ -236,28 +236,37 @@ def test_two_replicas_take_over(node: Node, release: Release, node_prefect: Pref
         wait_ready_pods(release.ns, RELEASE, 2)
         assert doubled({k: v for k, v in logs.cycles().items() if k.startswith("ha-")}, handovers=1) == 0
 
-    # kill -9 of the leader's container: the kubelet restarts it; it rejoins (as standby, or leader again).
+    # kill -9 of the (new) leader's container: the kubelet restarts it; it rejoins, as leader or standby.
     pod = release.ns.get_json("pod", standby)
     before = restarts(pod)
-    signal_pid(container_pid(node.node, pod), signal.SIGKILL)
-    wait_for(lambda: restarts(release.ns.get_json("pod", standby)) > before, timeout=60, what="container restarted")
-    wait_ready_pods(release.ns, RELEASE, 2)
-    names = {p["metadata"]["name"] for p in operator_pods(release.ns, RELEASE)}
-    wait_for(lambda: holder(release.ns, release.lease) in names, timeout=40, what="a replica of the two holds the Lease")
+    with LeaseWatch(release.ns, release.lease) as watch:
+        killed_at = time.time()
+        signal_pid(container_pid(node.node, pod), signal.SIGKILL)
+        wait_for(lambda: restarts(release.ns.get_json("pod", standby)) > before, timeout=60, what="container restarted")
+        wait_ready_pods(release.ns, RELEASE, 2)
+        names = {p["metadata"]["name"] for p in operator_pods(release.ns, RELEASE)}
+        wait_for(lambda: holder(release.ns, release.lease) in names, timeout=40, what="a replica of the two holds the Lease")
+        wait_for(lambda: watch.renewed_after(killed_at), timeout=40, what="the Lease renewed after the kill")
+    record("Lease renewed again after kill -9 of the leader's container", watch.renewed_after(killed_at) - killed_at)
     release.upgrade("--set", "replicaCount=1")
     wait_ready_pods(release.ns, RELEASE, 1)
 
 
-def test_upgrade_rollback_uninstall(node: Node, release: Release, node_prefect: PrefectServer) -> None:
+def test_upgrade_rollback_uninstall(node: Node, release: Release, node_prefect: PrefectServer,
+                                    tmp_path: pathlib.Path) -> None:
     """A new image tag rolls out with the Lease handed over (no gap longer than the lease);
     rollback returns to the old one; uninstall leaves no holder and no finalizer in the way."""
     node.node.tag_image(f"docker.io/library/{IMAGE_REPO}:{IMAGE_TAG}", f"docker.io/library/{IMAGE_REPO}:{IMAGE_TAG}-2")
     _policy(release, node_prefect, "upgraded")
     wait_for(lambda: _reconciled_by(release, "upgraded"), timeout=60, what="the policy reconciled")
-    with LeaseWatch(release.ns, release.lease) as watch:
+    with LeaseWatch(release.ns, release.lease) as watch, LogFollower(release.ns, RELEASE, tmp_path) as logs:
         seconds = release.upgrade("--set", f"image.tag={IMAGE_TAG}-2")
         (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
         wait_for(lambda: holder(release.ns, release.lease) == pod["metadata"]["name"], timeout=30, what="new pod leads")
+        new_pod = pod["metadata"]["name"]
+        wait_for(lambda: any(p == new_pod for _, p in logs.cycles().get("upgraded", [])), timeout=30,
+                 what="the new pod cycles the policy")
+    assert doubled({"upgraded": logs.cycles()["upgraded"]}, handovers=1) == 0, logs.cycles()["upgraded"]
     record("helm upgrade --wait (new image)", seconds)
     record("longest time without a Lease renewal during the upgrade", watch.longest_gap())
     assert pod["spec"]["containers"][0]["image"].endswith(f":{IMAGE_TAG}-2")
