@@ -29,6 +29,8 @@ to 0 tasks. Measured over BENCH_LEASE_SECONDS from the moment the operator holds
 - the longest renewal gap: the Lease's `spec.renewTime` read from the API server every
   0.5 s by this process (its own client): the longest time between two successive
   renewals, or from the last renewal to the end of the window; holder changes;
+- a control: this process renews a Lease of its own every 2 s (2 s request timeout, its own
+  connection, nothing else to do): its longest gap is what the API server alone caused;
 - failed cycles (`pwo_reconcile_errors_total`), p99 gap between a policy's consecutive cycle
   starts (`pwo_cycle_started_timestamp_seconds`, read every 2 s as in bench/fleet.py), runs
   recovered (runs named Requeued in Prefect), operator CPU.
@@ -137,6 +139,65 @@ class LeaseSampler:
         return max(b - a for a, b in zip(times, times[1:]))
 
 
+class ControlLease:
+    """A control: this process renews a Lease of its own every 2 s with the operator's 2 s
+    request timeout, on its own connection, while it has nothing else to do. Its longest gap
+    says how long the API server itself took to accept a Lease write meanwhile; what the
+    operator's gap exceeds it by is the operator's own doing."""
+
+    def __init__(self, kubeconfig: str, namespace: str) -> None:
+        from kubernetes import client, config
+
+        self.client = client
+        self.api = client.CoordinationV1Api(config.new_client_from_config(config_file=kubeconfig))
+        self.namespace = namespace
+        self.sent: list[float] = []  # when each accepted write was sent
+        self.slowest = 0.0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        c = self.client
+        lease = None
+        while not self._stop.is_set():
+            sent = time.time()
+            try:
+                now = dt.datetime.now(dt.timezone.utc)
+                if lease is None:
+                    try:
+                        lease = self.api.read_namespaced_lease("bench-control", self.namespace, _request_timeout=2)
+                    except c.ApiException as exc:
+                        if exc.status != 404:
+                            raise
+                        lease = self.api.create_namespaced_lease(self.namespace, c.V1Lease(
+                            metadata=c.V1ObjectMeta(name="bench-control"),
+                            spec=c.V1LeaseSpec(holder_identity="bench", lease_duration_seconds=15, renew_time=now)),
+                            _request_timeout=2)
+                        self.sent.append(sent)
+                        continue
+                lease.spec.renew_time = now
+                lease = self.api.replace_namespaced_lease("bench-control", self.namespace, lease, _request_timeout=2)
+                self.sent.append(sent)
+                self.slowest = max(self.slowest, time.time() - sent)
+            except Exception:
+                self.failed += 1
+                lease = None
+            finally:
+                self._stop.wait(max(0.0, sent + 2 - time.time()))
+
+    def longest_gap(self, since: float, until: float) -> float:
+        times = [since] + [t for t in self.sent if since <= t <= until] + [until]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+
 # -- seeding ---------------------------------------------------------------------------------------
 
 
@@ -230,10 +291,12 @@ def run_variant(name: str, src: pathlib.Path | None, crd: str, *, kubectl: Kubec
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     lease = LeaseSampler(kubectl.kubeconfig, namespace, metrics_url)
     watcher = StartWatcher(metrics_url)
+    control = ControlLease(kubectl.kubeconfig, namespace)
     try:
         deadline = time.monotonic() + 90
         lease.start()
         watcher.start()
+        control.start()
         while not (lease.holders and lease.holders[-1] == identity):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"the operator did not take its Lease; see {out}")
@@ -251,6 +314,7 @@ def run_variant(name: str, src: pathlib.Path | None, crd: str, *, kubectl: Kubec
     finally:
         watcher.stop()
         lease.stop()
+        control.stop()
         stop_process_group(proc, grace=10)
     text = out.read_bytes()[:measured].decode(errors="replace")
     lost = len(re.findall(r"is no longer leader", text))
@@ -266,6 +330,8 @@ def run_variant(name: str, src: pathlib.Path | None, crd: str, *, kubectl: Kubec
         "leader gauge drops 1 → 0": str(lease.drops()),
         "cycles cancelled by lost leadership": str(cancelled),
         "longest renewal gap (s; lease 15, renew deadline 10)": f"{lease.longest_gap(started, end):.1f}",
+        "control: an idle process's Lease, longest gap (s) / failed writes": f"{control.longest_gap(started, end):.1f}"
+        f" / {control.failed}",
         "Lease holders seen": str(len(lease.holders)),
         "failed cycles": f"{failed:.0f}",
         "p99 gap between cycle starts (s; interval 30)": f"{p99(gaps):.1f}",
