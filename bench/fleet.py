@@ -203,16 +203,10 @@ SCRAPE_SECONDS = 15.0  # the full /metrics, as Prometheus would (the chart's Ser
 STARTS_SECONDS = 2.0  # the start gauge alone: shorter than any gap between two starts (≥ 5 s), so none is missed
 
 
-class StartWatcher:
-    """Reads the operator's pwo_cycle_started_timestamp_seconds every STARTS_SECONDS (that gauge
-    alone, `name[]`: a full scrape costs the operator CPU in proportion to all its series, so
-    scraping everything that often would inflate the CPU figure): each new value is a cycle's
-    exact start (two starts of one policy are at least 5 s apart, and each value stays exported
-    until the next). The full /metrics is scraped every SCRAPE_SECONDS, as Prometheus would."""
+class Background:
+    """A daemon thread running ``_run`` until ``stop()``; ``_stop`` is the event it waits on."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.starts: dict[str, set[float]] = defaultdict(set)
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -222,6 +216,22 @@ class StartWatcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class StartWatcher(Background):
+    """Reads the operator's pwo_cycle_started_timestamp_seconds every STARTS_SECONDS (that gauge
+    alone, `name[]`: a full scrape costs the operator CPU in proportion to all its series, so
+    scraping everything that often would inflate the CPU figure): each new value is a cycle's
+    exact start (two starts of one policy are at least 5 s apart, and each value stays exported
+    until the next). The full /metrics is scraped every SCRAPE_SECONDS, as Prometheus would."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.starts: dict[str, set[float]] = defaultdict(set)
 
     def _run(self) -> None:
         full = time.monotonic()
@@ -357,7 +367,8 @@ def p99(values: list[float]) -> float:
 # -- one variant ----------------------------------------------------------------------------
 
 
-def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluster: str, own_keys: bool) -> str:
+def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluster: str, own_keys: bool,
+             stale_runs: dict[str, object] | None = None) -> str:
     docs = []
     for i in indices:
         ecs = {"region": REGION, "cluster": cluster, "service": f"worker-{i}", "endpointUrl": moto_url}
@@ -370,7 +381,8 @@ def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluste
             "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy",
             "metadata": {"name": f"policy-{i}", "namespace": namespace},
             "spec": {"prefect": {"apiUrl": api_url, "workPool": f"bench-pool-{i}"}, "interval": f"{INTERVAL:g}s",
-                     "ecs": ecs, "scaling": {"mode": "DesiredCount", "minWorkers": 0, "maxWorkers": 2}},
+                     "ecs": ecs, "scaling": {"mode": "DesiredCount", "minWorkers": 0, "maxWorkers": 2},
+                     **({"staleRuns": stale_runs} if stale_runs else {})},
         })
     return "\n---\n".join(json.dumps(d) for d in docs)
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import pathlib
 import re
@@ -65,8 +64,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 
 from bench.fleet import (  # noqa: E402
-    StartWatcher, _built_tools, baseline_crd, baseline_source, cpu_seconds, log, p99, postgres, scrape, total, use_crd,
+    Background, StartWatcher, _built_tools, baseline_crd, baseline_source, cpu_seconds, log, p99, postgres, scrape, total, use_crd,
 )
+from bench.fleet import manifest as fleet_manifest  # noqa: E402
 from bench.recovery_fleet import backdate  # noqa: E402
 from sandbox.kube import LocalControlPlane, free_port  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
@@ -90,28 +90,20 @@ SAMPLE_SECONDS = 0.5
 # -- what the API server says about the Lease, and what the operator says about leadership --------
 
 
-class LeaseSampler:
+class LeaseSampler(Background):
     """Reads the Lease every SAMPLE_SECONDS on its own client (not the operator's): renewals by
     their `renewTime`, holder changes; and the operator's `pwo_leader` gauge, its drops to 0."""
 
     def __init__(self, kubeconfig: str, namespace: str, metrics_url: str) -> None:
         from kubernetes import client, config
 
+        super().__init__()
         self.api = client.CoordinationV1Api(config.new_client_from_config(config_file=kubeconfig))
         self.namespace, self.metrics_url = namespace, metrics_url
         self.renewals: list[dt.datetime] = []
         self.holders: list[str] = []
         self.gauge: list[float] = []
         self.read_errors: list[tuple[float, str]] = []  # (time, what): reads this bench could not make
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -139,7 +131,7 @@ class LeaseSampler:
         return max(b - a for a, b in zip(times, times[1:]))
 
 
-class ControlLease:
+class ControlLease(Background):
     """A control: this process renews a Lease of its own every 2 s with the operator's 2 s
     request timeout, on its own connection, while it has nothing else to do. Its longest gap
     says how long the API server itself took to accept a Lease write meanwhile; what the
@@ -148,21 +140,13 @@ class ControlLease:
     def __init__(self, kubeconfig: str, namespace: str) -> None:
         from kubernetes import client, config
 
+        super().__init__()
         self.client = client
         self.api = client.CoordinationV1Api(config.new_client_from_config(config_file=kubeconfig))
         self.namespace = namespace
         self.sent: list[float] = []  # when each accepted write was sent
         self.slowest = 0.0
         self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         c = self.client
@@ -236,21 +220,9 @@ def count_runs(api_url: str, state: dict[str, object]) -> int:
 
 
 def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluster: str) -> str:
-    docs: list[dict[str, object]] = []
-    for i in indices:
-        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"aws-{i}", "namespace": namespace},
-                     "stringData": {"aws-access-key-id": f"AKIABENCH{i:011d}",
-                                    "aws-secret-access-key": f"bench-secret-{i:08d}-{'x' * 20}"}})
-        docs.append({
-            "apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy",
-            "metadata": {"name": f"policy-{i}", "namespace": namespace},
-            "spec": {"prefect": {"apiUrl": api_url, "workPool": f"bench-pool-{i}"}, "interval": f"{INTERVAL:g}s",
-                     "ecs": {"region": REGION, "cluster": cluster, "service": f"worker-{i}", "endpointUrl": moto_url,
-                             "credentialsSecretRef": {"name": f"aws-{i}"}},
-                     "scaling": {"mode": "DesiredCount", "minWorkers": 0, "maxWorkers": 2},
-                     "staleRuns": {"pendingTimeout": "10m"}},
-        })
-    return "\n---\n".join(json.dumps(d) for d in docs)
+    """bench/fleet.py's policies (own AWS keys in a Secret each), with staleRuns on."""
+    return fleet_manifest(namespace, indices, api_url, moto_url, cluster, own_keys=True,
+                          stale_runs={"pendingTimeout": "10m"})
 
 
 # -- one variant -----------------------------------------------------------------------------------
