@@ -199,13 +199,29 @@ class LeaseElector:
         self._written_lease = None
         if not was_leader:
             return
-        with contextlib.suppress(ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=2.0)
-            if lease.spec is None or lease.spec.holder_identity != self.identity:
+        # A 409: a renewal of ours that was cancelled in flight still landed after our read
+        # (seen on a loaded node: the standby then waited out the whole lease). Read again.
+        for _ in range(3):
+            try:
+                lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=2.0)
+                if lease.spec is None or lease.spec.holder_identity != self.identity:
+                    return
+                lease.spec.holder_identity, lease.spec.lease_duration_seconds, lease.spec.renew_time = "", 1, _now()
+                await self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=2.0)
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue
+                problem = _problem(exc)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                problem = type(exc).__name__
+            else:
+                log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
                 return
-            lease.spec.holder_identity, lease.spec.lease_duration_seconds, lease.spec.renew_time = "", 1, _now()
-            await self._api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=2.0)
-            log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
+            break
+        else:
+            problem = "HTTP 409 three times"
+        log.warning("lease %s/%s: not released (%s): a standby takes over once the lease runs out",
+                    self.namespace, self.name, problem)
 
 
 class ElectionThread:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -49,7 +49,6 @@ class Node:
     plane: LocalControlPlane
     node: LocalNode
     kubectl: Kubectl
-    images: set[str] = field(default_factory=set)
 
 
 def _required() -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -90,10 +88,6 @@ def root_mount_options(pid: int) -> list[str]:
         if parts[4] == "/":
             return parts[5].split(",")
     raise AssertionError(f"no / in /proc/{pid}/mountinfo")
-
-
-def signal_pid(pid: int, sig: signal.Signals) -> None:
-    os.kill(pid, sig)
 
 
 @dataclass

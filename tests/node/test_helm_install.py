@@ -8,6 +8,7 @@ A pod is working when it holds its shard's Lease and reconciles a policy, not wh
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from tests.kubectl import Kubectl, condition, wait_for
 from tests.node.conftest import IMAGE_REPO, IMAGE_TAG, Node, record
 from tests.node.helpers import (
     CHART, Helm, LeaseWatch, LogFollower, container_pid, doubled, holder, lease_name, operator_pods, proc_status,
-    ready, restarts, root_mount_options, signal_pid, wait_ready_pods,
+    ready, restarts, root_mount_options, wait_ready_pods,
 )
 
 pytestmark = pytest.mark.node
@@ -42,7 +43,6 @@ class Release:
     ns: Kubectl  # the release namespace
     policies: Kubectl  # a namespace for policies
     lease: str
-    values: list[str]
 
     def upgrade(self, *sets: str, wait: bool = True) -> float:
         started = time.monotonic()
@@ -73,7 +73,7 @@ def release(node: Node, operator_image: str, helm_binary: pathlib.Path) -> Itera
     started = time.monotonic()
     helm("install", RELEASE, str(CHART), "-n", ns.namespace or "", *values, "--wait", "--timeout", "3m")
     record("helm install --wait", time.monotonic() - started)
-    yield Release(helm, ns, policies, lease_name(ns, RELEASE), values)
+    yield Release(helm, ns, policies, lease_name(ns, RELEASE))
     # The last test uninstalls; after a failure nothing may keep reconciling behind later modules.
     if RELEASE in helm("list", "-n", ns.namespace or "", "-q").split():
         helm("uninstall", RELEASE, "-n", ns.namespace or "", "--wait", "--timeout", "2m")
@@ -203,7 +203,7 @@ def test_kubelet_restarts_a_wedged_process(node: Node, release: Release) -> None
     (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
     name, before = pod["metadata"]["name"], restarts(pod)
     stopped_at = time.monotonic()
-    signal_pid(container_pid(node.node, pod), signal.SIGSTOP)
+    os.kill(container_pid(node.node, pod), signal.SIGSTOP)
     wait_for(lambda: restarts(release.ns.get_json("pod", name)) > before, timeout=150, interval=1,
              what="the kubelet restarted the wedged container")
     record("wedged process restarted by the kubelet after", time.monotonic() - stopped_at)
@@ -241,7 +241,7 @@ def test_two_replicas_take_over(node: Node, release: Release, node_prefect: Pref
     before = restarts(pod)
     with LeaseWatch(release.ns, release.lease) as watch:
         killed_at = time.time()
-        signal_pid(container_pid(node.node, pod), signal.SIGKILL)
+        os.kill(container_pid(node.node, pod), signal.SIGKILL)
         wait_for(lambda: restarts(release.ns.get_json("pod", standby)) > before, timeout=60, what="container restarted")
         wait_ready_pods(release.ns, RELEASE, 2)
         names = {p["metadata"]["name"] for p in operator_pods(release.ns, RELEASE)}
