@@ -246,7 +246,9 @@ def test_partitioned_leader_stops_before_another_can_start(kubectl: Kubectl, nam
         b.connect(kubes[1])
         tasks = [asyncio.ensure_future(a.run())]
         try:
-            while not a.is_leader:
+            began = time.monotonic()
+            while not a.is_leader:  # a deadline: a wait that never ends would hang the whole run
+                assert time.monotonic() - began < 30, "a never took the Lease through the proxy"
                 await asyncio.sleep(0.05)
             tasks.append(asyncio.ensure_future(b.run()))
             await asyncio.sleep(2.5)  # b has seen a renew the Lease
