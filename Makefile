@@ -26,7 +26,7 @@ tools: ## build (once, cached) kube-apiserver, etcd, helm, promtool, helm-docs a
 
 test: venv tools ## all tests: lint contracts, unit, integration (real Prefect), e2e (real kube-apiserver), node (real kubelet, as root)
 	$(BIN)/lint-imports
-	$(BIN)/pytest -ra $(PYTEST_ARGS)
+	$(BIN)/pytest -ra --durations=25 $(PYTEST_ARGS)
 
 unit: venv tools ## unit tests only (no servers; helm renders the chart)
 	$(BIN)/pytest -ra tests/unit $(PYTEST_ARGS)

@@ -35,11 +35,18 @@ to 0 tasks. Measured over BENCH_LEASE_SECONDS from the moment the operator holds
   starts (`pwo_cycle_started_timestamp_seconds`, read every 2 s as in bench/fleet.py), runs
   recovered (runs named Requeued in Prefect), operator CPU.
 
+The operator authenticates as a pod does, with a ServiceAccount token (bound to cluster-admin
+here; tests/e2e/test_helm.py proves the chart's own rules), so API Priority and Fairness
+classifies its requests as a cluster classifies them: `service-accounts`, the `workload-low`
+queues. The benchmark's own readers and its control Lease use the admin credential (exempt).
+
 Variants: "before" runs the operator source of BENCH_LEASE_BASELINE (default f20d4d3, the
 commit before the election moved to its own thread, loop and connection; `git archive`,
-under its own CRD), "after" this checkout. Environment: BENCH_LEASE_POLICIES (default
-1000), BENCH_LEASE_SECONDS (180), BENCH_LEASE_STALE (stale runs per pool, 1),
-BENCH_LEASE_BASELINE, BENCH_LEASE_VARIANTS (before,after). The machine is shared: the
+under its own CRD), "after" this checkout, "chart" this checkout with the chart's Lease
+FlowSchema applied (`helm template --show-only templates/flowschema.yaml`: its Lease
+requests in the `leader-election` priority level). Environment: BENCH_LEASE_POLICIES
+(default 1000), BENCH_LEASE_SECONDS (180), BENCH_LEASE_STALE (stale runs per pool, 1),
+BENCH_LEASE_BASELINE, BENCH_LEASE_VARIANTS (before,after,chart). The machine is shared: the
 operator competes for the cores with the API server, etcd, Prefect, PostgreSQL and moto, as
 the issue's single replica did with its neighbours.
 """
@@ -74,13 +81,13 @@ from sandbox.prefect_seed import PrefectSeeder  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from sandbox.processes import stop_process_group  # noqa: E402
 from tests.ecs_sandbox import REGION, EcsSandbox  # noqa: E402
-from tests.kubectl import Kubectl  # noqa: E402
+from tests.kubectl import Kubectl, service_account_kubeconfig  # noqa: E402
 
 N = int(os.environ.get("BENCH_LEASE_POLICIES", "1000"))
 SECONDS = float(os.environ.get("BENCH_LEASE_SECONDS", "180"))
 STALE = int(os.environ.get("BENCH_LEASE_STALE", "1"))
 BASELINE = os.environ.get("BENCH_LEASE_BASELINE", "f20d4d3")
-VARIANTS = os.environ.get("BENCH_LEASE_VARIANTS", "before,after").split(",")
+VARIANTS = os.environ.get("BENCH_LEASE_VARIANTS", "before,after,chart").split(",")
 INTERVAL = 30.0
 LEASE_NAME = "prefect-workpool-operator"
 GONE_WORKER = "ECSWorker gone-0000"  # named as the claimer of every stale run; never heartbeats
@@ -228,6 +235,21 @@ def manifest(namespace: str, indices: range, api_url: str, moto_url: str, cluste
 # -- one variant -----------------------------------------------------------------------------------
 
 
+def pod_credentials(kubectl: Kubectl, namespace: str, workdir: pathlib.Path, *, flow_schema: bool) -> str:
+    """A kubeconfig with a ServiceAccount token, as the pod has; with ``flow_schema``, the
+    chart's Lease FlowSchema for that ServiceAccount. Returns the kubeconfig's path."""
+    kubectl("-n", namespace, "create", "serviceaccount", "operator")
+    kubectl("create", "clusterrolebinding", f"{namespace}-operator", "--clusterrole=cluster-admin",
+            f"--serviceaccount={namespace}:operator")
+    if flow_schema:
+        rendered = subprocess.run(
+            [str(_built_tools() / "helm"), "template", "pwo", str(REPO / "charts" / "prefect-workpool-operator"),
+             "-n", namespace, "--set", "serviceAccount.name=operator", "--show-only", "templates/flowschema.yaml"],
+            check=True, capture_output=True, text=True).stdout
+        kubectl.apply(rendered)
+    return service_account_kubeconfig(kubectl, namespace, "operator", workdir / f"{namespace}.kubeconfig").kubeconfig
+
+
 @dataclass
 class Result:
     name: str
@@ -242,8 +264,9 @@ def run_variant(name: str, src: pathlib.Path | None, crd: str, *, kubectl: Kubec
     sample = manifest(namespace, range(1), api_url, moto_url, cluster).split("\n---\n")[-1]  # the policy alone
     use_crd(kubectl, crd, namespace, sample)
     port = free_port()
+    credentials = pod_credentials(kubectl, namespace, workdir, flow_schema=name == "chart")
     env = {
-        **os.environ, "KUBECONFIG": kubectl.kubeconfig, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
+        **os.environ, "KUBECONFIG": credentials, "PWO_NAMESPACES": namespace, "PWO_METRICS_PORT": str(port),
         "PWO_LEADER_ELECTION": "1", "PWO_LEASE_NAMESPACE": namespace, "POD_NAME": identity, "POD_NAMESPACE": namespace,
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
     }
@@ -319,7 +342,8 @@ def run_variant(name: str, src: pathlib.Path | None, crd: str, *, kubectl: Kubec
 
 def print_table(results: list[Result], seconds_setup: float) -> None:
     rows = list(results[0].figures)
-    names = [r.name + (f" ({BASELINE})" if r.name == "before" else " (this checkout)") for r in results]
+    suffix = {"before": f" ({BASELINE})", "after": " (this checkout)", "chart": " (+ FlowSchema)"}
+    names = [r.name + suffix.get(r.name, "") for r in results]
     width = max(len(r) for r in rows) + 2
     cols = [max(len(names[i]), *(len(r.figures[k]) for k in rows)) + 2 for i, r in enumerate(results)]
     print()

@@ -31,7 +31,8 @@ class MotoServer:
     """A moto server subprocess on a free loopback port, in its own process group.
 
     ``env`` is added to the server's environment (e.g. ``INITIAL_NO_AUTH_ACTION_COUNT``
-    to make moto check credentials and IAM policies).
+    to make moto check credentials and IAM policies). ``host`` is the address it listens
+    on: loopback, or the node bridge's address for pods (tests/node).
     """
 
     def __init__(
@@ -41,8 +42,10 @@ class MotoServer:
         *,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        host: str = "127.0.0.1",
     ) -> None:
         self.workdir = pathlib.Path(workdir).resolve()
+        self.host = host
         self.log = log
         self.extra_env = dict(env or {})
         self.python = python
@@ -54,7 +57,7 @@ class MotoServer:
     def endpoint_url(self) -> str:
         if self.port is None:
             raise RuntimeError("moto server not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -68,7 +71,7 @@ class MotoServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A free port can be taken before moto binds it: try another one.
         for _ in range(3):
-            self.port = free_port()
+            self.port = free_port(self.host)
             if self._spawn(timeout):
                 return
         raise RuntimeError(f"moto server did not start; last log lines:\n{self._log_tail()}")
@@ -80,7 +83,7 @@ class MotoServer:
             out.write(f"\n=== start on port {self.port} at {time.ctime()} ===\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
-                [self.python, str(LAUNCHER), "-H", "127.0.0.1", "-p", str(self.port)],
+                [self.python, str(LAUNCHER), "-H", self.host, "-p", str(self.port)],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,

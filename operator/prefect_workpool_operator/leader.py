@@ -13,6 +13,9 @@ the Secret cache uses too):
 - a leader whose last successful renewal was sent more than ``renew_deadline`` ago stops
   acting (``on_lost``) even before it hears from the server, and the renew deadline is
   shorter than the lease, so it has stopped before any standby may take over;
+- a leader's renewal may take until that deadline (client-go's rule), not just the retry
+  period: a slow API server answers a renewal in 3 s, and cutting it at 2 s only sends it
+  again into the same queue until the deadline passes;
 - ``release`` empties the holder so a standby takes over at its next try, not after the lease.
 
 ``ElectionThread`` runs an elector on a thread of its own, with its own event loop and its
@@ -96,8 +99,11 @@ class LeaseElector:
         watchdog = asyncio.ensure_future(self._watch_deadline())
         try:
             while True:
+                timeout = self.retry_seconds
+                if self._renewed_at is not None:
+                    timeout = max(timeout, self._renewed_at + self.renew_deadline - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._try_once(), timeout=self.retry_seconds)
+                    await asyncio.wait_for(self._try_once(timeout), timeout=timeout)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the next try may succeed; the watchdog guards the deadline
@@ -120,17 +126,17 @@ class LeaseElector:
         log.warning("lease %s/%s: %s is no longer leader (%s)", self.namespace, self.name, self.identity, why)
         self.on_lost()
 
-    async def _try_once(self) -> None:
+    async def _try_once(self, timeout: float) -> None:
         sent = time.monotonic()
         if self._renewed_at is not None and self._written_lease is not None:
             # Fast path: renew what we last wrote; its resourceVersion still fences the write.
             lease = self._written_lease
             lease.spec = self._spec(lease.spec)
             if await self._write(self._api.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _request_timeout=self.retry_seconds), sent):
+                    self.name, self.namespace, lease, _request_timeout=timeout), sent):
                 return
         try:
-            lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.retry_seconds)
+            lease = await self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -138,7 +144,7 @@ class LeaseElector:
             body = V1Lease(api_version="coordination.k8s.io/v1", kind="Lease",
                            metadata=V1ObjectMeta(name=self.name, namespace=self.namespace), spec=self._spec(None))
             await self._write(self._api.create_namespaced_lease(
-                self.namespace, body, _request_timeout=self.retry_seconds), sent)
+                self.namespace, body, _request_timeout=timeout), sent)
             return
         self._reached()
         spec = lease.spec or V1LeaseSpec()
@@ -154,7 +160,7 @@ class LeaseElector:
                 return  # held, and renewed within its duration as far as we can see
         lease.spec = self._spec(spec)
         await self._write(self._api.replace_namespaced_lease(
-            self.name, self.namespace, lease, _request_timeout=self.retry_seconds), sent)
+            self.name, self.namespace, lease, _request_timeout=timeout), sent)
 
     def _reached(self) -> None:
         self.last_contact = self.reached = time.monotonic()

@@ -23,9 +23,11 @@ import json
 import os
 import pathlib
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,6 +198,24 @@ def kinds(manifest: list[dict[str, Any]]) -> set[tuple[str, str, str | None]]:
     return {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in manifest}
 
 
+def flow_schema(cluster: Kubectl, sa: Kubectl, path: str) -> str:
+    """The FlowSchema the API server put a GET of ``sa`` in (API Priority and Fairness tells
+    it in a response header, whatever the answer's status)."""
+    config = json.loads(pathlib.Path(sa.kubeconfig).read_text())
+    server = config["clusters"][0]["cluster"]
+    context = ssl.create_default_context(cadata=base64.b64decode(server["certificate-authority-data"]).decode())
+    request = urllib.request.Request(
+        server["server"] + path, headers={"Authorization": f"Bearer {config['users'][0]['user']['token']}"}
+    )
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+            uid = answer.headers["X-Kubernetes-PF-FlowSchema-UID"]
+    except urllib.error.HTTPError as refused:
+        uid = refused.headers["X-Kubernetes-PF-FlowSchema-UID"]
+    names = {s["metadata"]["uid"]: s["metadata"]["name"] for s in cluster.get_json("flowschemas")["items"]}
+    return names.get(uid, f"no FlowSchema (header {uid!r})")
+
+
 def not_found(k: Kubectl, *args: str) -> bool:
     proc = k.run("get", *args, check=False)
     return proc.returncode != 0 and "NotFound" in proc.stderr
@@ -302,6 +322,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
             ("Role", f"{fullname}-leader-election", rel_ns),
             ("RoleBinding", f"{fullname}-leader-election", rel_ns),
+            ("FlowSchema", f"{scoped}-leader-election", None),
         }
         cluster("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
         deployment = cluster.in_namespace(rel_ns).get_json("deployment", fullname)
@@ -359,6 +380,15 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
             lease = cluster.in_namespace(rel_ns).get_json("lease", fullname)
             assert lease["spec"]["holderIdentity"] == "pod-0"
             assert ns.get_json("pwpp", "etl")["status"]["owner"]["pod"] == "pod-0"
+            # Its Lease requests go to the leader-election priority level; its other requests
+            # stay where every ServiceAccount's are.
+            leases = f"/apis/coordination.k8s.io/v1/namespaces/{rel_ns}/leases"
+            assert flow_schema(cluster, sa, f"{leases}/{fullname}") == f"{scoped}-leader-election"
+            assert flow_schema(cluster, sa, f"/apis/coordination.k8s.io/v1/namespaces/{team}/leases/x") == "service-accounts"
+            assert flow_schema(cluster, sa, "/apis/prefectops.dev/v1alpha1/prefectworkpoolpolicies") == "service-accounts"
+            assert cluster.get_json("flowschema", f"{scoped}-leader-election")["spec"]["priorityLevelConfiguration"] == {
+                "name": "leader-election"
+            }
         assert log_problems(log) == []
         # Stopped gracefully: the Lease is released for the next Pod.
         assert not cluster.in_namespace(rel_ns).get_json("lease", fullname)["spec"].get("holderIdentity")
@@ -441,6 +471,7 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
             ("Role", f"{fullname}-leader-election", rel_ns),
             ("RoleBinding", f"{fullname}-leader-election", rel_ns),
+            ("FlowSchema", f"{scoped}-leader-election", None),
         }
         chart_env = deployment_env(cluster, rel_ns, fullname)
         assert chart_env["PWO_NAMESPACES"] == watched
@@ -501,6 +532,7 @@ def test_namespaced_release(cluster: Kubectl, helm: Helm, prefect_auth_server, t
             ("ClusterRoleBinding", f"{scoped}-discovery", None),
             ("Role", f"{fullname}-leader-election", rel_ns),
             ("RoleBinding", f"{fullname}-leader-election", rel_ns),
+            ("FlowSchema", f"{scoped}-leader-election", None),
         }
         assert can_i(sa, "get", "secrets/prefect-auth", "-n", other)
         chart_env = deployment_env(cluster, rel_ns, fullname)

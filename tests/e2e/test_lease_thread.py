@@ -1,17 +1,25 @@
 """The Lease election runs on its own thread, event loop and connection: it keeps renewing
-while the operator's main event loop is blocked for longer than the renew deadline."""
+while the operator's main event loop is blocked for longer than the renew deadline, and
+while the API server answers each renewal later than the retry period."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import pathlib
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import pytest
 from kubernetes.aio.client import Configuration
 from kubernetes.aio.config import load_kube_config
 
 from prefect_workpool_operator.leader import ElectionThread, LeaseElector
+from sandbox.processes import free_port
 from tests.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -88,3 +96,105 @@ def test_lost_leadership_reaches_the_main_loop(kubectl: Kubectl, namespace: str)
 
     on_main, still_leader = asyncio.run(scenario())
     assert on_main and not still_leader
+
+
+class SlowLink:
+    """A TCP relay to the API server that, while ``delay`` is set, holds the first client →
+    server chunk after a pause (a new request, or a new connection's handshake) for ``delay``
+    seconds; TLS passes through untouched. A busy API server, as the client sees it: each
+    request answered ``delay`` late."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.delay, self.port = target, 0.0, free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
+        last = 0.0
+        try:
+            while data := await reader.read(65536):
+                if slow and self.delay and time.monotonic() - last > 0.5:
+                    await asyncio.sleep(self.delay)
+                last = time.monotonic()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(self._pipe(reader, up_writer, True), self._pipe(up_reader, writer, False))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.port))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    @contextmanager
+    def running(self) -> Iterator["SlowLink"]:
+        self._thread.start()
+        self._ready.wait(10)
+        try:
+            yield self
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
+def through(kubectl: Kubectl, link: SlowLink, path: pathlib.Path) -> str:
+    """The kubeconfig of ``kubectl`` with its server replaced by the relay (same certificate: same IP)."""
+    config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json"))
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{link.port}"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_renewals_slower_than_the_retry_period_keep_the_lease(kubectl: Kubectl, namespace: str,
+                                                              tmp_path: pathlib.Path) -> None:
+    """Each renewal answered 1.5 s after it was sent, against a 1 s retry period: a renewal
+    may take until the renew deadline (6 s), so the leader keeps its Lease (one every 2.5 s).
+    Cut at the retry period, every renewal was cancelled and sent again, and leadership was
+    lost at the deadline."""
+    timings = {"lease_seconds": 9.0, "renew_deadline": 6.0, "retry_seconds": 1.0}
+    server = json.loads(kubectl("config", "view", "--minify", "-o", "json"))["clusters"][0]["cluster"]["server"]
+    address = urlsplit(server)
+    lost: list[float] = []
+
+    async def scenario(config_file: str, link: SlowLink) -> dict[str, object]:
+        configuration = Configuration()
+        await load_kube_config(config_file=config_file, client_configuration=configuration)
+        elector = LeaseElector(namespace=namespace, name="slow", identity="a", on_lost=lambda: lost.append(1.0),
+                               **timings)
+        election = ElectionThread(elector)
+        election.start(configuration)
+        try:
+            deadline = time.monotonic() + 30
+            while not elector.is_leader:
+                assert time.monotonic() < deadline, "never became leader"
+                await asyncio.sleep(0.05)
+            spec = kubectl.in_namespace(namespace).get_json("lease", "slow")["spec"]
+            link.delay = 1.5
+            renewals = set()
+            slow_until = time.monotonic() + 3 * timings["renew_deadline"]
+            while time.monotonic() < slow_until:
+                renewals.add(kubectl.in_namespace(namespace).get_json("lease", "slow")["spec"]["renewTime"])
+                await asyncio.sleep(0.3)
+            leading = elector.is_leader
+            link.delay = 0.0
+            return {"leading": leading, "renewals": len(renewals - {spec["renewTime"]}),
+                    "transitions": elector.transitions}
+        finally:
+            await election.stop()
+
+    with SlowLink((address.hostname or "127.0.0.1", address.port or 443)).running() as link:
+        seen = asyncio.run(scenario(through(kubectl, link, tmp_path / "slow.kubeconfig"), link))
+    assert lost == [] and seen["leading"], f"leadership lost behind a slow API server: {seen}"
+    assert seen["transitions"] == 1, seen
+    assert seen["renewals"] >= 3, seen  # 18 s of late answers: renewed all along, not once at the end

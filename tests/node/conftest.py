@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import pytest
 
 from sandbox.kube import LocalControlPlane, build_tools
+from sandbox.moto_server import MotoServer
 from sandbox.node import NODE_IP, LocalNode, install_node_packages, leftovers, node_sandbox, node_unavailable
 from sandbox.prefect_server import PrefectServer
+from tests.conftest import BASIC_AUTH
 from tests.kubectl import Kubectl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -95,6 +97,20 @@ def operator_image(node: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
 def node_prefect(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """A Prefect server on the bridge's address: the operator pod's cycles read it."""
     with PrefectServer(tmp_path_factory.mktemp("prefect-node"), host=NODE_IP) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node_prefect_auth(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """A Prefect server behind basic auth on the bridge's address: the pod reads its Secret."""
+    with PrefectServer(tmp_path_factory.mktemp("prefect-node-auth"), host=NODE_IP, auth_string=BASIC_AUTH) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node_moto(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """AWS (moto) on the bridge's address: the pod's ECS calls."""
+    with MotoServer(tmp_path_factory.mktemp("moto-node"), host=NODE_IP) as server:
         yield server
 
 

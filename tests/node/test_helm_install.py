@@ -19,10 +19,12 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
+from sandbox.moto_server import MotoServer
 from sandbox.node import NODE_IP, http_get
-from sandbox.prefect_seed import PrefectSeeder
+from sandbox.prefect_seed import PrefectSeeder, late_state
 from sandbox.prefect_server import PrefectServer
-from tests.conftest import unique
+from tests.conftest import BASIC_AUTH, unique
+from tests.ecs_sandbox import REGION, EcsSandbox
 from tests.kubectl import Kubectl, condition, wait_for
 from tests.node.conftest import IMAGE_REPO, IMAGE_TAG, Node, record
 from tests.node.helpers import (
@@ -108,6 +110,63 @@ def test_install_holds_the_lease_and_reconciles(node: Node, release: Release, no
     assert "Conditions:" in describe and "Events:" in describe and "PrefectConnected" in describe
     events = release.policies.get_json("events", "--field-selector", "involvedObject.name=etl")["items"]
     assert events, "the first cycle posts its Events"
+
+
+def test_pod_serves_a_busy_pool(release: Release, node_prefect_auth: PrefectServer, node_moto: MotoServer) -> None:
+    """A pool as users have them, served by the pod: Prefect behind basic auth and AWS keys, each
+    from a Secret; a backlog of Late runs scales the worker service; a PENDING run whose claimer
+    never started a task is recovered, one whose ECS task runs is left alone; no secret shows."""
+    aws_key, aws_secret = "AKIANODETEST00000001", "node-test-aws-secret-value"
+    sandbox = EcsSandbox(node_moto)
+    cluster = sandbox.cluster()
+    service = sandbox.service(cluster)
+    pool = unique("busy")
+    with PrefectSeeder(node_prefect_auth.api_url, auth=node_prefect_auth.auth) as seeder:
+        seeder.create_ecs_pool(pool)
+        deployment = seeder.create_deployment(pool)
+        alive, orphan = seeder.create_runs(deployment, 2, {"type": "PENDING"})
+        (arn,) = sandbox.run(cluster, run_id=alive)
+        seeder._request("PATCH", f"/flow_runs/{alive}", json={"infrastructure_pid": f"{cluster}::{arn}"})
+        seeder.create_runs(deployment, 4, late_state(120))
+        ns = release.policies
+        ns.apply(yaml.safe_dump_all([
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prefect-auth"},
+             "stringData": {"auth-string": BASIC_AUTH}},
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws-keys"},
+             "stringData": {"aws-access-key-id": aws_key, "aws-secret-access-key": aws_secret}},
+            {"apiVersion": "prefectops.dev/v1alpha1", "kind": "PrefectWorkPoolPolicy", "metadata": {"name": "busy"},
+             "spec": {
+                 "prefect": {"apiUrl": node_prefect_auth.api_url, "workPool": pool,
+                             "auth": {"basicAuthSecretRef": {"name": "prefect-auth", "key": "auth-string"}}},
+                 "interval": "10s",
+                 "ecs": {"region": REGION, "cluster": cluster, "service": service, "endpointUrl": node_moto.endpoint_url,
+                         "credentialsSecretRef": {"name": "aws-keys"}},
+                 "scaling": {"mode": "DesiredCount", "minWorkers": 0, "maxWorkers": 3, "backlogPerWorker": 2},
+                 "staleRuns": {"pendingTimeout": "30s"},
+             }},
+        ]))
+
+        def desired() -> int:
+            return sandbox.ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"]
+
+        wait_for(lambda: desired() == 2, timeout=90, what="desiredCount 2 for 4 Late runs")
+        wait_for(lambda: seeder.read_run(orphan)["state"]["name"] == "Requeued", timeout=120, what="the orphan requeued")
+        assert seeder.read_run(alive)["state"]["type"] == "PENDING"  # its ECS task is RUNNING
+    (pod,) = wait_ready_pods(release.ns, RELEASE, 1)
+    policy = ns.get_json("pwpp", "busy")
+    status = policy["status"]
+    assert status["owner"]["pod"] == pod["metadata"]["name"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} >= {
+        "Ready": "True", "PrefectConnected": "True", "AwsConnected": "True"}, status["conditions"]
+    assert status["runs"]["late"] == 4
+    assert status["staleRuns"]["skipped"]["infrastructureAlive"] == 1
+    # The chart gives the pod no AWS credential of its own: the ECS calls were signed with the Secret's keys.
+    env = {e["name"] for e in pod["spec"]["containers"][0].get("env", [])}
+    assert not any(name.startswith("AWS_") for name in env), env
+    readable = (ns("get", "pwpp", "busy", "-o", "yaml") + ns("get", "events", "-o", "yaml")
+                + release.ns("logs", pod["metadata"]["name"]) + ns("describe", "pwpp", "busy"))
+    for secret in (BASIC_AUTH.partition(":")[2], aws_secret, aws_key):
+        assert secret not in readable
 
 
 def test_pod_runs_as_the_chart_says(node: Node, release: Release) -> None:

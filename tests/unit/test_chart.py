@@ -37,7 +37,8 @@ LEADER = f"{FULLNAME}-leader-election"
 # Leader election: create any Lease (no name is known before it exists), the rest by name only.
 LEASES = {("coordination.k8s.io", "leases", ("create",), ()),
           ("coordination.k8s.io", "leases", ("get", "patch", "update"), (FULLNAME,))}
-LEADER_OBJECTS = {("Role", LEADER, NAMESPACE), ("RoleBinding", LEADER, NAMESPACE)}
+FLOW_SCHEMA = ("FlowSchema", f"{SCOPED}-leader-election", None)
+LEADER_OBJECTS = {("Role", LEADER, NAMESPACE), ("RoleBinding", LEADER, NAMESPACE), FLOW_SCHEMA}
 POD_ENV = {
     "PWO_LEASE_NAME": FULLNAME, "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
     "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -198,8 +199,27 @@ def test_discovery_off_leaves_no_cluster_scoped_read(helm: str, tmp_path: pathli
     if namespaced:
         values["watchNamespaces"] = ["data"]
     kinds = {k for k, _, _ in by_kind(render(helm, values, tmp_path))}
-    assert kinds == ({"ServiceAccount", "Deployment", "Role", "RoleBinding"} if namespaced else
-                     {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"})
+    # A FlowSchema grants nothing (it only orders the Lease requests): see test_lease_flow_schema.
+    assert kinds == ({"ServiceAccount", "Deployment", "Role", "RoleBinding", "FlowSchema"} if namespaced else
+                     {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                      "FlowSchema"})
+
+
+def test_lease_flow_schema(helm: str, tmp_path: pathlib.Path) -> None:
+    """The Lease requests of the release's ServiceAccount, in the release namespace, at the
+    leader-election priority level; off, or with RBAC managed elsewhere, no FlowSchema."""
+    spec = by_kind(render(helm, {"serviceAccount": {"name": "ops"}, "shards": ["blue"]}, tmp_path))[FLOW_SCHEMA]["spec"]
+    assert spec["priorityLevelConfiguration"] == {"name": "leader-election"}
+    assert 0 < spec["matchingPrecedence"] < 9000  # before the built-in service-accounts FlowSchema
+    assert spec["rules"] == [{
+        "subjects": [{"kind": "ServiceAccount", "serviceAccount": {"name": "ops", "namespace": NAMESPACE}}],
+        "resourceRules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                           "verbs": ["get", "create", "update"], "namespaces": [NAMESPACE]}],
+    }]
+    for values in ({"leaseFlowSchema": {"enabled": False}}, {"rbac": {"create": False}}):
+        assert not any(d["kind"] == "FlowSchema" for d in render(helm, values, tmp_path)), values
+    refused = template(helm, {"leaseFlowSchema": {"matchingPrecedence": 9000}}, tmp_path)
+    assert refused.returncode != 0 and "matchingPrecedence" in refused.stderr
 
 
 def test_no_rbac_and_existing_service_account(helm: str, tmp_path: pathlib.Path) -> None:
@@ -228,7 +248,8 @@ def test_existing_service_account_still_bound(helm: str, tmp_path: pathlib.Path)
 )
 def test_metrics(helm: str, tmp_path: pathlib.Path, metrics: dict[str, Any], expected: set[str]) -> None:
     docs = render(helm, {"metrics": metrics}, tmp_path)
-    extra = {d["kind"] for d in docs} - {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    extra = {d["kind"] for d in docs} - {"ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                          "FlowSchema"}
     assert extra == expected
     enabled = metrics.get("enabled", True)
     assert env(docs)["PWO_METRICS_PORT"] == ("8080" if enabled else "0")
