@@ -44,9 +44,9 @@ lint: venv ## architecture contracts (the decision core stays pure)
 	$(BIN)/lint-imports
 
 crds: venv ## regenerate crds/ (and the chart's copy) and docs/policy-reference.md from the pydantic models
-	$(BIN)/python -m prefect_workpool_operator.crd > crds/prefectworkpoolpolicies.prefectops.dev.yaml
+	$(BIN)/python -m prefect_workpool_operator.schema.crd > crds/prefectworkpoolpolicies.prefectops.dev.yaml
 	cp crds/prefectworkpoolpolicies.prefectops.dev.yaml $(CHART)/crds/
-	$(BIN)/python -m prefect_workpool_operator.reference > docs/policy-reference.md
+	$(BIN)/python -m prefect_workpool_operator.schema.reference > docs/policy-reference.md
 
 docs: crds ## regenerate the generated docs (same as crds)
 

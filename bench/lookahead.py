@@ -32,7 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 
 from prefect_workpool_operator.core.durations import parse_duration  # noqa: E402
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle  # noqa: E402
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, iso, scheduled_state, utcnow  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402

@@ -43,18 +43,18 @@ def p99(values: list[float]) -> float:
 async def child(api_url: str, slow_url: str, pools: list[str], healthy: int, slow: int, seconds: float) -> list[dict]:
     """One variant, in the process whose sys.path holds that variant's operator."""
     from prefect_workpool_operator.core import schedule
-    from prefect_workpool_operator.prefect_http import PrefectHttp
-    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from prefect_workpool_operator.prefect.http import PrefectHttp
+    from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
     from sandbox.prefect_seed import utcnow
 
     try:  # after: turns per Prefect server
-        from prefect_workpool_operator.keyed_turns import KeyedTurns, cycle_key
+        from prefect_workpool_operator.fleet.keyed_turns import KeyedTurns, cycle_key
         keyed = KeyedTurns(PER_SERVER, 4 * PER_SERVER)
         turns_of = lambda spec: keyed.of(cycle_key(spec), cold=False)  # noqa: E731
         take = lambda turns: turns.take()  # noqa: E731
         follow = lambda started, offset: schedule.start_after_cycle(started, INTERVAL, offset, first=False)  # noqa: E731
     except ImportError:  # before: one set of turns for every policy
-        from prefect_workpool_operator.turns import Turns
+        from prefect_workpool_operator.fleet.turns import Turns
         one = Turns(PER_SERVER)
         turns_of = lambda spec: one  # noqa: E731
         take = lambda turns: turns.take(scheduled=True)  # noqa: E731

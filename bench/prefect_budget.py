@@ -41,11 +41,11 @@ sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 import httpx  # noqa: E402
 
 from prefect_workpool_operator.core.health import PoolObservation  # noqa: E402
-from prefect_workpool_operator.prefect_api import PrefectClient  # noqa: E402
-from prefect_workpool_operator.prefect_backlog import count_upcoming, read_backlog  # noqa: E402
-from prefect_workpool_operator.prefect_events import EventStreams  # noqa: E402
-from prefect_workpool_operator.prefect_http import PrefectHttp  # noqa: E402
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle  # noqa: E402
+from prefect_workpool_operator.prefect.api import PrefectClient  # noqa: E402
+from prefect_workpool_operator.prefect.backlog import count_upcoming, read_backlog  # noqa: E402
+from prefect_workpool_operator.prefect.stream import EventStreams  # noqa: E402
+from prefect_workpool_operator.prefect.http import PrefectHttp  # noqa: E402
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, late_state, scheduled_state, utcnow  # noqa: E402
 from sandbox.prefect_scheduler import insert_like_the_scheduler  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402

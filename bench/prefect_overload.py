@@ -35,9 +35,9 @@ sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 import httpx  # noqa: E402
 
 from prefect_workpool_operator.core import schedule  # noqa: E402
-from prefect_workpool_operator.prefect_events import EventStreams  # noqa: E402
-from prefect_workpool_operator.prefect_http import PrefectHttp  # noqa: E402
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle  # noqa: E402
+from prefect_workpool_operator.prefect.stream import EventStreams  # noqa: E402
+from prefect_workpool_operator.prefect.http import PrefectHttp  # noqa: E402
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder, utcnow  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from sandbox.tcp_proxy import TcpProxy  # noqa: E402

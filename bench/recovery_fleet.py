@@ -82,9 +82,9 @@ def ecs_check(ecs: list[str]):
 
 
 async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] | None = None) -> list[dict[str, float]]:
-    from prefect_workpool_operator.models import StaleRunsSpec
-    from prefect_workpool_operator.prefect_api import PrefectClient
-    from prefect_workpool_operator.recovery import RecoveryMemory, recover_stale_runs
+    from prefect_workpool_operator.schema.models import StaleRunsSpec
+    from prefect_workpool_operator.prefect.api import PrefectClient
+    from prefect_workpool_operator.cycle.recovery import RecoveryMemory, recover_stale_runs
     from tests.integration.recovery_helpers import Recorder
 
     recorder = Recorder()
@@ -128,7 +128,7 @@ async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] |
 async def idle_cycles(api_url: str, pool: str, cycles: int) -> list[int]:
     """Whole cycles (reconcile.run_cycle, no kopf) of a policy with staleRuns on an idle pool:
     Prefect requests per cycle."""
-    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
     from sandbox.prefect_seed import utcnow
     from tests.integration.recovery_helpers import NoSecrets, Recorder
 
@@ -160,7 +160,7 @@ def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int, mod
 
 async def guarded_writes(api_url: str, ids: list[str], concurrency: int) -> tuple[int, float, int]:
     """Guarded bulk_set_state, ≤ 50 runs per call, ``concurrency`` calls in flight: (requests, s, accepted)."""
-    from prefect_workpool_operator.prefect_api import BULK_LIMIT, PrefectClient
+    from prefect_workpool_operator.prefect.api import BULK_LIMIT, PrefectClient
 
     slots = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient() as http:

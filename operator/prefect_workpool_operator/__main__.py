@@ -7,17 +7,17 @@ import sys
 
 import kopf
 
-from .config import ensure_home, load_config, quiet_libraries
+from prefect_workpool_operator.config import ensure_home, load_config, quiet_libraries
 
 
 def main() -> None:
     ensure_home()  # before anything imports the kubernetes client
     if sys.argv[1:2] == ["why"]:  # `python -m prefect_workpool_operator why <ns>/<policy> <run>`: reads only
-        from .why import main as why
+        from prefect_workpool_operator.cli.why import main as why
 
         sys.exit(why(sys.argv[2:]))
     if sys.argv[1:2] == ["uninstall"]:  # the chart's pre-delete hook: stop the operator, release the policies
-        from .uninstall import main as uninstall
+        from prefect_workpool_operator.cli.uninstall import main as uninstall
 
         sys.exit(uninstall(sys.argv[2:]))
     config = load_config()
@@ -25,17 +25,17 @@ def main() -> None:
     quiet_libraries()
     if not config.verbose:
         quiet_routine_logs()
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from prefect_workpool_operator.handlers.policy import policy as handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        # No kopf peering: one active replica per shard comes from the shard's Lease (leader.py).
+        # No kopf peering: one active replica per shard comes from the shard's Lease (kube/lease.py).
         standalone=True,
         # Ours, not kopf's detect_own_id(): that calls getpass.getuser(), which fails for a uid
         # with no passwd entry (the image runs as 65532 without one) unless POD_ID is set.
         identity=config.identity,
-        # No liveness_endpoint: probes.py serves /healthz and /readyz on it (handlers.startup).
+        # No liveness_endpoint: handlers/probes.py serves /healthz and /readyz on it (handlers.startup).
     )
 
 

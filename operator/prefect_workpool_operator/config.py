@@ -27,7 +27,7 @@ class OperatorConfig:
     # PWO_TICK_SECONDS: how often a policy sleeping to its next start wakes to look for a
     # spec edit or lost leadership: bounds how late a spec edit is handled.
     tick_seconds: float
-    # PWO_LIVENESS_ENDPOINT: where the probes are served (probes.py), e.g. http://0.0.0.0:8081/healthz:
+    # PWO_LIVENESS_ENDPOINT: where the probes are served (handlers/probes.py), e.g. http://0.0.0.0:8081/healthz:
     # liveness at its path, readiness at /readyz on the same port; unset = no probe server.
     liveness_endpoint: str | None
     # PWO_LOG_FORMAT: plain | full | json.
@@ -45,7 +45,7 @@ class OperatorConfig:
     # out; a quarter of them is kept for policies past their first cycle here (core.turn_rules).
     max_cycles_in_flight: int = 16
     # PWO_MAX_CYCLES_IN_FLIGHT_TOTAL: cycles run at once, all servers together (default 4 × the
-    # per-server figure); a server with no cycle in flight may still start one (keyed_turns.py).
+    # per-server figure); a server with no cycle in flight may still start one (fleet/keyed_turns.py).
     max_cycles_in_flight_total: int = 64
     # PWO_PREFECT_EVENTS: 0 turns Prefect's event stream off: every cycle then reads its
     # pool in full (5 requests) instead of only what the stream says changed.
@@ -53,7 +53,7 @@ class OperatorConfig:
     # PWO_PREFECT_RESYNC_SECONDS: with the event stream on, each cached read is refreshed at
     # least this often whatever the stream says (a safety net, as an informer's resync).
     prefect_resync_seconds: float = 300.0
-    # PWO_SECRET_WATCH: how Secrets are kept current (secret_cache.py): "namespace" (one
+    # PWO_SECRET_WATCH: how Secrets are kept current (kube/secrets.py): "namespace" (one
     # list+watch per namespace a policy reads a Secret in; RBAC list/watch on Secrets there),
     # "name" (one watch per Secret, by field selector: RBAC resourceNames can allow it), "off".
     secret_watch: str = "namespace"

@@ -400,7 +400,7 @@ def test_cluster_wide_release(cluster: Kubectl, helm: Helm, prefect_server, tmp_
                 ("list", PWPP, "-A"), ("watch", PWPP, "-A"), ("patch", PWPP, "-n", team),
                 ("patch", PWPP, "--subresource=status", "-n", team), ("create", "events", "-n", team),
                 ("get", "secrets", "-n", team), ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-                # the Secret cache lists and watches the Secrets where policies are (secret_cache.py)
+                # the Secret cache lists and watches the Secrets where policies are (kube/secrets.py)
                 ("list", "secrets", "-A"), ("watch", "secrets", "-n", team), ("list", "secrets", "-n", team),
                 ("create", LEASES, "-n", rel_ns), ("get", f"{LEASES}/{fullname}", "-n", rel_ns),
                 ("update", f"{LEASES}/{fullname}", "-n", rel_ns),

@@ -22,8 +22,8 @@ import yaml
 from kubernetes.aio.client import Configuration
 from kubernetes.aio.config import load_kube_config_from_dict
 
-from prefect_workpool_operator.kube_api import KubeClient
-from prefect_workpool_operator.leader import LeaseElector
+from prefect_workpool_operator.kube.api import KubeClient
+from prefect_workpool_operator.kube.lease import LeaseElector
 from sandbox.processes import kill_process_group, operator_process, stop_process_group
 from tests.conftest import unique
 from tests.kubectl import Kubectl, wait_for

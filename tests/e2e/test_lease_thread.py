@@ -18,7 +18,7 @@ import pytest
 from kubernetes.aio.client import Configuration
 from kubernetes.aio.config import load_kube_config
 
-from prefect_workpool_operator.leader import ElectionThread, LeaseElector
+from prefect_workpool_operator.kube.lease import ElectionThread, LeaseElector
 from sandbox.processes import free_port
 from tests.kubectl import Kubectl
 

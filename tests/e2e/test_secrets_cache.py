@@ -19,8 +19,8 @@ from kubernetes.aio.config import load_kube_config, load_kube_config_from_dict
 
 from prefect_workpool_operator.core import health
 from prefect_workpool_operator.core.secret_values import Use
-from prefect_workpool_operator.kube_api import KubeClient, SecretError, credentials, load_configuration, read_secret_for
-from prefect_workpool_operator.secret_cache import SecretCache
+from prefect_workpool_operator.kube.api import KubeClient, SecretError, credentials, load_configuration, read_secret_for
+from prefect_workpool_operator.kube.secrets import SecretCache
 from tests.conftest import unique
 from tests.e2e.test_operator import secret
 from tests.kubectl import Kubectl

@@ -11,9 +11,9 @@ import datetime as dt
 
 import pytest
 
-from prefect_workpool_operator.clients import AwsConnection
-from prefect_workpool_operator.observe_autoscaling import AutoscalingCache
-from prefect_workpool_operator.release import release_on_delete
+from prefect_workpool_operator.cycle.clients import AwsConnection
+from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.cycle.release import release_on_delete
 from sandbox.processes import free_port
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, late_state, utcnow

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.core import infrastructure
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
 from sandbox.processes import free_port
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, default_ecs_base_job_template, late_state, utcnow
@@ -264,7 +264,7 @@ class DictSecrets:
         self.data = data
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        from prefect_workpool_operator.kube_api import SecretError
+        from prefect_workpool_operator.kube.api import SecretError
 
         try:
             return self.data[(name, key)]

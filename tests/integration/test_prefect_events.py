@@ -18,9 +18,9 @@ import pytest
 
 from prefect_workpool_operator.core import freshness
 from prefect_workpool_operator.core.health import PoolObservation
-from prefect_workpool_operator.prefect_api import PrefectClient
-from prefect_workpool_operator.prefect_events import EventStreams
-from prefect_workpool_operator.prefect_http import PrefectHttp
+from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.stream import EventStreams
+from prefect_workpool_operator.prefect.http import PrefectHttp
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from sandbox.prefect_scheduler import insert_like_the_scheduler
 from sandbox.prefect_server import PrefectServer
@@ -157,7 +157,7 @@ async def test_a_quiet_cycle_with_fresh_pending_runs_sends_nothing(seeder: Prefe
                                                                    cached: tuple[PrefectHttp, Counted]) -> None:
     """Many PENDING runs, none stale: once listed, they are not listed again until a run of the
     pool changes (its event), and then only the new ones."""
-    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
     from tests.integration.recovery_helpers import NoSecrets
 
     http, counted = cached
@@ -240,7 +240,7 @@ async def test_a_claimer_online_again_without_an_event_is_not_judged_offline(
         seeder: PrefectSeeder, pool_name: str, cached: tuple[PrefectHttp, Counted], case: str) -> None:
     """A worker back ONLINE by heartbeats alone, or a new one on a pool already READY: no event.
     The cached workers call its stale run's claimer offline; recovery must not act on that."""
-    from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+    from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
     from tests.integration.recovery_helpers import NoSecrets, clock_after, states
 
     http, counted = cached
@@ -317,7 +317,7 @@ async def test_the_lookahead_window_moves_with_the_clock_without_a_read(
         seeder: PrefectSeeder, pool_name: str, cached: tuple[PrefectHttp, Counted], per_queue: bool) -> None:
     """A run entering the lookahead window sends no event: it is counted from the cached list of
     SCHEDULED runs (read with the counts), at no request, and matches Prefect's own count."""
-    from prefect_workpool_operator.prefect_backlog import count_upcoming, read_backlog
+    from prefect_workpool_operator.prefect.backlog import count_upcoming, read_backlog
 
     http, counted = cached
     lookahead = dt.timedelta(minutes=2)

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from prefect_workpool_operator.reconcile import CycleOutcome, PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.reconcile import CycleOutcome, PolicyRuntime, run_cycle
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from sandbox.prefect_server import PrefectServer

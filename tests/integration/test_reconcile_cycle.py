@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
 from sandbox.processes import free_port
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from tests.integration.recovery_helpers import NoSecrets
@@ -93,13 +93,13 @@ async def test_a_persisting_failure_is_logged_once(caplog: pytest.LogCaptureFixt
     dead = f"http://127.0.0.1:{free_port()}/api"
     runtime = PolicyRuntime()
     status: dict = {}
-    with caplog.at_level("WARNING", logger="prefect_workpool_operator.reconcile"):
+    with caplog.at_level("WARNING", logger="prefect_workpool_operator.cycle.reconcile"):
         async with httpx.AsyncClient() as http:
             for _ in range(3):
                 outcome = await run_cycle(body(dead, "p", status=status), http=http,
                                           secrets=NoSecrets(), runtime=runtime, now=utcnow())
                 status = outcome.status
-    lines = [r.getMessage() for r in caplog.records if r.name == "prefect_workpool_operator.reconcile"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefect_workpool_operator.cycle.reconcile"]
     assert len(lines) == 1 and "Unreachable" in lines[0], lines
 
 

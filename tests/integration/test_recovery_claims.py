@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
-from prefect_workpool_operator.prefect_api import PrefectClient
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
-from prefect_workpool_operator.recovery import RecoveryMemory
+from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.recovery import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder
 from tests.ecs_sandbox import REGION, EcsSandbox
 from tests.integration.recovery_helpers import NoSecrets, Recorder, clock_after, recover, states

@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from prefect_workpool_operator.reconcile import PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from sandbox.prefect_server import PrefectServer
 from tests.integration.recovery_helpers import NoSecrets, Recorder, clock_after, pending_since

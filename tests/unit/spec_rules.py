@@ -10,7 +10,7 @@ from prefect_workpool_operator.core.recovery_plan import recovery_rules
 from prefect_workpool_operator.core.scaling import ScalingRules
 from prefect_workpool_operator.core.scaling_plan import scaling_rules
 from prefect_workpool_operator.core.stale import RecoveryRules
-from prefect_workpool_operator.models import ScalingSpec, StaleRunsSpec
+from prefect_workpool_operator.schema.models import ScalingSpec, StaleRunsSpec
 
 DEFAULT_INTERVAL = timedelta(seconds=30)
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 
-from prefect_workpool_operator.crd import build_crd, render
+from prefect_workpool_operator.schema.crd import build_crd, render
 
 CRD_PATH = Path(__file__).parents[2] / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"
 
@@ -67,7 +67,7 @@ def test_conditions_are_a_map_keyed_by_type_and_status_is_a_subresource() -> Non
 
 
 def test_policy_reference_doc_matches_models() -> None:
-    from prefect_workpool_operator.reference import render as render_reference
+    from prefect_workpool_operator.schema.reference import render as render_reference
 
     doc = Path(__file__).parents[2] / "docs" / "policy-reference.md"
     assert doc.read_text() == render_reference(), "docs/policy-reference.md is stale: run `make docs`"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefect_workpool_operator.models import PolicySpec
+from prefect_workpool_operator.schema.models import PolicySpec
 
 # Helm values files (values*.yaml) are the chart's; tests/unit/test_chart.py checks them.
 EXAMPLES = sorted(p for p in (Path(__file__).parents[2] / "examples").glob("*/*.yaml") if not p.name.startswith("values"))

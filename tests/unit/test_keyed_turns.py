@@ -1,4 +1,4 @@
-"""Cycle turns per Prefect server (keyed_turns.py, core/turn_order.py): a slow server's
+"""Cycle turns per Prefect server (fleet/keyed_turns.py, core/turn_order.py): a slow server's
 cycles hold only their own turns; the total bound never starves a server with none in flight."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import given, strategies as st
 
 from prefect_workpool_operator.core.turn_order import Waiter, may_start, next_turn
-from prefect_workpool_operator.keyed_turns import KeyedTurns, cycle_key
+from prefect_workpool_operator.fleet.keyed_turns import KeyedTurns, cycle_key
 
 KEYS = st.sampled_from(["slow", "healthy", "cloud-a", "cloud-b"])
 OPS = st.lists(st.one_of(st.tuples(st.just("arrive"), KEYS, st.booleans()),

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from prefect_workpool_operator.models import PolicySpec
-from prefect_workpool_operator.reconcile import _describe
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.cycle.reconcile import _describe
 
 BASE = {"prefect": {"apiUrl": "http://127.0.0.1:4200/api", "workPool": "ecs"}}
 

@@ -23,7 +23,7 @@ from prefect_workpool_operator.core.plan import Memory, Observation, Outcome, St
 from prefect_workpool_operator.core.recovery_plan import WriteOutcome
 from prefect_workpool_operator.core.scaling_plan import EcsReading
 from prefect_workpool_operator.core.stale import Claimer, InfraReading, Infrastructure, PendingRun
-from prefect_workpool_operator.models import PolicySpec
+from prefect_workpool_operator.schema.models import PolicySpec
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 INTERVAL = timedelta(seconds=30)

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from prefect_workpool_operator.crd import build_crd
-from prefect_workpool_operator.models import PolicySpec
+from prefect_workpool_operator.schema.crd import build_crd
+from prefect_workpool_operator.schema.models import PolicySpec
 
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect_workpool_operator.core import health, summary
 from prefect_workpool_operator.core.conditions import Condition
-from prefect_workpool_operator.models import PolicySpec
+from prefect_workpool_operator.schema.models import PolicySpec
 
 OK = [Condition("Ready", "True", "Reconciled", "ok")]
 

@@ -1,11 +1,11 @@
-"""Turns for cycles in flight (turns.py): warm cycles ahead of cold first ones."""
+"""Turns for cycles in flight (fleet/turns.py): warm cycles ahead of cold first ones."""
 
 from __future__ import annotations
 
 import asyncio
 
 from prefect_workpool_operator.core import turn_rules
-from prefect_workpool_operator.turns import Turns
+from prefect_workpool_operator.fleet.turns import Turns
 
 
 async def test_a_free_turn_is_taken_at_once_and_the_limit_holds() -> None:

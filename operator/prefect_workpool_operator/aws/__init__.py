@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
-from .autoscaling import SCALABLE_DIMENSION, AutoScalingCalls
-from .cloudwatch import CloudWatchCalls
-from .ecs import DEFAULT_MAX_LIST_PAGES, EcsCalls, EcsInfrastructureCheck, ServiceState
-from .transport import (
+from prefect_workpool_operator.aws.autoscaling import SCALABLE_DIMENSION, AutoScalingCalls
+from prefect_workpool_operator.aws.cloudwatch import CloudWatchCalls
+from prefect_workpool_operator.aws.ecs import DEFAULT_MAX_LIST_PAGES, EcsCalls, EcsInfrastructureCheck, ServiceState
+from prefect_workpool_operator.aws.transport import (
     ACCESS_DENIED,
     AWS_ENDPOINT_INVALID,
     AWS_ERROR,

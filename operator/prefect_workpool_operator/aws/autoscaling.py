@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..core import aws_scaling
-from ..core.aws_scaling import service_name as _name
-from .transport import AwsTransport
+from prefect_workpool_operator.core import aws_scaling
+from prefect_workpool_operator.core.aws_scaling import service_name as _name
+from prefect_workpool_operator.aws.transport import AwsTransport
 
 SCALABLE_DIMENSION = aws_scaling.DIMENSION
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core import aws_scaling
-from ..core.queue_backlog import Series
-from .transport import AwsTransport
+from prefect_workpool_operator.core import aws_scaling
+from prefect_workpool_operator.core.queue_backlog import Series
+from prefect_workpool_operator.aws.transport import AwsTransport
 
 MAX_DATA_PER_PUT = 1000  # PutMetricData takes at most 1,000 metric data per request
 MAX_ALARM_NAMES = 100  # DescribeAlarms: AlarmNames holds at most 100

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import infrastructure
-from ..core.stale import InfraReading, Infrastructure, PendingRun
-from .transport import CALL_BUDGET_EXHAUSTED, SERVICE_NOT_FOUND, THROTTLED, AwsError, AwsTransport, chunks
+from prefect_workpool_operator.core import infrastructure
+from prefect_workpool_operator.core.stale import InfraReading, Infrastructure, PendingRun
+from prefect_workpool_operator.aws.transport import CALL_BUDGET_EXHAUSTED, SERVICE_NOT_FOUND, THROTTLED, AwsError, AwsTransport, chunks
 
 log = logging.getLogger(__name__)
 

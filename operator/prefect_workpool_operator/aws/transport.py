@@ -31,7 +31,7 @@ from botocore import exceptions as boto
 from botocore.config import Config
 from botocore.credentials import Credentials, ReadOnlyCredentials
 
-from ..core.errors import OperatorError
+from prefect_workpool_operator.core.errors import OperatorError
 
 # Reasons of the AwsConnected condition: part of the interface, never respelled.
 ACCESS_DENIED = "AccessDenied"

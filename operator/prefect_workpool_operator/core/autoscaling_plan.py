@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from ..models import EcsTarget, ScalingSpec
-from . import aws_scaling, queue_backlog, scaling
-from .conditions import Condition, format_time
-from .health import PoolObservation
+from prefect_workpool_operator.schema.models import EcsTarget, ScalingSpec
+from prefect_workpool_operator.core import aws_scaling, queue_backlog, scaling
+from prefect_workpool_operator.core.conditions import Condition, format_time
+from prefect_workpool_operator.core.health import PoolObservation
 
 METRIC_PUBLISHED = "MetricPublished"
 

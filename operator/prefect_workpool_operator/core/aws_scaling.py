@@ -29,8 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import EcsTarget, ScalingSpec
-from .durations import parse_duration
+from prefect_workpool_operator.schema.models import EcsTarget, ScalingSpec
+from prefect_workpool_operator.core.durations import parse_duration
 
 NAMESPACE = "ecs"
 DIMENSION = "ecs:service:DesiredCount"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, Hashable, TypeVar
 
-from .stale import PendingRun
+from prefect_workpool_operator.core.stale import PendingRun
 
 C = TypeVar("C")
 

@@ -7,7 +7,7 @@ matching exception text. ``message`` is safe to show users: no secret, no creden
 
 from __future__ import annotations
 
-from .health import Failure
+from prefect_workpool_operator.core.health import Failure
 
 
 class OperatorError(Exception):

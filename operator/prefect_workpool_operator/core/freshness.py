@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from .stale import Claimer
+from prefect_workpool_operator.core.stale import Claimer
 
 POOL = "pool"  # status, type, base job template: GET /work_pools/{name}
 WORKERS = "workers"  # workers/filter

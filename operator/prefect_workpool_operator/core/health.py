@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .conditions import Condition
+from prefect_workpool_operator.core.conditions import Condition
 
 # Condition types
 READY = "Ready"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .stale import InfraReading, Infrastructure, PendingRun
+from prefect_workpool_operator.core.stale import InfraReading, Infrastructure, PendingRun
 
 PID_SEPARATOR = "::"  # prefect-aws: infrastructure_pid = "{cluster}::{task_arn}"
 RUN_ID_TAG = "prefect.io/flow-run-id"  # prefect-aws tags every task it starts with its run

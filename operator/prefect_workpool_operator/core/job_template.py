@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from .conditions import Condition
-from .template_values import value_problem
+from prefect_workpool_operator.core.conditions import Condition
+from prefect_workpool_operator.core.template_values import value_problem
 
 JOB_TEMPLATE_SYNCED = "JobTemplateSynced"
 CONFIG_CONSISTENT = "ConfigConsistent"

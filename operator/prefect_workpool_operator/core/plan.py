@@ -1,7 +1,7 @@
 """One cycle's decision: spec + observation + clock + memory → one plan; then, from what
 the plan's writes did, the conditions, figures and Events the cycle reports.
 
-    observe (observe.py)  →  plan_cycle (here)  →  act (act.py)  →  settle (here)  →  report
+    observe (cycle/observe.py)  →  plan_cycle (here)  →  act (cycle/act.py)  →  settle (here)  →  report
 
 ``plan_cycle`` is pure: it reads the memory it is given and returns the memory to keep,
 so the same observation and memory always give the same plan. Each feature's rule
@@ -18,16 +18,16 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Mapping
 
-from ..models import PolicySpec
-from . import aws_scaling, health, job_template, pool_types, scaling, stale
-from .autoscaling_plan import ManagedStep, plan_release, settle_managed
-from .conditions import NOT_CHECKED, Condition
-from .health import Failure, PoolObservation
-from .queue_backlog import BacklogReading
-from .recovery_plan import Batch, WriteOutcome, figures as recovery_figures, recovery_news, recovery_rules, write_batches
-from .scaling_plan import AWS_CONNECTED, EcsReading, MetricDatum, ScaleChange, ScalingStep, aws_condition, \
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.core import aws_scaling, health, job_template, pool_types, scaling, stale
+from prefect_workpool_operator.core.autoscaling_plan import ManagedStep, plan_release, settle_managed
+from prefect_workpool_operator.core.conditions import NOT_CHECKED, Condition
+from prefect_workpool_operator.core.health import Failure, PoolObservation
+from prefect_workpool_operator.core.queue_backlog import BacklogReading
+from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome, figures as recovery_figures, recovery_news, recovery_rules, write_batches
+from prefect_workpool_operator.core.scaling_plan import AWS_CONNECTED, EcsReading, MetricDatum, ScaleChange, ScalingStep, aws_condition, \
     ecs_failed, holding, plan_workers, scaled
-from .stale import Claimer, InfraReading, Observations, PendingRun, RecoveryPlan
+from prefect_workpool_operator.core.stale import Claimer, InfraReading, Observations, PendingRun, RecoveryPlan
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .conditions import Condition
+from prefect_workpool_operator.core.conditions import Condition
 
 POOL_TYPE_SUPPORTED = "PoolTypeSupported"
 UNSUPPORTED_POOL_TYPE = "UnsupportedPoolType"

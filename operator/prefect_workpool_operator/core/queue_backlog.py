@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .scaling import Backlog, backlog_size
+from prefect_workpool_operator.core.scaling import Backlog, backlog_size
 
 POOL_DIMENSION = "WorkPool"
 QUEUE_DIMENSION = "WorkQueue"

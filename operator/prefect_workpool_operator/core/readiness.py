@@ -1,4 +1,4 @@
-"""Whether this replica is ready (``/readyz``), from plain facts (probes.py gathers them).
+"""Whether this replica is ready (``/readyz``), from plain facts (handlers/probes.py gathers them).
 
 Ready means: logged in to the API server, and — with leader election on — this replica
 reached its shard's Lease (a successful read or write) within the lease duration. A

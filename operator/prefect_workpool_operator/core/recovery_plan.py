@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..models import StaleRunsSpec
-from . import stale
-from .conditions import format_time
-from .durations import format_duration
-from .stale import RecoveryPlan, RecoveryRules
+from prefect_workpool_operator.schema.models import StaleRunsSpec
+from prefect_workpool_operator.core import stale
+from prefect_workpool_operator.core.conditions import format_time
+from prefect_workpool_operator.core.durations import format_duration
+from prefect_workpool_operator.core.stale import RecoveryPlan, RecoveryRules
 
 WRITE_BATCH = 50  # Prefect's maximum runs per bulk_set_state call
 REQUEUED_STATE_NAME = "Requeued"  # the server emits prefect.flow-run.Requeued for each requeue

@@ -41,8 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from .conditions import Condition, Status
-from .durations import format_duration
+from prefect_workpool_operator.core.conditions import Condition, Status
+from prefect_workpool_operator.core.durations import format_duration
 
 SCALING = "Scaling"
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from ..models import EcsTarget, ScalingSpec
-from . import aws_scaling, queue_backlog, scaling
-from .autoscaling_plan import ManagedStep, backlog_view, plan_managed, plan_release, publication
-from .conditions import Condition, format_time
-from .durations import parse_duration
-from .health import Failure, PoolObservation
+from prefect_workpool_operator.schema.models import EcsTarget, ScalingSpec
+from prefect_workpool_operator.core import aws_scaling, queue_backlog, scaling
+from prefect_workpool_operator.core.autoscaling_plan import ManagedStep, backlog_view, plan_managed, plan_release, publication
+from prefect_workpool_operator.core.conditions import Condition, format_time
+from prefect_workpool_operator.core.durations import parse_duration
+from prefect_workpool_operator.core.health import Failure, PoolObservation
 
 AWS_CONNECTED = "AwsConnected"
 

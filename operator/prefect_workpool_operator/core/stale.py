@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Hashable
 
-from .conditions import Condition
-from .durations import format_duration
+from prefect_workpool_operator.core.conditions import Condition
+from prefect_workpool_operator.core.durations import format_duration
 
 # Workers claim runs up to PREFECT_WORKER_PREFETCH_SECONDS (10 s) before their
 # expected start, so a run's PENDING time can begin that much before it.

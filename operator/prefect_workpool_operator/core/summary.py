@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import claims, health
-from .conditions import Condition
+from prefect_workpool_operator.core import claims, health
+from prefect_workpool_operator.core.conditions import Condition
 
 MAX_LENGTH = 1024  # the CRD's maxLength for status.brief
 

@@ -1,4 +1,4 @@
-"""Who gets a cycle turn when several Prefect servers share one operator (keyed_turns.py).
+"""Who gets a cycle turn when several Prefect servers share one operator (fleet/keyed_turns.py).
 
 Turns are counted per key (a Prefect server or Cloud account, ``prefect_http.budget_key``)
 and in total. The total bounds how much the event loop runs at once; it must not let slow

@@ -1,4 +1,4 @@
-"""``why``: the recovery rule's answer for one run, in words (pure; the reads are why.py's).
+"""``why``: the recovery rule's answer for one run, in words (pure; the reads are cli/why.py's).
 
 Everything here comes from ``core.stale``: ``decide`` makes the decision, and the row
 printed is the row of its table that the decision came from. One reading only: the
@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import stale
-from .conditions import format_time
-from .durations import format_duration
-from .infrastructure import RUN_ID_TAG
-from .stale import Claimer, Decision, InfraReading, Infrastructure, PendingRun, RecoveryRules, WorkerLifecycle
+from prefect_workpool_operator.core import stale
+from prefect_workpool_operator.core.conditions import format_time
+from prefect_workpool_operator.core.durations import format_duration
+from prefect_workpool_operator.core.infrastructure import RUN_ID_TAG
+from prefect_workpool_operator.core.stale import Claimer, Decision, InfraReading, Infrastructure, PendingRun, RecoveryRules, WorkerLifecycle
 
 # Exit codes of `why` (documented in docs/why.md).
 EXIT_DECIDED = 0  # the answer was printed (whatever it is)

@@ -1,4 +1,4 @@
-"""Turns for cycles in flight (one set per Prefect server, keyed_turns.py): warm cycles first (core.turn_rules).
+"""Turns for cycles in flight (one set per Prefect server, fleet/keyed_turns.py): warm cycles first (core.turn_rules).
 
 A fleet applied at once (or an operator restart) queues its cold first cycles (full
 Prefect reads, first status write, first Events) for turns. If they held every turn, a
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from .core import turn_rules
+from prefect_workpool_operator.core import turn_rules
 
 
 class Turns:

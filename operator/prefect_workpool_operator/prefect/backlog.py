@@ -18,8 +18,8 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from .core.queue_backlog import BacklogReading, BacklogRun, QueueCounts, QueueListing, group_by_queue
-from .prefect_api import PrefectClient, pool_scope
+from prefect_workpool_operator.core.queue_backlog import BacklogReading, BacklogRun, QueueCounts, QueueListing, group_by_queue
+from prefect_workpool_operator.prefect.api import PrefectClient, pool_scope
 
 PAGE = 200  # the server's maximum per flow_runs/filter
 MAX_PAGES = 3

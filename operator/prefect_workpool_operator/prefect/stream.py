@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from .core import freshness
-from .core.freshness import Freshness
+from prefect_workpool_operator.core import freshness
+from prefect_workpool_operator.core.freshness import Freshness
 
 log = logging.getLogger(__name__)
 

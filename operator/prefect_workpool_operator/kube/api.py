@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from kubernetes.aio.client import ApiClient, Configuration
 from kubernetes.aio.config import ConfigException, load_incluster_config, load_kube_config
 
-from .core import health
-from .core.errors import OperatorError
-from .core.secret_values import SecretValueError, Use, check_secret
+from prefect_workpool_operator.core import health
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.secret_values import SecretValueError, Use, check_secret
 
 
 class SecretReader(Protocol):

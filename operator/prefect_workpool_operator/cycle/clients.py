@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .aws import AwsClient, AwsCredentials
-from .core.secret_values import Use
-from .kube_api import SecretReader, read_secret_for
-from .models import EcsTarget, PolicySpec
-from .prefect_api import PrefectClient
-from .prefect_http import PrefectHttp
+from prefect_workpool_operator.aws import AwsClient, AwsCredentials
+from prefect_workpool_operator.core.secret_values import Use
+from prefect_workpool_operator.kube.api import SecretReader, read_secret_for
+from prefect_workpool_operator.schema.models import EcsTarget, PolicySpec
+from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.http import PrefectHttp
 
 
 @dataclass

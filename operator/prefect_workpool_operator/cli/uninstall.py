@@ -26,12 +26,12 @@ from typing import Any
 
 from kubernetes.aio.client import ApiException, AppsV1Api, CoreV1Api, CustomObjectsApi, V1DeleteOptions
 
-from . import GROUP, PLURAL, VERSION
-from .kube_api import KubeClient, load_configuration
+from prefect_workpool_operator import GROUP, PLURAL, VERSION
+from prefect_workpool_operator.kube.api import KubeClient, load_configuration
 
 log = logging.getLogger(__name__)
 REQUEST_SECONDS = 10.0
-FINALIZER = f"{GROUP}/finalizer"  # kopf's, as handlers.py names it
+FINALIZER = f"{GROUP}/finalizer"  # kopf's, as handlers/policy.py names it
 
 
 def main(argv: list[str]) -> int:

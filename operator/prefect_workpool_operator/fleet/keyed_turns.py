@@ -19,9 +19,9 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from .core.turn_order import Waiter, may_start, next_turn
-from .prefect_http import budget_key
-from .turns import Turns
+from prefect_workpool_operator.core.turn_order import Waiter, may_start, next_turn
+from prefect_workpool_operator.prefect.http import budget_key
+from prefect_workpool_operator.fleet.turns import Turns
 
 
 class KeyedTurns:

@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from .aws import AwsClient, AwsError
-from .concurrent_reads import gather_or_cancel
-from .core import aws_scaling, scaling
-from .core.autoscaling_plan import ManagedStep
-from .core.errors import OperatorError
-from .core.plan import Observation, Outcome, Plan
-from .observe_autoscaling import AutoscalingCache
-from .prefect_api import PrefectClient
-from .recovery import RecoveryMemory, write_batches
+from prefect_workpool_operator.aws import AwsClient, AwsError
+from prefect_workpool_operator.concurrent_reads import gather_or_cancel
+from prefect_workpool_operator.core import aws_scaling, scaling
+from prefect_workpool_operator.core.autoscaling_plan import ManagedStep
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.plan import Observation, Outcome, Plan
+from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.cycle.recovery import RecoveryMemory, write_batches
 
 
 async def act(

@@ -25,18 +25,18 @@ import httpx
 from kubernetes.aio.client import CustomObjectsApi
 from pydantic import ValidationError
 
-from . import GROUP, PLURAL, VERSION
-from .aws import AwsError, EcsInfrastructureCheck
-from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
-from .core import pool_types, why
-from .core.errors import OperatorError
-from .core.recovery_plan import recovery_rules
-from .core.stale import NOT_CHECKED, Infrastructure, InfraReading, PendingRun, claimer_status
-from .kube_api import KubeClient, load_configuration, read_json
-from .models import PolicySpec
-from .prefect_http import PrefectHttp
-from .recovery import RecoveryMemory, claimer_lifecycles, pending_run, with_claims_and_counts
-from .secret_cache import SecretCache
+from prefect_workpool_operator import GROUP, PLURAL, VERSION
+from prefect_workpool_operator.aws import AwsError, EcsInfrastructureCheck
+from prefect_workpool_operator.cycle.clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
+from prefect_workpool_operator.core import pool_types, why
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.recovery_plan import recovery_rules
+from prefect_workpool_operator.core.stale import NOT_CHECKED, Infrastructure, InfraReading, PendingRun, claimer_status
+from prefect_workpool_operator.kube.api import KubeClient, load_configuration, read_json
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.prefect.http import PrefectHttp
+from prefect_workpool_operator.cycle.recovery import RecoveryMemory, claimer_lifecycles, pending_run, with_claims_and_counts
+from prefect_workpool_operator.kube.secrets import SecretCache
 
 
 class WhyError(Exception):

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .prefect_events import EventStreams
+from prefect_workpool_operator.prefect.stream import EventStreams
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class PrefectHttp:
         self.replacements = 0
         self.pool_timeouts = 0  # PoolTimeout from httpx itself: a leak, never a queue, now
         self.slot_timeouts = 0
-        # Prefect's event stream and the read caches it keeps fresh (prefect_events.py); None: every read is sent.
+        # Prefect's event stream and the read caches it keeps fresh (prefect/stream.py); None: every read is sent.
         self.events = events
 
     def client_for(self, url: str) -> httpx.AsyncClient:

@@ -1,8 +1,8 @@
 """One reconcile cycle of one policy, without kopf: body in, status patch and Events out.
 
-    observe (observe.py) → decide (core.plan.plan_cycle) → act (act.py) → settle (core.plan) → report
+    observe (cycle/observe.py) → decide (core.plan.plan_cycle) → act (cycle/act.py) → settle (core.plan) → report
 
-The kopf glue (``handlers.py``) only decides *when* to call ``run_cycle`` and applies
+The kopf glue (``handlers/policy.py``) only decides *when* to call ``run_cycle`` and applies
 what it returns (status only on change, ``core.report``). Keeping this free of kopf
 makes the cycle testable against real servers with nothing but the clients it needs.
 """
@@ -17,18 +17,18 @@ from typing import Any, Mapping
 import httpx
 from pydantic import ValidationError
 
-from .act import act
-from .clients import AwsConnection, PrefectConnection
-from .core import claims, health, scaling, stale, summary
-from .core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
-from .core.errors import OperatorError
-from .core.health import Failure
-from .core.log_gate import LogGate
-from .core.plan import Event, Memory, Observation, Outcome, condition_events, plan_cycle, retired_conditions, settle, unobserved_plan
-from .kube_api import SecretReader
-from .models import PolicySpec
-from .observe import ReadCache, observe_policy
-from .prefect_http import PrefectHttp
+from prefect_workpool_operator.cycle.act import act
+from prefect_workpool_operator.cycle.clients import AwsConnection, PrefectConnection
+from prefect_workpool_operator.core import claims, health, scaling, stale, summary
+from prefect_workpool_operator.core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.health import Failure
+from prefect_workpool_operator.core.log_gate import LogGate
+from prefect_workpool_operator.core.plan import Event, Memory, Observation, Outcome, condition_events, plan_cycle, retired_conditions, settle, unobserved_plan
+from prefect_workpool_operator.kube.api import SecretReader
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.cycle.observe import ReadCache, observe_policy
+from prefect_workpool_operator.prefect.http import PrefectHttp
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 from kubernetes.aio.client import ApiException, Configuration, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 
-from .kube_api import KubeClient
+from prefect_workpool_operator.kube.api import KubeClient
 
 log = logging.getLogger(__name__)
 

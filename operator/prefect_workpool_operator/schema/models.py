@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .core.durations import DURATION_MAX_DIGITS, DURATION_PATTERN, DURATION_SAFE_PATTERN, parse_duration
+from prefect_workpool_operator.core.durations import DURATION_MAX_DIGITS, DURATION_PATTERN, DURATION_SAFE_PATTERN, parse_duration
 
 MIN_INTERVAL = "10s"
 # Events about a run (who claimed it) become visible a few seconds after they happen;

@@ -28,16 +28,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .concurrent_reads import gather_or_cancel
-from .core import recovery_plan, stale
-from .core.claim_memory import ClaimMemory
-from .core.conditions import Condition
-from .core.plan import StaleReading
-from .core.recovery_plan import Batch, WriteOutcome, recovery_rules
-from .core.stale import InfraReading, Observations, PendingRun
-from .models import StaleRunsSpec
-from .prefect_api import Claim, PrefectClient, PrefectError, pool_scope
-from .prefect_http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
+from prefect_workpool_operator.concurrent_reads import gather_or_cancel
+from prefect_workpool_operator.core import recovery_plan, stale
+from prefect_workpool_operator.core.claim_memory import ClaimMemory
+from prefect_workpool_operator.core.conditions import Condition
+from prefect_workpool_operator.core.plan import StaleReading
+from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome, recovery_rules
+from prefect_workpool_operator.core.stale import InfraReading, Observations, PendingRun
+from prefect_workpool_operator.schema.models import StaleRunsSpec
+from prefect_workpool_operator.prefect.api import Claim, PrefectClient, PrefectError, pool_scope
+from prefect_workpool_operator.prefect.http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .act import apply_managed
-from .clients import AwsConnection, aws_client_for
-from .core import aws_scaling
-from .core.autoscaling_plan import plan_release
-from .kube_api import SecretReader
-from .models import PolicySpec
-from .observe_autoscaling import AutoscalingCache, read_managed
+from prefect_workpool_operator.cycle.act import apply_managed
+from prefect_workpool_operator.cycle.clients import AwsConnection, aws_client_for
+from prefect_workpool_operator.core import aws_scaling
+from prefect_workpool_operator.core.autoscaling_plan import plan_release
+from prefect_workpool_operator.kube.api import SecretReader
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache, read_managed
 
 
 async def release_on_delete(body: dict[str, Any], cache: AutoscalingCache, connection: AwsConnection,

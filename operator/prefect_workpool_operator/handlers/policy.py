@@ -15,26 +15,26 @@ from typing import Any
 
 import kopf
 
-from . import EVENT_SOURCE, GROUP, PLURAL, VERSION
-from .config import in_shard, load_config, quiet_libraries
-from .core import claims, health, report, schedule
-from .core.conditions import Condition, format_time, merge_conditions, unobserved
-from .core.durations import parse_duration
-from .aws import AwsError
-from .clients import AwsConnection
-from .kube_api import KubeClient, SecretError, credentials, load_configuration
-from .core.readiness import Facts, Verdict, decide
-from .leader import ElectionThread, LeaseElector
-from .metrics import OperatorMetrics
-from .models import PolicySpec
-from .observe import ReadCache
-from .prefect_events import EventStreams
-from .prefect_http import PrefectHttp
-from .probes import ProbeServer
-from .reconcile import PolicyRuntime, run_cycle
-from .release import release_on_delete
-from .secret_cache import SecretCache
-from .keyed_turns import KeyTurns, KeyedTurns, cycle_key
+from prefect_workpool_operator import EVENT_SOURCE, GROUP, PLURAL, VERSION
+from prefect_workpool_operator.config import in_shard, load_config, quiet_libraries
+from prefect_workpool_operator.core import claims, health, report, schedule
+from prefect_workpool_operator.core.conditions import Condition, format_time, merge_conditions, unobserved
+from prefect_workpool_operator.core.durations import parse_duration
+from prefect_workpool_operator.aws import AwsError
+from prefect_workpool_operator.cycle.clients import AwsConnection
+from prefect_workpool_operator.kube.api import KubeClient, SecretError, credentials, load_configuration
+from prefect_workpool_operator.core.readiness import Facts, Verdict, decide
+from prefect_workpool_operator.kube.lease import ElectionThread, LeaseElector
+from prefect_workpool_operator.metrics import OperatorMetrics
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.cycle.observe import ReadCache
+from prefect_workpool_operator.prefect.stream import EventStreams
+from prefect_workpool_operator.prefect.http import PrefectHttp
+from prefect_workpool_operator.handlers.probes import ProbeServer
+from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
+from prefect_workpool_operator.cycle.release import release_on_delete
+from prefect_workpool_operator.kube.secrets import SecretCache
+from prefect_workpool_operator.fleet.keyed_turns import KeyTurns, KeyedTurns, cycle_key
 
 CONFIG = load_config()
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ _cycles: set[asyncio.Future[Any]] = set()  # running cycles of every policy: can
 # Cycles in flight per Prefect server (and in total): a burst (a fleet's first cycles, a restart)
 # waits its turn instead of queueing every read on the shared connections until they time out;
 # within a server, warm cycles go ahead of cold first ones, which never hold every turn
-# (turns.py); a slow server holds only its own turns (keyed_turns.py).
+# (fleet/turns.py); a slow server holds only its own turns (fleet/keyed_turns.py).
 _turns = KeyedTurns(CONFIG.max_cycles_in_flight, CONFIG.max_cycles_in_flight_total)
 
 

@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aws import AwsClient, AwsError
-from .core import aws_scaling
-from .models import EcsTarget, ScalingSpec
+from prefect_workpool_operator.aws import AwsClient, AwsError
+from prefect_workpool_operator.core import aws_scaling
+from prefect_workpool_operator.schema.models import EcsTarget, ScalingSpec
 
 log = logging.getLogger(__name__)
 

@@ -23,24 +23,24 @@ from typing import Any
 
 import httpx
 
-from .aws import AwsClient, AwsError, EcsInfrastructureCheck
-from .clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
-from .concurrent_reads import gather_or_cancel
-from .core import freshness, health, pool_types, scaling
-from .core.autoscaling_plan import needs_queues
-from .core.queue_backlog import BacklogReading, QueueListing
-from .core.errors import OperatorError
-from .core.health import Failure, PoolObservation
-from .core.plan import Observation, StaleReading
-from .core.scaling_plan import EcsReading
-from .core.stale import Claimer
-from .kube_api import SecretError, SecretReader
-from .models import PolicySpec
-from .observe_autoscaling import AutoscalingCache, read_managed, wants_reading
-from .prefect_backlog import read_backlog
-from .prefect_api import PrefectClient, PrefectError
-from .prefect_http import PrefectHttp
-from .recovery import RecoveryMemory, observe_stale_runs
+from prefect_workpool_operator.aws import AwsClient, AwsError, EcsInfrastructureCheck
+from prefect_workpool_operator.cycle.clients import AwsConnection, PrefectConnection, aws_client_for, prefect_client_for
+from prefect_workpool_operator.concurrent_reads import gather_or_cancel
+from prefect_workpool_operator.core import freshness, health, pool_types, scaling
+from prefect_workpool_operator.core.autoscaling_plan import needs_queues
+from prefect_workpool_operator.core.queue_backlog import BacklogReading, QueueListing
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.health import Failure, PoolObservation
+from prefect_workpool_operator.core.plan import Observation, StaleReading
+from prefect_workpool_operator.core.scaling_plan import EcsReading
+from prefect_workpool_operator.core.stale import Claimer
+from prefect_workpool_operator.kube.api import SecretError, SecretReader
+from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache, read_managed, wants_reading
+from prefect_workpool_operator.prefect.backlog import read_backlog
+from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
+from prefect_workpool_operator.prefect.http import PrefectHttp
+from prefect_workpool_operator.cycle.recovery import RecoveryMemory, observe_stale_runs
 
 AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
 MIN_DEADLINE = timedelta(seconds=60)  # a short interval must not cut off a slow but working Prefect

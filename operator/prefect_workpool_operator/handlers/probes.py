@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .core.readiness import Verdict
+from prefect_workpool_operator.core.readiness import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Async adapter for the Prefect 3 REST API.
 
-One shared ``PrefectHttp`` (a bounded connection pool per server, see prefect_http.py) serves
+One shared ``PrefectHttp`` (a bounded connection pool per server, see prefect/http.py) serves
 every policy; a ``PrefectClient`` adds a policy's base URL, credentials and timeout. Errors become
 ``PrefectError`` with a stable reason from ``core.health`` and a message that never
 contains credentials.
@@ -18,14 +18,14 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .core import freshness, health
-from .core.errors import OperatorError
-from .core.health import PoolObservation
-from .core.recovery_plan import REQUEUED_STATE_NAME, WRITE_BATCH as BULK_LIMIT
-from .concurrent_reads import gather_or_cancel
-from .prefect_events import PoolCache
-from .prefect_http import PrefectHttp, SlotTimeout, retry_after_seconds
-from .core.stale import WorkerLifecycle
+from prefect_workpool_operator.core import freshness, health
+from prefect_workpool_operator.core.errors import OperatorError
+from prefect_workpool_operator.core.health import PoolObservation
+from prefect_workpool_operator.core.recovery_plan import REQUEUED_STATE_NAME, WRITE_BATCH as BULK_LIMIT
+from prefect_workpool_operator.concurrent_reads import gather_or_cancel
+from prefect_workpool_operator.prefect.stream import PoolCache
+from prefect_workpool_operator.prefect.http import PrefectHttp, SlotTimeout, retry_after_seconds
+from prefect_workpool_operator.core.stale import WorkerLifecycle
 
 log = logging.getLogger(__name__)
 

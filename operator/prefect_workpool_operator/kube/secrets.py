@@ -37,9 +37,9 @@ from typing import Any
 import aiohttp
 from kubernetes.aio.client import CoreV1Api
 
-from .core import health
-from .core.secret_values import SecretValueError, decode_secret
-from .kube_api import KubeClient, SecretError, read_json
+from prefect_workpool_operator.core import health
+from prefect_workpool_operator.core.secret_values import SecretValueError, decode_secret
+from prefect_workpool_operator.kube.api import KubeClient, SecretError, read_json
 
 log = logging.getLogger(__name__)
 

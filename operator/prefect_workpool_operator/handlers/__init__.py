@@ -1,0 +1,1 @@
+"""kopf's glue: the policy handlers, start-up (login, Lease, probes) and the probe server."""

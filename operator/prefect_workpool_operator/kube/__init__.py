@@ -1,0 +1,1 @@
+"""Kubernetes: login, the Secret cache, the Lease elector."""

@@ -1,0 +1,1 @@
+"""The resource: the spec/status models, the CRD generated from them, the policy reference."""
