@@ -1,7 +1,9 @@
 """A loopback TCP proxy in front of a real server, for making it slow or cutting it off.
 
 ``delay`` holds each chunk the client sends for that many seconds before passing it on
-(a slow Prefect, seconds per request); ``cut()`` closes every open connection (an event
+(a slow Prefect, seconds per request); with ``idle`` set, only a chunk that follows that
+many seconds of quiet on its connection is held (one delay per request or TLS handshake,
+not per packet: a busy API server, each answer ``delay`` late); ``cut()`` closes every open connection (an event
 stream or keep-alive connection dropped by a load balancer). Runs its own event loop in
 a thread, so sync and async callers alike can use it.
 """
@@ -14,9 +16,9 @@ from typing import Self
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int, *, delay: float = 0.0) -> None:
+    def __init__(self, target_host: str, target_port: int, *, delay: float = 0.0, idle: float = 0.0) -> None:
         self.target = (target_host, target_port)
-        self.delay = delay
+        self.delay, self.idle = delay, idle
         self.port = 0
         self.accepted = 0
         self._loop = asyncio.new_event_loop()
@@ -80,10 +82,12 @@ class TcpProxy:
                 w.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delayed: bool = False) -> None:
+        last = 0.0
         try:
             while data := await reader.read(65536):
-                if delayed and self.delay:
+                if delayed and self.delay and self._loop.time() - last >= self.idle:
                     await asyncio.sleep(self.delay)
+                last = self._loop.time()
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError):

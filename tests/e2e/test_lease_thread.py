@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -19,7 +16,7 @@ from kubernetes.aio.client import Configuration
 from kubernetes.aio.config import load_kube_config
 
 from prefect_workpool_operator.kube.lease import ElectionThread, LeaseElector
-from sandbox.processes import free_port
+from sandbox.tcp_proxy import TcpProxy
 from tests.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -98,60 +95,10 @@ def test_lost_leadership_reaches_the_main_loop(kubectl: Kubectl, namespace: str)
     assert on_main and not still_leader
 
 
-class SlowLink:
-    """A TCP relay to the API server that, while ``delay`` is set, holds the first client →
-    server chunk after a pause (a new request, or a new connection's handshake) for ``delay``
-    seconds; TLS passes through untouched. A busy API server, as the client sees it: each
-    request answered ``delay`` late."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target, self.delay, self.port = target, 0.0, free_port()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
-        last = 0.0
-        try:
-            while data := await reader.read(65536):
-                if slow and self.delay and time.monotonic() - last > 0.5:
-                    await asyncio.sleep(self.delay)
-                last = time.monotonic()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        await asyncio.gather(self._pipe(reader, up_writer, True), self._pipe(up_reader, writer, False))
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.port))
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-
-    @contextmanager
-    def running(self) -> Iterator["SlowLink"]:
-        self._thread.start()
-        self._ready.wait(10)
-        try:
-            yield self
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-
-def through(kubectl: Kubectl, link: SlowLink, path: pathlib.Path) -> str:
-    """The kubeconfig of ``kubectl`` with its server replaced by the relay (same certificate: same IP)."""
+def through(kubectl: Kubectl, proxy: TcpProxy, path: pathlib.Path) -> str:
+    """The kubeconfig of ``kubectl`` with its server replaced by the proxy (same certificate: same IP)."""
     config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json"))
-    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{link.port}"
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
     path.write_text(json.dumps(config))
     return str(path)
 
@@ -167,7 +114,7 @@ def test_renewals_slower_than_the_retry_period_keep_the_lease(kubectl: Kubectl, 
     address = urlsplit(server)
     lost: list[float] = []
 
-    async def scenario(config_file: str, link: SlowLink) -> dict[str, object]:
+    async def scenario(config_file: str, link: TcpProxy) -> dict[str, object]:
         configuration = Configuration()
         await load_kube_config(config_file=config_file, client_configuration=configuration)
         elector = LeaseElector(namespace=namespace, name="slow", identity="a", on_lost=lambda: lost.append(1.0),
@@ -193,7 +140,8 @@ def test_renewals_slower_than_the_retry_period_keep_the_lease(kubectl: Kubectl, 
         finally:
             await election.stop()
 
-    with SlowLink((address.hostname or "127.0.0.1", address.port or 443)).running() as link:
+    # A request is held once (after 0.5 s of quiet on its connection), not per TLS record.
+    with TcpProxy(address.hostname or "127.0.0.1", address.port or 443, idle=0.5) as link:
         seen = asyncio.run(scenario(through(kubectl, link, tmp_path / "slow.kubeconfig"), link))
     assert lost == [] and seen["leading"], f"leadership lost behind a slow API server: {seen}"
     assert seen["transitions"] == 1, seen
