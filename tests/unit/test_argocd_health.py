@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from prefect_workpool_operator.core import health, job_template, scaling, stale
+from prefect_workpool_operator.core import health, job_template, scaling, stale_plan
 from prefect_workpool_operator.core.conditions import Condition, merge_conditions
 from tests.unit import spec_rules
 
@@ -66,8 +66,8 @@ def failed(reason: str, message: str) -> list[Condition]:
     return health.health_conditions(None, health.Failure(reason, message), pool="ecs-pool", api_url="")
 
 
-def recovery(plan: stale.RecoveryPlan, *, dry_run: bool = False, failed_writes: int = 0) -> Condition:
-    return stale.recovery_condition(plan, RULES, dry_run=dry_run, failed=failed_writes)
+def recovery(plan: stale_plan.RecoveryPlan, *, dry_run: bool = False, failed_writes: int = 0) -> Condition:
+    return stale_plan.recovery_condition(plan, RULES, dry_run=dry_run, failed=failed_writes)
 
 
 def scaled(reason: str, message: str) -> Condition:
@@ -109,20 +109,20 @@ CASES: dict[str, tuple[dict[str, Any], str, str]] = {
                                               "Healthy", "WorkPoolReady=False PoolNotReady"),
     "pool paused is still healthy": (policy(conditions=observed_pool("PAUSED")), "Healthy", "PoolPaused"),
     "runs recovered": (
-        policy(conditions=observed_pool() + [recovery(stale.RecoveryPlan(stale=2, reschedule=["a", "b"]))]),
+        policy(conditions=observed_pool() + [recovery(stale_plan.RecoveryPlan(stale=2, reschedule=["a", "b"]))]),
         "Healthy", "observed",
     ),
     "recovery writes failed": (
-        policy(conditions=observed_pool() + [recovery(stale.RecoveryPlan(stale=2, reschedule=["a", "b"]),
+        policy(conditions=observed_pool() + [recovery(stale_plan.RecoveryPlan(stale=2, reschedule=["a", "b"]),
                                                       failed_writes=2)]),
         "Degraded", "StaleRunsRecovered=False RecoveryFailed",
     ),
     "dry run is as asked": (
-        policy(conditions=observed_pool() + [recovery(stale.RecoveryPlan(stale=1, reschedule=["a"]), dry_run=True)]),
+        policy(conditions=observed_pool() + [recovery(stale_plan.RecoveryPlan(stale=1, reschedule=["a"]), dry_run=True)]),
         "Healthy", "observed",
     ),
     "report only is as asked": (
-        policy(conditions=observed_pool() + [recovery(stale.RecoveryPlan(stale=1, report_only=["a"]))]),
+        policy(conditions=observed_pool() + [recovery(stale_plan.RecoveryPlan(stale=1, report_only=["a"]))]),
         "Healthy", "observed",
     ),
     "scaling conflict": (

@@ -11,20 +11,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefect_workpool_operator.core import stale
+from prefect_workpool_operator.core import stale, stale_plan
 from tests.unit import spec_rules
 from prefect_workpool_operator.core.stale import (
     Claimer,
     InfraReading,
     Infrastructure,
-    Observations,
     PendingRun,
     RecoveryRules,
     WorkerLifecycle,
     claimer_status,
     decide,
-    plan_recovery,
 )
+from prefect_workpool_operator.core.stale_plan import Observations, plan_recovery
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 INTERVAL = timedelta(seconds=30)
@@ -155,7 +154,7 @@ def test_one_gone_reading_never_acts() -> None:
     r = [run("r", 11, infrastructure_pid="c::t")]
     first = plan(r, infra={"r": STOPPED}, observations=obs)
     assert first.to_write == 0 and first.skipped == {stale.AWAITING_CONFIRMATION: 1}
-    assert "seen so once" in stale.recovery_condition(first, RULES, dry_run=False).message
+    assert "seen so once" in stale_plan.recovery_condition(first, RULES, dry_run=False).message
     alive = plan(r, infra={"r": ALIVE}, observations=obs, now=NOW + INTERVAL)  # the odd reading is forgotten
     assert alive.to_write == 0
     again = plan(r, infra={"r": STOPPED}, observations=obs, now=NOW + 2 * INTERVAL)
@@ -251,7 +250,7 @@ def test_report_only_does_not_consume_the_batch() -> None:
 
 
 def cond(p, dry_run=False, failed=0):
-    c = stale.recovery_condition(p, RULES, dry_run=dry_run, failed=failed)
+    c = stale_plan.recovery_condition(p, RULES, dry_run=dry_run, failed=failed)
     return c.status, c.reason
 
 
@@ -273,13 +272,13 @@ def test_conditions() -> None:
 def test_condition_messages_name_the_proof() -> None:
     p = plan([run("a", 30, infrastructure_pid="c::t"), run("b", 20, claimer="w")],
              {"a": Claimer.ONLINE, "b": Claimer.ONLINE}, {"a": STOPPED, "b": NONE_FOUND})
-    message = stale.recovery_condition(p, RULES, dry_run=False).message
+    message = stale_plan.recovery_condition(p, RULES, dry_run=False).message
     assert p.reschedule == ["a"]
     assert "TaskGone" in message and "stopCode TaskFailedToStart" in message
     assert "Left alone: 1 ClaimerAlive." in message
     assert "no live worker" not in message
     held = plan([run("c", 25, claimer="w")], {"c": Claimer.ONLINE}, {"c": NONE_FOUND})
-    assert "'w' is online" in stale.recovery_condition(held, RULES, dry_run=False).message
+    assert "'w' is online" in stale_plan.recovery_condition(held, RULES, dry_run=False).message
 
 
 # -- properties over observation sequences ----------------------------------------------
@@ -297,7 +296,7 @@ RULE_SETS = st.builds(
 GAPS = st.sampled_from([timedelta(seconds=s) for s in (1, 15, 29, 30, 31, 60, 600, 3600)])
 
 
-def run_sequence(steps, rules, evidence) -> list[tuple[Claimer, InfraReading, stale.RecoveryPlan]]:
+def run_sequence(steps, rules, evidence) -> list[tuple[Claimer, InfraReading, stale_plan.RecoveryPlan]]:
     obs = Observations()
     r = run("r", 11, claimer="w1", **evidence)
     now = NOW
@@ -365,7 +364,7 @@ def cycles_with_window(runs, readings, rules, cycles):
     observations = Observations()
     for k in range(cycles):
         now = NOW + k * rules.confirm_after
-        window = stale.lookup_window(runs, observations, rules)
+        window = stale_plan.lookup_window(runs, observations, rules)
         ids = {r.id for r in window}
         claimers = {r.id: readings(r.id, k) for r in window}
         p = plan_recovery(runs, claimers=claimers, infrastructure={}, rules=rules, observations=observations,
@@ -419,15 +418,15 @@ def test_window_puts_awaiting_first_and_hands_off_last() -> None:
     old_alive, old, young = run("old-alive", 50), run("old", 40), run("young", 20)
     plan_recovery([old_alive, young], claimers={"old-alive": Claimer.ONLINE, "young": Claimer.UNKNOWN},
                   infrastructure={}, rules=rules, observations=observations, now=NOW - INTERVAL)
-    window = stale.lookup_window([old_alive, old, young], observations, rules)
+    window = stale_plan.lookup_window([old_alive, old, young], observations, rules)
     # young awaits its confirmation; old was never seen; old-alive was hands-off: looked at when there is room
     assert [r.id for r in window] == ["young", "old"]
-    assert [r.id for r in stale.lookup_window([old_alive, young], observations, rules)] == ["young", "old-alive"]
+    assert [r.id for r in stale_plan.lookup_window([old_alive, young], observations, rules)] == ["young", "old-alive"]
 
 
 def test_window_for_report_only_is_every_stale_run() -> None:
     rules = spec_rules.recovery(action=stale.REPORT_ONLY, max_per_cycle=1)
-    assert len(stale.lookup_window([run(str(i), 20) for i in range(5)], Observations(), rules)) == 5
+    assert len(stale_plan.lookup_window([run(str(i), 20) for i in range(5)], Observations(), rules)) == 5
 
 
 # -- QuietPending: skipping the full listing while nothing can be stale -------------------------
@@ -524,7 +523,7 @@ def test_the_plan_decides_exactly_what_observe_selected(ages: list, cap: int, cl
         observations = Observations()
         for now in (NOW - INTERVAL, NOW):
             current = [PendingRun(r.id, r.pending_since) for r in given_runs]
-            window = stale.lookup_window(stale.select_stale(current, now, rules.pending_timeout), observations, rules)
+            window = stale_plan.lookup_window(stale.select_stale(current, now, rules.pending_timeout), observations, rules)
             p = plan_recovery(current, claimers=by_run, infrastructure={}, rules=rules, observations=observations,
                               now=now, looked_at={r.id for r in window})
         plans.append(p)

@@ -1,7 +1,8 @@
 """The AWS adapter, one module per service over one transport.
 
-- ``transport``: retries, the error table (``AwsError`` reasons), the call budget,
-  redaction and the boto3 clients shared by every policy;
+- ``boto_clients``: the boto3 clients shared by every policy, signing with static keys;
+- ``transport``: retries, the error table (``AwsError`` reasons), the call budget and
+  redaction;
 - ``ecs``: the worker service and the run tasks (plus ``EcsInfrastructureCheck``);
 - ``cloudwatch``: the backlog metric;
 - ``autoscaling``: Application Auto Scaling targets.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 from prefect_workpool_operator.aws.autoscaling import SCALABLE_DIMENSION, AutoScalingCalls
+from prefect_workpool_operator.aws.boto_clients import SHARED_CLIENTS, AwsCredentials, SharedBotoClients
 from prefect_workpool_operator.aws.cloudwatch import CloudWatchCalls
 from prefect_workpool_operator.aws.ecs import DEFAULT_MAX_LIST_PAGES, EcsCalls, EcsInfrastructureCheck, ServiceState
 from prefect_workpool_operator.aws.transport import (
@@ -23,13 +25,10 @@ from prefect_workpool_operator.aws.transport import (
     CLUSTER_NOT_FOUND,
     INVALID_CONFIGURATION,
     SERVICE_NOT_FOUND,
-    SHARED_CLIENTS,
     THROTTLED,
     UNREACHABLE,
-    AwsCredentials,
     AwsError,
     CallBudget,
-    SharedBotoClients,
 )
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from prefect_workpool_operator.schema.models import PolicySpec
-from prefect_workpool_operator.core import aws_scaling, health, job_template, pool_types, scaling, stale
+from prefect_workpool_operator.core import aws_scaling, health, job_template, pool_types, scaling, stale, stale_plan
 from prefect_workpool_operator.core.autoscaling_plan import ManagedStep, plan_release, settle_managed
 from prefect_workpool_operator.core.conditions import NOT_CHECKED, Condition
 from prefect_workpool_operator.core.health import Failure, PoolObservation
@@ -27,7 +27,8 @@ from prefect_workpool_operator.core.queue_backlog import BacklogReading
 from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome, figures as recovery_figures, recovery_news, recovery_rules, write_batches
 from prefect_workpool_operator.core.scaling_plan import AWS_CONNECTED, EcsReading, MetricDatum, ScaleChange, ScalingStep, aws_condition, \
     ecs_failed, holding, plan_workers, scaled
-from prefect_workpool_operator.core.stale import Claimer, InfraReading, Observations, PendingRun, RecoveryPlan
+from prefect_workpool_operator.core.stale import Claimer, InfraReading, PendingRun
+from prefect_workpool_operator.core.stale_plan import Observations, RecoveryPlan
 
 
 @dataclass(frozen=True)
@@ -175,12 +176,12 @@ def plan_cycle(spec: PolicySpec, observed: Observation, memory: Memory, *, now: 
         else:
             rules = recovery_rules(spec.stale_runs, spec.interval_delta)
             observations = copy.deepcopy(memory.observations)  # the caller's memory stays as it was
-            recovery = stale.plan_recovery(
+            recovery = stale_plan.plan_recovery(
                 list(reading.runs), claimers=dict(reading.claimers), infrastructure=dict(reading.infrastructure),
                 rules=rules, observations=observations, now=now, looked_at=set(reading.looked_at),
             )
             new_memory = replace(new_memory, observations=observations)
-            conditions.append(stale.recovery_condition(recovery, rules, dry_run=spec.dry_run))
+            conditions.append(stale_plan.recovery_condition(recovery, rules, dry_run=spec.dry_run))
             figures["staleRuns"] = recovery_figures(recovery, 0, 0, spec.dry_run, reading.total_requeued)
             if not spec.dry_run:
                 batches = write_batches(recovery, rules, policy)
@@ -261,8 +262,8 @@ def _settle_recovery(
         figures.pop("staleRuns", None)
         return figures, events
     total = int(figures["staleRuns"]["totalRecovered"]) + len(written.changed.get(stale.RESCHEDULE, []))
-    conditions[stale.STALE_RUNS_RECOVERED] = stale.recovery_condition(recovery, rules, dry_run=spec.dry_run,
-                                                                       failed=written.failed)
+    conditions[stale.STALE_RUNS_RECOVERED] = stale_plan.recovery_condition(recovery, rules, dry_run=spec.dry_run,
+                                                                            failed=written.failed)
     figures["staleRuns"] = recovery_figures(recovery, written.recovered, written.moved_on, spec.dry_run, total)
     news = recovery_news(recovery, written, now)
     if news is not None:

@@ -1,6 +1,6 @@
 """Stale-run recovery as one cycle's plan: batches to write, and what their outcome tells.
 
-``core.stale`` decides run by run; this module groups the decided runs into guarded
+``core.stale_plan`` decides run by run; this module groups the decided runs into guarded
 write batches (each run's state message names its own reason) and, once the batches
 were written, turns their outcome into the StaleRunsRecovered figures and Events.
 """
@@ -16,7 +16,8 @@ from prefect_workpool_operator.schema.models import StaleRunsSpec
 from prefect_workpool_operator.core import stale
 from prefect_workpool_operator.core.conditions import format_time
 from prefect_workpool_operator.core.durations import format_duration
-from prefect_workpool_operator.core.stale import RecoveryPlan, RecoveryRules
+from prefect_workpool_operator.core.stale import RecoveryRules
+from prefect_workpool_operator.core.stale_plan import RecoveryPlan
 
 WRITE_BATCH = 50  # Prefect's maximum runs per bulk_set_state call
 REQUEUED_STATE_NAME = "Requeued"  # the server emits prefect.flow-run.Requeued for each requeue

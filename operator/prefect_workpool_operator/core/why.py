@@ -3,7 +3,7 @@
 Everything here comes from ``core.stale``: ``decide`` makes the decision, and the row
 printed is the row of its table that the decision came from. One reading only: the
 operator acts on a "recover" only when two readings an interval apart agree
-(``stale.Observations``), which a single look cannot see.
+(``stale_plan.Observations``), which a single look cannot see.
 """
 
 from __future__ import annotations

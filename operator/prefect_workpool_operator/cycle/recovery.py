@@ -9,13 +9,13 @@ Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
 once per Prefect server (every policy together), one group per reason so each run's state
 message tells its own, never sent twice after an answer that may have been lost; servers
 without it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
-the per-run reads (``core.stale.lookup_window``); a quiet cycle lists only the PENDING
+the per-run reads (``core.stale_plan.lookup_window``); a quiet cycle lists only the PENDING
 runs not seen before (``core.stale.QuietPending``).
 
 The reads come in two phases because the second depends on the first: list the stale
 candidates, then look up claims, requeue counts, claimers and ECS for only the runs
 in the capped window. ``observe_stale_runs`` does both and returns one immutable
-``core.plan.StaleReading``; ``core.stale.plan_recovery`` decides; ``write_batches``
+``core.plan.StaleReading``; ``core.stale_plan.plan_recovery`` decides; ``write_batches``
 writes the plan's batches (``core.recovery_plan``).
 """
 
@@ -29,12 +29,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from prefect_workpool_operator.concurrent_reads import gather_or_cancel
-from prefect_workpool_operator.core import recovery_plan, stale
+from prefect_workpool_operator.core import recovery_plan, stale, stale_plan
 from prefect_workpool_operator.core.claim_memory import ClaimMemory
 from prefect_workpool_operator.core.conditions import Condition
 from prefect_workpool_operator.core.plan import StaleReading
 from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome, recovery_rules
-from prefect_workpool_operator.core.stale import InfraReading, Observations, PendingRun
+from prefect_workpool_operator.core.stale import InfraReading, PendingRun
+from prefect_workpool_operator.core.stale_plan import Observations
 from prefect_workpool_operator.schema.models import StaleRunsSpec
 from prefect_workpool_operator.prefect.api import Claim, PrefectClient, PrefectError, pool_scope
 from prefect_workpool_operator.prefect.http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
@@ -160,7 +161,7 @@ async def observe_stale_runs(
     claimers: dict[str, stale.Claimer] = {}
     infra: dict[str, InfraReading] = {}
     # The cap before the per-run reads: only runs this cycle could act on are looked up.
-    window = stale.lookup_window(stale_runs, memory.observations, rules)
+    window = stale_plan.lookup_window(stale_runs, memory.observations, rules)
     stale_ids = {r.id for r in stale_runs}
     memory.requeue_counts = {k: v for k, v in memory.requeue_counts.items() if k in stale_ids}
     memory.claims.keep_only(stale_runs)
@@ -238,13 +239,13 @@ async def recover_stale_runs(
         pending_observed=pending_observed,
     )
     rules = recovery_rules(spec, interval)
-    plan = stale.plan_recovery(list(reading.runs), claimers=dict(reading.claimers),
-                               infrastructure=dict(reading.infrastructure), rules=rules,
-                               observations=memory.observations, now=now, looked_at=set(reading.looked_at))
+    plan = stale_plan.plan_recovery(list(reading.runs), claimers=dict(reading.claimers),
+                                    infrastructure=dict(reading.infrastructure), rules=rules,
+                                    observations=memory.observations, now=now, looked_at=set(reading.looked_at))
     written = WriteOutcome()
     if not dry_run and plan.to_write:
         written = await write_batches(client, recovery_plan.write_batches(plan, rules, policy), reading, memory, now)
-    condition = stale.recovery_condition(plan, rules, dry_run=dry_run, failed=written.failed)
+    condition = stale_plan.recovery_condition(plan, rules, dry_run=dry_run, failed=written.failed)
     total = memory.total_requeued or 0
     figures = recovery_plan.figures(plan, written.recovered, written.moved_on, dry_run, total)
     news = recovery_plan.recovery_news(plan, written, now)
