@@ -29,7 +29,7 @@ FROM deps AS build
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation --target /opt/app . \
- && /opt/venv/bin/python -c "import prefect_workpool_operator.handlers.policy"
+ && /opt/venv/bin/python -c "import prefect_workpool_operator.handlers.startup, prefect_workpool_operator.handlers.policy"
 
 FROM ${PYTHON_IMAGE}
 # The release's version (make release passes it); it matches pyproject.toml and the chart's appVersion.

@@ -84,7 +84,8 @@ def ecs_check(ecs: list[str]):
 async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] | None = None) -> list[dict[str, float]]:
     from prefect_workpool_operator.schema.models import StaleRunsSpec
     from prefect_workpool_operator.prefect.api import PrefectClient
-    from prefect_workpool_operator.cycle.recovery import RecoveryMemory, recover_stale_runs
+    from prefect_workpool_operator.cycle.memory import RecoveryMemory
+    from prefect_workpool_operator.cycle.reconcile import recover_stale_runs
     from tests.integration.recovery_helpers import Recorder
 
     recorder = Recorder()

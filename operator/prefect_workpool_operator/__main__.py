@@ -25,7 +25,7 @@ def main() -> None:
     quiet_libraries()
     if not config.verbose:
         quiet_routine_logs()
-    from prefect_workpool_operator.handlers.policy import policy as handlers  # noqa: F401  (registers the handlers)
+    from prefect_workpool_operator.handlers import policy, startup  # noqa: F401  (importing registers their handlers)
 
     kopf.run(
         clusterwide=not config.namespaces,

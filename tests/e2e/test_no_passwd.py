@@ -57,7 +57,7 @@ def test_runs_as_a_uid_without_passwd_entry(kubectl: Kubectl, namespace: str, ja
     setpriv = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
 
     def imports() -> bool:  # the interpreter, the venv and the source tree must be readable by the uid
-        probe = [*setpriv, sys.executable, "-c", "import prefect_workpool_operator.handlers.policy"]
+        probe = [*setpriv, sys.executable, "-c", "import prefect_workpool_operator.handlers.startup, prefect_workpool_operator.handlers.policy"]
         return subprocess.run(probe, check=False, capture_output=True, cwd="/").returncode == 0
 
     if not imports():

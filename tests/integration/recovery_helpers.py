@@ -9,7 +9,8 @@ import httpx
 
 from prefect_workpool_operator.schema.models import StaleRunsSpec
 from prefect_workpool_operator.prefect.api import PrefectClient
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory, RecoveryOutcome, recover_stale_runs
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
+from prefect_workpool_operator.cycle.reconcile import RecoveryOutcome, recover_stale_runs
 from sandbox.prefect_seed import PrefectSeeder
 
 WRITE_PATHS = ("/set_state", "/bulk_set_state", "/labels")

@@ -12,7 +12,7 @@ import datetime as dt
 import pytest
 
 from prefect_workpool_operator.cycle.clients import AwsConnection
-from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.cycle.memory import AutoscalingCache
 from prefect_workpool_operator.cycle.release import release_on_delete
 from sandbox.processes import free_port
 from sandbox.moto_server import MotoServer

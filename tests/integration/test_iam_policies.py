@@ -14,7 +14,7 @@ import pytest
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder, late_state
 from prefect_workpool_operator.cycle.clients import AwsConnection
-from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.cycle.memory import AutoscalingCache
 from prefect_workpool_operator.cycle.release import release_on_delete
 from tests.aws_operations import LOG, Call, allows, granted_actions, implied_calls, policy
 from tests.ecs_sandbox import REGION, EcsSandbox

@@ -16,7 +16,7 @@ import pytest
 
 from prefect_workpool_operator.core import health
 from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError, pool_scope
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from sandbox.tcp_proxy import TcpProxy
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states

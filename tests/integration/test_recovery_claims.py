@@ -19,7 +19,7 @@ import pytest
 from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
 from prefect_workpool_operator.prefect.api import PrefectClient
 from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder
 from tests.ecs_sandbox import REGION, EcsSandbox
 from tests.integration.recovery_helpers import NoSecrets, Recorder, clock_after, recover, states

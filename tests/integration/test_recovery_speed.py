@@ -16,10 +16,10 @@ import json
 import httpx
 import pytest
 
-from prefect_workpool_operator.cycle import recovery
+from prefect_workpool_operator.cycle import act_recovery as recovery  # recovery's writes and their bound
 from prefect_workpool_operator.prefect.api import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from tests.integration.recovery_helpers import Recorder, clock_after, pending_since, recover, states
 

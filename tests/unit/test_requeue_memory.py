@@ -1,6 +1,6 @@
 from datetime import datetime, timedelta, timezone
 
-from prefect_workpool_operator.cycle.recovery import RequeueMemory
+from prefect_workpool_operator.cycle.memory import RequeueMemory
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

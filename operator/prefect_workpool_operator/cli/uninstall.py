@@ -31,7 +31,7 @@ from prefect_workpool_operator.kube.api import KubeClient, load_configuration
 
 log = logging.getLogger(__name__)
 REQUEST_SECONDS = 10.0
-FINALIZER = f"{GROUP}/finalizer"  # kopf's, as handlers/policy.py names it
+FINALIZER = f"{GROUP}/finalizer"  # kopf's, as handlers/startup.py names it
 
 
 def main(argv: list[str]) -> int:

@@ -35,7 +35,8 @@ from prefect_workpool_operator.core.stale import NOT_CHECKED, Infrastructure, In
 from prefect_workpool_operator.kube.api import KubeClient, load_configuration, read_json
 from prefect_workpool_operator.schema.models import PolicySpec
 from prefect_workpool_operator.prefect.http import PrefectHttp
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory, claimer_lifecycles, pending_run, with_claims_and_counts
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
+from prefect_workpool_operator.cycle.recovery import claimer_lifecycles, pending_run, with_claims_and_counts
 from prefect_workpool_operator.kube.secrets import SecretCache
 
 

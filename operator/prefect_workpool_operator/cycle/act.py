@@ -3,7 +3,7 @@
 PutMetricData, then the managed Application Auto Scaling / alarm writes (or the removal
 of ours), then UpdateService; the job template (written, then read back: a value is
 never reported as set before the template holds it), and the guarded recovery batches
-(``prefect_http.WRITE_CONCURRENCY`` at once per Prefect server). In dry-run the plan holds no writes.
+(``act_recovery``: ``prefect_http.WRITE_CONCURRENCY`` at once per Prefect server). In dry-run the plan holds no writes.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from prefect_workpool_operator.core import aws_scaling, scaling
 from prefect_workpool_operator.core.autoscaling_plan import ManagedStep
 from prefect_workpool_operator.core.errors import OperatorError
 from prefect_workpool_operator.core.plan import Observation, Outcome, Plan
-from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache
+from prefect_workpool_operator.cycle.act_recovery import write_batches
+from prefect_workpool_operator.cycle.memory import AutoscalingCache, RecoveryMemory
 from prefect_workpool_operator.prefect.api import PrefectClient
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory, write_batches
 
 
 async def act(

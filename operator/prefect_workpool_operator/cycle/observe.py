@@ -36,11 +36,12 @@ from prefect_workpool_operator.core.scaling_plan import EcsReading
 from prefect_workpool_operator.core.stale import Claimer
 from prefect_workpool_operator.kube.api import SecretError, SecretReader
 from prefect_workpool_operator.schema.models import PolicySpec
-from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache, read_managed, wants_reading
+from prefect_workpool_operator.cycle.memory import AutoscalingCache, RecoveryMemory
+from prefect_workpool_operator.cycle.observe_autoscaling import read_managed, wants_reading
 from prefect_workpool_operator.prefect.backlog import read_backlog
 from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
 from prefect_workpool_operator.prefect.http import PrefectHttp
-from prefect_workpool_operator.cycle.recovery import RecoveryMemory, observe_stale_runs
+from prefect_workpool_operator.cycle.recovery import observe_stale_runs
 
 AUTOSCALING_RECHECK = timedelta(minutes=10)  # an App Auto Scaling target rarely appears; don't ask every cycle
 MIN_DEADLINE = timedelta(seconds=60)  # a short interval must not cut off a slow but working Prefect

@@ -1,12 +1,12 @@
 """observe's reads of the Application Auto Scaling target, policies and alarms that the
-TargetTracking / StepScaling modes manage (``core.aws_scaling``), and what it keeps of
-them between cycles.
+TargetTracking / StepScaling modes manage (``core.aws_scaling``); what it keeps of
+them between cycles is ``cycle.memory.AutoscalingCache``.
 
 Call budget. The first cycle (and the one after a spec change) reads everything: the
 scalable target, the policies on it, our alarms. After that a cycle makes one read, in
 turn (target, policies, alarms, last scaling activity), and compares; with nothing to
 correct it writes nothing. So the steady state is PutMetricData plus one read, and drift
-is found within four cycles. What act writes it records here as written (no read-back).
+is found within four cycles. What act writes it records in the cache as written (no read-back).
 A policy that no longer wants these resources (mode switched, scaling removed, deletion)
 gets one full read, so a removal finds everything of ours.
 """
@@ -15,58 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 from prefect_workpool_operator.aws import AwsClient, AwsError
 from prefect_workpool_operator.core import aws_scaling
+from prefect_workpool_operator.cycle.memory import AutoscalingCache
 from prefect_workpool_operator.schema.models import EcsTarget, ScalingSpec
 
 log = logging.getLogger(__name__)
 
 ROTATION = ("target", "policies", "alarms", "activity")
-
-
-@dataclass
-class AutoscalingCache:
-    """Kept between cycles: what AWS last showed (or act last wrote), and ownership."""
-
-    owner: str = ""  # <namespace>/<name> of the PrefectWorkPoolPolicy
-    restored: bool = False
-    managed: bool = False  # resources of ours may exist (from the last status, or created since)
-    owns_target: bool = False
-    key: str | None = None  # digest of the inputs the cache was read for
-    target: aws_scaling.Target | None = None
-    policies: tuple[aws_scaling.Policy, ...] | None = None
-    alarms: tuple[aws_scaling.Alarm, ...] | None = None
-    activity: str | None = None
-    activity_unsupported: bool = False  # the endpoint failed DescribeScalingActivities: stop asking
-    turn: int = 0
-    resource_id: str = ""
-    target_removed: bool = False  # act deregistered our target: DesiredCount looks again at once
-
-    def restore(self, owner: str, status: dict[str, Any] | None) -> None:
-        """Ownership survives restarts through the policy's status."""
-        self.owner = owner
-        if self.restored:
-            return
-        self.restored = True
-        figures = ((status or {}).get("scaling") or {}).get("autoscaling")
-        if figures:
-            self.managed = True
-            self.owns_target = bool(figures.get("ownedTarget"))
-
-    @property
-    def prefix(self) -> str:
-        namespace, _, name = self.owner.partition("/")
-        return aws_scaling.name_prefix(namespace or "default", name or "policy")
-
-    def forget_reads(self) -> None:
-        self.key, self.target, self.policies, self.alarms = None, None, None, None
-
-    def reading(self) -> aws_scaling.Reading:
-        return aws_scaling.Reading(self.prefix, self.owner, aws_scaling.Observed(self.target, self.policies, self.alarms),
-                                   self.owns_target, self.managed, self.activity, self.resource_id)
 
 
 def wants_reading(spec: ScalingSpec | None, ecs: EcsTarget, cache: AutoscalingCache) -> bool:

@@ -11,23 +11,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import httpx
 from pydantic import ValidationError
 
 from prefect_workpool_operator.cycle.act import act
+from prefect_workpool_operator.cycle.act_recovery import write_batches
 from prefect_workpool_operator.cycle.clients import AwsConnection, PrefectConnection
-from prefect_workpool_operator.core import claims, health, scaling, stale, summary
+from prefect_workpool_operator.core import claims, health, recovery_plan, scaling, stale, stale_plan, summary
 from prefect_workpool_operator.core.conditions import Condition, changed_conditions, format_time, merge_conditions, unobserved
 from prefect_workpool_operator.core.errors import OperatorError
 from prefect_workpool_operator.core.health import Failure
 from prefect_workpool_operator.core.log_gate import LogGate
 from prefect_workpool_operator.core.plan import Event, Memory, Observation, Outcome, condition_events, plan_cycle, retired_conditions, settle, unobserved_plan
+from prefect_workpool_operator.core.recovery_plan import WriteOutcome, recovery_rules
 from prefect_workpool_operator.kube.api import SecretReader
-from prefect_workpool_operator.schema.models import PolicySpec
+from prefect_workpool_operator.schema.models import PolicySpec, StaleRunsSpec
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from prefect_workpool_operator.cycle.observe import ReadCache, observe_policy
+from prefect_workpool_operator.cycle.recovery import InfrastructureCheck, observe_stale_runs
+from prefect_workpool_operator.prefect.api import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
 
 log = logging.getLogger(__name__)
@@ -147,6 +152,56 @@ async def _cycle(
     for failure in _recovery_failures(observation, outcome):
         runtime.log_failure(policy, f"recovery: {failure.reason}: {failure.message}", now)
     return settled.conditions, settled.figures, settled.events
+
+
+@dataclass
+class RecoveryOutcome:
+    condition: Condition
+    figures: dict[str, Any]
+    last_recovery: dict[str, Any] | None = None
+    event_message: str | None = None  # set when the cycle changed runs
+    warning: str | None = None  # set when runs were changed despite a live claimer (opt-in)
+    writes: int = 0
+
+
+async def recover_stale_runs(
+    client: PrefectClient,
+    spec: StaleRunsSpec,
+    *,
+    pool: str,
+    queues: list[str],
+    policy: str,
+    online_workers: frozenset[str],
+    dry_run: bool,
+    memory: RecoveryMemory,
+    now: datetime,
+    interval: timedelta = timedelta(seconds=30),
+    counting_since: datetime | None = None,
+    infrastructure_check: InfrastructureCheck | None = None,
+    pending_observed: int | None = None,
+) -> RecoveryOutcome:
+    """Recovery alone, observe → decide → act (benchmarks and recovery tests; the cycle
+    runs the same steps inside ``run_cycle``). Raises ``PrefectError`` when Prefect fails."""
+    reading = await observe_stale_runs(
+        client, spec, pool=pool, queues=queues, policy=policy, online_workers=online_workers, memory=memory,
+        now=now, interval=interval, counting_since=counting_since, infrastructure_check=infrastructure_check,
+        pending_observed=pending_observed,
+    )
+    rules = recovery_rules(spec, interval)
+    plan = stale_plan.plan_recovery(list(reading.runs), claimers=dict(reading.claimers),
+                               infrastructure=dict(reading.infrastructure), rules=rules,
+                               observations=memory.observations, now=now, looked_at=set(reading.looked_at))
+    written = WriteOutcome()
+    if not dry_run and plan.to_write:
+        written = await write_batches(client, recovery_plan.write_batches(plan, rules, policy), reading, memory, now)
+    condition = stale_plan.recovery_condition(plan, rules, dry_run=dry_run, failed=written.failed)
+    total = memory.total_requeued or 0
+    figures = recovery_plan.figures(plan, written.recovered, written.moved_on, dry_run, total)
+    news = recovery_plan.recovery_news(plan, written, now)
+    if news is None:
+        return RecoveryOutcome(condition, figures, writes=written.writes)
+    return RecoveryOutcome(condition, figures, last_recovery=news.last_recovery, event_message=news.event_message,
+                           warning=news.warning, writes=written.writes)
 
 
 def _recovery_failures(observation: Observation, outcome: Outcome) -> list[Failure]:

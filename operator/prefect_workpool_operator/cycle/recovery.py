@@ -1,44 +1,35 @@
-"""Stale-run recovery's reads and writes for one policy and cycle (the decision is core's).
+"""Stale-run recovery's reads for one policy and cycle (the decision is core's, the writes ``act_recovery``'s).
 
 Reads: the stale candidates (paginated); who claimed them and when (worker labels on
 the run, the worker's submitted-flow-run event); whether that worker has started or
 stopped since (its ``prefect.worker.started`` / ``stopped`` events); how often each
 was requeued before (``prefect.flow-run.Requeued`` events: the count lives in
-Prefect, so an operator restart cannot reset it); and the ECS check. Writes:
-``bulk_set_state`` with a PENDING guard, ≤50 runs per call, WRITE_CONCURRENCY calls at
-once per Prefect server (every policy together), one group per reason so each run's state
-message tells its own, never sent twice after an answer that may have been lost; servers
-without it get re-read + ``set_state`` per run. Never ``force``. The per-cycle cap comes before
+Prefect, so an operator restart cannot reset it); and the ECS check. The per-cycle cap comes before
 the per-run reads (``core.stale_plan.lookup_window``); a quiet cycle lists only the PENDING
 runs not seen before (``core.stale.QuietPending``).
 
 The reads come in two phases because the second depends on the first: list the stale
 candidates, then look up claims, requeue counts, claimers and ECS for only the runs
 in the capped window. ``observe_stale_runs`` does both and returns one immutable
-``core.plan.StaleReading``; ``core.stale_plan.plan_recovery`` decides; ``write_batches``
+``core.plan.StaleReading``; ``core.stale_plan.plan_recovery`` decides; ``act_recovery.write_batches``
 writes the plan's batches (``core.recovery_plan``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from prefect_workpool_operator.concurrent_reads import gather_or_cancel
-from prefect_workpool_operator.core import recovery_plan, stale, stale_plan
-from prefect_workpool_operator.core.claim_memory import ClaimMemory
-from prefect_workpool_operator.core.conditions import Condition
+from prefect_workpool_operator.core import stale, stale_plan
 from prefect_workpool_operator.core.plan import StaleReading
-from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome, recovery_rules
+from prefect_workpool_operator.core.recovery_plan import recovery_rules
 from prefect_workpool_operator.core.stale import InfraReading, PendingRun
-from prefect_workpool_operator.core.stale_plan import Observations
+from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from prefect_workpool_operator.schema.models import StaleRunsSpec
-from prefect_workpool_operator.prefect.api import Claim, PrefectClient, PrefectError, pool_scope
-from prefect_workpool_operator.prefect.http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
+from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError, pool_scope
 
 log = logging.getLogger(__name__)
 
@@ -56,56 +47,6 @@ class InfrastructureCheck(Protocol):
 class NoInfrastructureCheck:
     async def check(self, runs: list[PendingRun]) -> dict[str, InfraReading]:
         return {}
-
-
-@dataclass
-class RecoveryOutcome:
-    condition: Condition
-    figures: dict[str, Any]
-    last_recovery: dict[str, Any] | None = None
-    event_message: str | None = None  # set when the cycle changed runs
-    warning: str | None = None  # set when runs were changed despite a live claimer (opt-in)
-    writes: int = 0
-
-
-@dataclass
-class RequeueMemory:
-    """Requeues this process made, for the seconds before their events are visible.
-
-    Entries older than ``keep`` are dropped: by then the events answer for them, and
-    a long-running operator must not grow with every run it ever requeued.
-    """
-
-    counts: dict[str, tuple[int, datetime]] = field(default_factory=dict)
-    keep: timedelta = timedelta(minutes=10)
-
-    def record(self, run_id: str, count: int, now: datetime) -> None:
-        self.counts[run_id] = (count, now)
-
-    def merged(self, from_events: dict[str, int], now: datetime) -> dict[str, int]:
-        self.counts = {k: v for k, v in self.counts.items() if now - v[1] < self.keep}
-        return {**from_events, **{k: max(n, from_events.get(k, 0)) for k, (n, _) in self.counts.items()}}
-
-
-@dataclass
-class RecoveryMemory:
-    """What recovery keeps between a policy's cycles, in memory only."""
-
-    requeues: RequeueMemory = field(default_factory=RequeueMemory)
-    observations: Observations = field(default_factory=Observations)
-    # id -> (pending_since, requeues): a run's count changes only by a requeue, which
-    # gives it a new PENDING state, so it is read once per PENDING state.
-    requeue_counts: dict[str, tuple[datetime, int]] = field(default_factory=dict)
-    # Claims found, per PENDING state (core.claim_memory): read when a run is first seen
-    # recoverable, so the acting cycle reads only those not found yet.
-    claims: ClaimMemory[Claim] = field(default_factory=ClaimMemory)
-    # The PENDING runs not stale when listed: later cycles leave them out until their threshold.
-    quiet: stale.QuietPending = field(default_factory=stale.QuietPending)
-    # PrefectClient.counts_version at the last listing of every PENDING run not remembered.
-    quiet_version: int | None = None
-    # Requeues of the pool counted from Prefect once (first cycle after a start), then
-    # advanced by this process's own: the events of a requeue show up seconds later.
-    total_requeued: int | None = None
 
 
 async def observe_stale_runs(
@@ -184,108 +125,6 @@ async def observe_stale_runs(
             log.warning("policy %s: cannot count earlier requeues: %s", policy, exc.message)
             memory.total_requeued = 0
     return StaleReading(tuple(stale_runs), claimers, infra, frozenset(looked_up), memory.total_requeued)
-
-
-async def write_batches(
-    client: PrefectClient, batches: tuple[Batch, ...], reading: StaleReading, memory: RecoveryMemory, now: datetime
-) -> WriteOutcome:
-    """The plan's guarded batches, at most WRITE_CONCURRENCY in flight to the server with every
-    other policy's writes. Requeues that went through are remembered even when another batch
-    failed; then the failure is raised."""
-    slots = client.write_slots()
-
-    async def bounded(batch: Batch) -> _ApplyResult:
-        async with slots:
-            return await _apply(client, list(batch.run_ids), batch.state)
-
-    results = await asyncio.gather(*(bounded(batch) for batch in batches), return_exceptions=True)
-    outcome = WriteOutcome()
-    for batch, result in zip(batches, results):
-        if not isinstance(result, BaseException):
-            outcome.add(batch.action, result.accepted, result.moved_on, result.failed, result.writes)
-    requeues_before = {r.id: r.requeues for r in reading.runs}
-    requeued = outcome.changed.get(stale.RESCHEDULE, [])
-    for run_id in requeued:
-        memory.requeues.record(run_id, requeues_before.get(run_id, 0) + 1, now)
-    if memory.total_requeued is not None:
-        memory.total_requeued += len(requeued)
-    error = next((r for r in results if isinstance(r, BaseException)), None)
-    if error is not None:
-        raise error  # after recording the batches that did go through
-    return outcome
-
-
-async def recover_stale_runs(
-    client: PrefectClient,
-    spec: StaleRunsSpec,
-    *,
-    pool: str,
-    queues: list[str],
-    policy: str,
-    online_workers: frozenset[str],
-    dry_run: bool,
-    memory: RecoveryMemory,
-    now: datetime,
-    interval: timedelta = timedelta(seconds=30),
-    counting_since: datetime | None = None,
-    infrastructure_check: InfrastructureCheck | None = None,
-    pending_observed: int | None = None,
-) -> RecoveryOutcome:
-    """Recovery alone, observe → decide → act (benchmarks and recovery tests; the cycle
-    runs the same steps inside ``reconcile``). Raises ``PrefectError`` when Prefect fails."""
-    reading = await observe_stale_runs(
-        client, spec, pool=pool, queues=queues, policy=policy, online_workers=online_workers, memory=memory,
-        now=now, interval=interval, counting_since=counting_since, infrastructure_check=infrastructure_check,
-        pending_observed=pending_observed,
-    )
-    rules = recovery_rules(spec, interval)
-    plan = stale_plan.plan_recovery(list(reading.runs), claimers=dict(reading.claimers),
-                                    infrastructure=dict(reading.infrastructure), rules=rules,
-                                    observations=memory.observations, now=now, looked_at=set(reading.looked_at))
-    written = WriteOutcome()
-    if not dry_run and plan.to_write:
-        written = await write_batches(client, recovery_plan.write_batches(plan, rules, policy), reading, memory, now)
-    condition = stale_plan.recovery_condition(plan, rules, dry_run=dry_run, failed=written.failed)
-    total = memory.total_requeued or 0
-    figures = recovery_plan.figures(plan, written.recovered, written.moved_on, dry_run, total)
-    news = recovery_plan.recovery_news(plan, written, now)
-    if news is None:
-        return RecoveryOutcome(condition, figures, writes=written.writes)
-    return RecoveryOutcome(condition, figures, last_recovery=news.last_recovery, event_message=news.event_message,
-                           warning=news.warning, writes=written.writes)
-
-
-@dataclass
-class _ApplyResult:
-    accepted: list[str]
-    moved_on: int
-    failed: int
-    writes: int
-
-
-async def _apply(client: PrefectClient, batch: list[str], state: dict[str, Any]) -> _ApplyResult:
-    """One guarded batch (≤ core.recovery_plan.WRITE_BATCH runs): only runs still PENDING change, never forced."""
-    accepted: list[str] = []
-    moved_on = failed = writes = 0
-    results = None if client.bulk_unsupported else await client.bulk_set_pending_runs(batch, state)
-    if results is not None:
-        writes += 1
-        accepted += [i for i in batch if results.get(i) == "ACCEPT"]
-        moved_on += sum(1 for i in batch if i not in results)
-        failed += sum(1 for i in batch if i in results and results[i] != "ACCEPT")
-    else:
-        client.bulk_unsupported = True  # an older server or a Cloud plan without it: per run from now on
-        for run_id in batch:
-            status = await client.set_pending_run(run_id, state)
-            if status is None:
-                moved_on += 1
-                continue
-            writes += 1
-            if status == "ACCEPT":
-                accepted.append(run_id)
-            else:
-                failed += 1
-    return _ApplyResult(accepted, moved_on, failed, writes)
 
 
 async def with_claims_and_counts(

@@ -11,7 +11,8 @@ from prefect_workpool_operator.core import aws_scaling
 from prefect_workpool_operator.core.autoscaling_plan import plan_release
 from prefect_workpool_operator.kube.api import SecretReader
 from prefect_workpool_operator.schema.models import PolicySpec
-from prefect_workpool_operator.cycle.observe_autoscaling import AutoscalingCache, read_managed
+from prefect_workpool_operator.cycle.memory import AutoscalingCache
+from prefect_workpool_operator.cycle.observe_autoscaling import read_managed
 
 
 async def release_on_delete(body: dict[str, Any], cache: AutoscalingCache, connection: AwsConnection,
