@@ -41,7 +41,7 @@ sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 import httpx  # noqa: E402
 
 from prefect_workpool_operator.core.health import PoolObservation  # noqa: E402
-from prefect_workpool_operator.prefect.api import PrefectClient  # noqa: E402
+from prefect_workpool_operator.prefect.client import PrefectClient  # noqa: E402
 from prefect_workpool_operator.prefect.backlog import count_upcoming, read_backlog  # noqa: E402
 from prefect_workpool_operator.prefect.stream import EventStreams  # noqa: E402
 from prefect_workpool_operator.prefect.http import PrefectHttp  # noqa: E402

@@ -83,7 +83,7 @@ def ecs_check(ecs: list[str]):
 
 async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] | None = None) -> list[dict[str, float]]:
     from prefect_workpool_operator.schema.models import StaleRunsSpec
-    from prefect_workpool_operator.prefect.api import PrefectClient
+    from prefect_workpool_operator.prefect.client import PrefectClient
     from prefect_workpool_operator.cycle.memory import RecoveryMemory
     from prefect_workpool_operator.cycle.reconcile import recover_stale_runs
     from tests.integration.recovery_helpers import Recorder
@@ -161,7 +161,8 @@ def run_operator(source: pathlib.Path, api_url: str, pool: str, cycles: int, mod
 
 async def guarded_writes(api_url: str, ids: list[str], concurrency: int) -> tuple[int, float, int]:
     """Guarded bulk_set_state, ≤ 50 runs per call, ``concurrency`` calls in flight: (requests, s, accepted)."""
-    from prefect_workpool_operator.prefect.api import BULK_LIMIT, PrefectClient
+    from prefect_workpool_operator.prefect.client import PrefectClient
+    from prefect_workpool_operator.prefect.flow_runs import BULK_LIMIT
 
     slots = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient() as http:

@@ -23,7 +23,8 @@ import httpx
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "hack"), str(REPO / "operator"), str(REPO)]
 
-from prefect_workpool_operator.prefect.api import BULK_LIMIT, PrefectClient  # noqa: E402
+from prefect_workpool_operator.prefect.client import PrefectClient  # noqa: E402
+from prefect_workpool_operator.prefect.flow_runs import BULK_LIMIT  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 

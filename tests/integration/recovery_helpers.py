@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from prefect_workpool_operator.schema.models import StaleRunsSpec
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from prefect_workpool_operator.cycle.reconcile import RecoveryOutcome, recover_stale_runs
 from sandbox.prefect_seed import PrefectSeeder

@@ -9,7 +9,8 @@ import pytest
 
 from prefect_workpool_operator.aws import AWS_ENDPOINT_INVALID, AwsClient, AwsCredentials, AwsError
 from prefect_workpool_operator.core import health
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.rest import PrefectError
 from sandbox.prefect_seed import utcnow
 from tests.loopback import hanging, serving
 

@@ -18,7 +18,7 @@ import pytest
 
 from prefect_workpool_operator.core import health
 from prefect_workpool_operator.fleet.keyed_turns import KeyedTurns, cycle_key
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
 from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
 from sandbox.prefect_seed import PrefectSeeder, utcnow

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.core import health
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.rest import PrefectError
 from sandbox.processes import free_port
 from sandbox.prefect_seed import PrefectSeeder, late_state, scheduled_state, utcnow
 from tests.conftest import BASIC_AUTH

@@ -18,7 +18,7 @@ import pytest
 
 from prefect_workpool_operator.core import freshness
 from prefect_workpool_operator.core.health import PoolObservation
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.stream import EventStreams
 from prefect_workpool_operator.prefect.http import PrefectHttp
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow

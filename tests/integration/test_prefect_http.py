@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.core import health
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.rest import PrefectError
 from prefect_workpool_operator.prefect.http import PrefectHttp, budget_key
 from sandbox.prefect_seed import PrefectSeeder, utcnow
 from tests.integration.test_prefect_api import Flaky

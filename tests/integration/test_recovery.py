@@ -15,7 +15,9 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.core import health
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError, pool_scope
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.pools import pool_scope
+from prefect_workpool_operator.prefect.rest import PrefectError
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow
 from sandbox.tcp_proxy import TcpProxy

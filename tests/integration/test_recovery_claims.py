@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.aws import AwsClient, AwsCredentials, EcsInfrastructureCheck
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder

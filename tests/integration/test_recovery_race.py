@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from sandbox.prefect_seed import PrefectSeeder
 from tests.integration.recovery_helpers import Recorder, clock_after, recover, states
 

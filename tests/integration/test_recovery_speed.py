@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from prefect_workpool_operator.cycle import act_recovery as recovery  # recovery's writes and their bound
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from sandbox.prefect_seed import PrefectSeeder, scheduled_state, utcnow

@@ -19,7 +19,7 @@ from prefect_workpool_operator.core.errors import OperatorError
 from prefect_workpool_operator.core.plan import Observation, Outcome, Plan
 from prefect_workpool_operator.cycle.act_recovery import write_batches
 from prefect_workpool_operator.cycle.memory import AutoscalingCache, RecoveryMemory
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 
 
 async def act(

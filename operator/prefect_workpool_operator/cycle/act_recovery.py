@@ -17,7 +17,7 @@ from prefect_workpool_operator.core import stale
 from prefect_workpool_operator.core.plan import StaleReading
 from prefect_workpool_operator.core.recovery_plan import Batch, WriteOutcome
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.http import WRITE_CONCURRENCY  # noqa: F401  (the bound, per server: prefect_http)
 
 

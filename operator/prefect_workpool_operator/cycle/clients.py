@@ -15,7 +15,7 @@ from prefect_workpool_operator.aws import AwsClient, AwsCredentials
 from prefect_workpool_operator.core.secret_values import Use
 from prefect_workpool_operator.kube.api import SecretReader, read_secret_for
 from prefect_workpool_operator.schema.models import EcsTarget, PolicySpec
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from prefect_workpool_operator.core import aws_scaling, stale
 from prefect_workpool_operator.core.claim_memory import ClaimMemory
 from prefect_workpool_operator.core.stale_plan import Observations
-from prefect_workpool_operator.prefect.api import Claim
+from prefect_workpool_operator.prefect.events import Claim
 
 
 @dataclass

@@ -39,7 +39,8 @@ from prefect_workpool_operator.schema.models import PolicySpec
 from prefect_workpool_operator.cycle.memory import AutoscalingCache, RecoveryMemory
 from prefect_workpool_operator.cycle.observe_autoscaling import read_managed, wants_reading
 from prefect_workpool_operator.prefect.backlog import read_backlog
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.rest import PrefectError
 from prefect_workpool_operator.prefect.http import PrefectHttp
 from prefect_workpool_operator.cycle.recovery import observe_stale_runs
 

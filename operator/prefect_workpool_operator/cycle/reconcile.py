@@ -32,7 +32,7 @@ from prefect_workpool_operator.schema.models import PolicySpec, StaleRunsSpec
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from prefect_workpool_operator.cycle.observe import ReadCache, observe_policy
 from prefect_workpool_operator.cycle.recovery import InfrastructureCheck, observe_stale_runs
-from prefect_workpool_operator.prefect.api import PrefectClient
+from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.http import PrefectHttp
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,9 @@ from prefect_workpool_operator.core.recovery_plan import recovery_rules
 from prefect_workpool_operator.core.stale import InfraReading, PendingRun
 from prefect_workpool_operator.cycle.memory import RecoveryMemory
 from prefect_workpool_operator.schema.models import StaleRunsSpec
-from prefect_workpool_operator.prefect.api import PrefectClient, PrefectError, pool_scope
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.pools import pool_scope
+from prefect_workpool_operator.prefect.rest import PrefectError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prefect_workpool_operator.core.queue_backlog import BacklogReading, BacklogRun, QueueCounts, QueueListing, group_by_queue
-from prefect_workpool_operator.prefect.api import PrefectClient, pool_scope
+from prefect_workpool_operator.prefect.client import PrefectClient
+from prefect_workpool_operator.prefect.pools import pool_scope
 
 PAGE = 200  # the server's maximum per flow_runs/filter
 MAX_PAGES = 3
