@@ -52,7 +52,7 @@ docs: crds ## regenerate the generated docs (same as crds)
 
 chart: venv tools ## lint the chart and run its tests (rendering, every ci/ and example values file, schema, alerts, dashboard, README drift)
 	"$$(hack/build-tools.sh | tail -1)/helm" lint --strict $(CHART)
-	$(BIN)/pytest -q tests/unit/test_chart.py tests/unit/test_argocd_health.py tests/unit/test_alerts.py tests/unit/test_dashboard.py
+	$(BIN)/pytest -q tests/unit/deploy/test_chart.py tests/unit/deploy/test_argocd_health.py tests/unit/deploy/test_alerts.py tests/unit/deploy/test_dashboard.py
 
 describe-docs: venv tools ## recapture the `kubectl describe` examples in docs/conditions.md (real API server + operator)
 	PWO_UPDATE_DOCS=1 $(BIN)/pytest -q tests/e2e/test_describe_docs.py $(PYTEST_ARGS)

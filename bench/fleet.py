@@ -67,8 +67,8 @@ from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_seed import PrefectSeeder  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from sandbox.processes import stop_process_group  # noqa: E402
-from tests.ecs_sandbox import REGION, EcsSandbox  # noqa: E402
-from tests.kubectl import Kubectl  # noqa: E402
+from tests.support.ecs_sandbox import REGION, EcsSandbox  # noqa: E402
+from tests.support.kubectl import Kubectl  # noqa: E402
 
 N = int(os.environ.get("BENCH_POLICIES", "200"))
 LARGE = int(os.environ.get("BENCH_LARGE", "0"))

@@ -86,7 +86,7 @@ async def operator_cycles(api_url: str, pool: str, cycles: int, ecs: list[str] |
     from prefect_workpool_operator.prefect.client import PrefectClient
     from prefect_workpool_operator.cycle.memory import RecoveryMemory
     from prefect_workpool_operator.cycle.reconcile import recover_stale_runs
-    from tests.integration.recovery_helpers import Recorder
+    from tests.support.recovery import Recorder
 
     recorder = Recorder()
     writing: list[float] = []  # when each bulk_set_state was sent and answered
@@ -131,7 +131,7 @@ async def idle_cycles(api_url: str, pool: str, cycles: int) -> list[int]:
     Prefect requests per cycle."""
     from prefect_workpool_operator.cycle.reconcile import PolicyRuntime, run_cycle
     from sandbox.prefect_seed import utcnow
-    from tests.integration.recovery_helpers import NoSecrets, Recorder
+    from tests.support.recovery import NoSecrets, Recorder
 
     recorder = Recorder()
     runtime = PolicyRuntime()
@@ -264,7 +264,7 @@ def main() -> None:
     from sandbox.prefect_seed import PrefectSeeder
     from sandbox.moto_server import MotoServer
     from sandbox.prefect_server import PrefectServer
-    from tests.ecs_sandbox import EcsSandbox
+    from tests.support.ecs_sandbox import EcsSandbox
 
     began = time.monotonic()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pwo-recovery-"))

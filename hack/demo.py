@@ -32,8 +32,8 @@ from sandbox.prefect_seed import PrefectSeeder, late_state  # noqa: E402
 from sandbox.moto_server import MotoServer  # noqa: E402
 from sandbox.prefect_server import PrefectServer  # noqa: E402
 from sandbox.processes import operator_process as run_operator  # noqa: E402
-from tests.ecs_sandbox import EcsSandbox  # noqa: E402
-from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for  # noqa: E402
+from tests.support.ecs_sandbox import EcsSandbox  # noqa: E402
+from tests.support.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for  # noqa: E402
 
 NAMESPACE = "prefect-demo"
 SYSTEM_NS = "pwo-system"

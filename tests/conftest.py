@@ -16,8 +16,8 @@ import pytest
 from sandbox.moto_server import MotoServer
 from sandbox.prefect_seed import PrefectSeeder
 from sandbox.prefect_server import PrefectServer
+from tests.support.names import BASIC_AUTH, unique  # noqa: F401  (fixtures and tests use them)
 
-BASIC_AUTH = "operator:s3cr3t-pass"
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +45,6 @@ def pool_name() -> str:
     return f"ecs-{uuid.uuid4().hex[:8]}"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("PWO_REPO_ROOT", str(REPO_ROOT))
 
@@ -61,14 +57,14 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def sandbox(moto: MotoServer):
-    from tests.ecs_sandbox import EcsSandbox
+    from tests.support.ecs_sandbox import EcsSandbox
 
     return EcsSandbox(moto)
 
 
 # -- every AWS operation the operator makes, against the IAM policies in deploy/iam/ ------------
 
-from tests.aws_operations import LOG as AWS_OPERATIONS, all_granted  # noqa: E402
+from tests.support.aws_operations import LOG as AWS_OPERATIONS, all_granted  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Any run, whole or partial: an operation the operator made that no policy grants fails it.
-    (That a policy grants nothing unused is tested per mode: tests/integration/test_iam_policies.py.)"""
+    (That a policy grants nothing unused is tested per mode: tests/integration/cycle/test_iam_policies.py.)"""
     used = AWS_OPERATIONS.actions()
     if session.config.cache is not None:
         session.config.cache.set("pwo/aws-operations", sorted(used))

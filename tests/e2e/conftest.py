@@ -20,7 +20,7 @@ import pytest
 from sandbox.kube import LocalControlPlane
 from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
-from tests.kubectl import Kubectl
+from tests.support.kubectl import Kubectl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "prefectworkpoolpolicies.prefectops.dev.yaml"

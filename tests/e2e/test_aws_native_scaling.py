@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sandbox.prefect_seed import PrefectSeeder, late_state
-from tests.conftest import unique
+from tests.support.names import unique
 from tests.e2e.test_operator import policy
-from tests.kubectl import Kubectl, condition, wait_for
+from tests.support.kubectl import Kubectl, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 

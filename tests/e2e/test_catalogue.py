@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.prefect_seed import PrefectSeeder
 from tests.e2e.conftest import scratch_namespace
-from tests.kubectl import Kubectl, condition, wait_for
-from tests.loopback import hanging, serving
+from tests.support.kubectl import Kubectl, condition, wait_for
+from tests.support.loopback import hanging, serving
 
 pytestmark = pytest.mark.e2e
 

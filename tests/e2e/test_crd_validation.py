@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.kubectl import Kubectl
+from tests.support.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import pytest
 from sandbox.prefect_seed import PrefectSeeder
 from sandbox.processes import free_port
 from tests.e2e.test_operator import policy, ready
-from tests.kubectl import Kubectl, condition, wait_for
+from tests.support.kubectl import Kubectl, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "conditions.md"

@@ -20,8 +20,8 @@ import yaml
 from sandbox.prefect_seed import PrefectSeeder
 from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
-from tests.conftest import unique
-from tests.kubectl import Kubectl, wait_for
+from tests.support.names import unique
+from tests.support.kubectl import Kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -40,11 +40,11 @@ from sandbox.kube import LocalControlPlane, build_tools
 from sandbox.processes import free_port
 from sandbox.processes import operator_process as run_operator
 from sandbox.prefect_seed import PrefectSeeder, late_state
-from tests.chart_monitoring import (
+from tests.support.chart_monitoring import (
     alert_expressions, dashboard_expressions, exported_names, label_matchers, metric_names, render_rules,
 )
-from tests.conftest import BASIC_AUTH, unique
-from tests.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
+from tests.support.names import BASIC_AUTH, unique
+from tests.support.kubectl import Kubectl, condition, service_account_kubeconfig, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -598,7 +598,7 @@ def test_replicas_and_shards_release(cluster: Kubectl, helm: Helm, prefect_serve
 def test_ci_values_install(cluster: Kubectl, helm: Helm, values_file: str) -> None:
     """The chart's ci/ value sets are accepted by a real API server (NetworkPolicy, topology
     spread, volumes, PDBs...). The monitoring set needs prometheus-operator's CRDs, which this
-    control plane does not have; its objects are checked offline (tests/unit/test_alerts.py)."""
+    control plane does not have; its objects are checked offline (tests/unit/deploy/test_alerts.py)."""
     rel_ns = unique("pwo")
     path = CHART / "ci" / values_file
     watched = yaml.safe_load(path.read_text()).get("watchNamespaces", [])

@@ -25,9 +25,9 @@ from kubernetes.aio.config import load_kube_config_from_dict
 from prefect_workpool_operator.kube.api import KubeClient
 from prefect_workpool_operator.kube.lease import LeaseElector
 from sandbox.processes import kill_process_group, operator_process, stop_process_group
-from tests.conftest import unique
-from tests.kubectl import Kubectl, wait_for
-from tests.tcp_proxy import CuttableProxy
+from tests.support.names import unique
+from tests.support.kubectl import Kubectl, wait_for
+from tests.support.cuttable_proxy import CuttableProxy
 
 pytestmark = pytest.mark.e2e
 

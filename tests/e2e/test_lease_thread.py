@@ -17,7 +17,7 @@ from kubernetes.aio.config import load_kube_config
 
 from prefect_workpool_operator.kube.lease import ElectionThread, LeaseElector
 from sandbox.tcp_proxy import TcpProxy
-from tests.kubectl import Kubectl
+from tests.support.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 

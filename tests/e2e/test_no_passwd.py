@@ -17,7 +17,7 @@ import pytest
 
 from sandbox.processes import free_port, stop_process_group
 from tests.e2e.test_probes import answers
-from tests.kubectl import Kubectl, wait_for
+from tests.support.kubectl import Kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from sandbox.prefect_seed import PrefectSeeder, late_state
-from tests.conftest import BASIC_AUTH, unique
-from tests.kubectl import Kubectl, condition, wait_for
+from tests.support.names import BASIC_AUTH, unique
+from tests.support.kubectl import Kubectl, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -147,7 +147,7 @@ def test_scaling_and_recovery_on_ecs(kubectl: Kubectl, namespace: str, operator_
 
     import httpx
 
-    from tests.kubectl import condition as cond_of
+    from tests.support.kubectl import condition as cond_of
 
     ns = kubectl.in_namespace(namespace)
     pool = unique("ecs")

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from sandbox.processes import free_port, operator_process
-from tests.kubectl import Kubectl, wait_for
+from tests.support.kubectl import Kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 

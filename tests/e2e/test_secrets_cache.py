@@ -21,10 +21,10 @@ from prefect_workpool_operator.core import health
 from prefect_workpool_operator.core.secret_values import Use
 from prefect_workpool_operator.kube.api import KubeClient, SecretError, credentials, load_configuration, read_secret_for
 from prefect_workpool_operator.kube.secrets import SecretCache
-from tests.conftest import unique
+from tests.support.names import unique
 from tests.e2e.test_operator import secret
-from tests.kubectl import Kubectl
-from tests.tcp_proxy import CuttableProxy
+from tests.support.kubectl import Kubectl
+from tests.support.cuttable_proxy import CuttableProxy
 
 pytestmark = pytest.mark.e2e
 KEYS = ("aws-access-key-id", "aws-secret-access-key")

@@ -13,9 +13,9 @@ import uuid
 import pytest
 
 from sandbox.prefect_seed import PrefectSeeder
-from tests.conftest import BASIC_AUTH, unique
+from tests.support.names import BASIC_AUTH, unique
 from tests.e2e.test_operator import policy, secret
-from tests.kubectl import KUBECTL, Kubectl, wait_for
+from tests.support.kubectl import KUBECTL, Kubectl, wait_for
 
 pytestmark = pytest.mark.e2e
 BIN = pathlib.Path(sys.executable).parent  # the console script kubectl-pwpp lives next to the interpreter

@@ -12,7 +12,7 @@ from prefect_workpool_operator.core import health
 from prefect_workpool_operator.prefect.client import PrefectClient
 from prefect_workpool_operator.prefect.rest import PrefectError
 from sandbox.prefect_seed import utcnow
-from tests.loopback import hanging, serving
+from tests.support.loopback import hanging, serving
 
 # (page, fragment of the message: what was received)
 NOT_PREFECT = [

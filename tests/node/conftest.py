@@ -23,8 +23,8 @@ from sandbox.kube import LocalControlPlane, build_tools
 from sandbox.moto_server import MotoServer
 from sandbox.node import NODE_IP, LocalNode, install_node_packages, leftovers, node_sandbox, node_unavailable
 from sandbox.prefect_server import PrefectServer
-from tests.conftest import BASIC_AUTH
-from tests.kubectl import Kubectl
+from tests.support.names import BASIC_AUTH
+from tests.support.kubectl import Kubectl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 IMAGE_REPO = "prefect-workpool-operator"

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sandbox.node import LocalNode
-from tests.kubectl import Kubectl, wait_for
+from tests.support.kubectl import Kubectl, wait_for
 
 CHART = pathlib.Path(__file__).resolve().parents[2] / "charts" / "prefect-workpool-operator"
 CYCLE = re.compile(r"^\[(?P<time>[\d\- :,]+)\].*cycle of (?P<ns>\S+)/(?P<name>\S+) by (?P<pod>\S+) in shard")

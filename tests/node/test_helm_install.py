@@ -23,9 +23,9 @@ from sandbox.moto_server import MotoServer
 from sandbox.node import NODE_IP, http_get
 from sandbox.prefect_seed import PrefectSeeder, late_state
 from sandbox.prefect_server import PrefectServer
-from tests.conftest import BASIC_AUTH, unique
-from tests.ecs_sandbox import REGION, EcsSandbox
-from tests.kubectl import Kubectl, condition, wait_for
+from tests.support.names import BASIC_AUTH, unique
+from tests.support.ecs_sandbox import REGION, EcsSandbox
+from tests.support.kubectl import Kubectl, condition, wait_for
 from tests.node.conftest import IMAGE_REPO, IMAGE_TAG, Node, record
 from tests.node.helpers import (
     CHART, Helm, LeaseWatch, LogFollower, container_pid, doubled, holder, lease_name, operator_pods, proc_status,

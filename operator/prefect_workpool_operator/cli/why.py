@@ -1,10 +1,10 @@
 """``why <namespace>/<policy> <flow-run-id>``: why was this run (not) recovered?
 
 Reads what the operator reads, through the operator's own adapters: the policy from
-the API server (the operator's login, ``kube_api``: in-cluster ServiceAccount, else
-kubeconfig), its Secrets (``secret_cache``, GET only), the run, the pool's workers, the claim and the claimer's
-started/stopped events and the requeue count from Prefect (``prefect_api``,
-``recovery``), the run's ECS task by pid or tag (``aws.EcsInfrastructureCheck``).
+the API server (the operator's login, ``kube.api``: in-cluster ServiceAccount, else
+kubeconfig), its Secrets (``kube.secrets``, GET only), the run, the pool's workers, the claim and the claimer's
+started/stopped events and the requeue count from Prefect (``prefect.client``,
+``cycle.recovery``), the run's ECS task by pid or tag (``aws.EcsInfrastructureCheck``).
 Then ``core.why`` words ``core.stale.decide``'s answer. It writes nothing anywhere.
 Secret values are used as the operator uses them and never printed.
 

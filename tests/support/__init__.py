@@ -1,0 +1,1 @@
+"""The tests' own helpers: clients for kubectl and AWS, sandboxes, proxies, recovery helpers."""
