@@ -29,21 +29,29 @@ def renew_time(kubectl: Kubectl, namespace: str) -> datetime:
     return datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00"))
 
 
+async def elected(config_file: str, timings: dict[str, float], **elector: object) -> tuple[LeaseElector, ElectionThread]:
+    """An ElectionThread started with ``config_file``'s credentials, once its elector leads."""
+    configuration = Configuration()
+    await load_kube_config(config_file=config_file, client_configuration=configuration)
+    lease = LeaseElector(identity="a", **timings, **elector)  # type: ignore[arg-type]
+    election = ElectionThread(lease)
+    election.start(configuration)
+    deadline = time.monotonic() + 30
+    while not lease.is_leader:
+        if time.monotonic() > deadline:
+            await election.stop()
+            raise AssertionError("never became leader")
+        await asyncio.sleep(0.05)
+    return lease, election
+
+
 def test_renewals_go_on_while_the_main_loop_is_blocked(kubectl: Kubectl, namespace: str) -> None:
     lost: list[float] = []
 
     async def scenario() -> dict[str, object]:
-        configuration = Configuration()
-        await load_kube_config(config_file=kubectl.kubeconfig, client_configuration=configuration)
-        elector = LeaseElector(namespace=namespace, name="thread", identity="a", on_lost=lambda: lost.append(1.0),
-                               **TIMINGS)
-        election = ElectionThread(elector)
-        election.start(configuration)
+        elector, election = await elected(kubectl.kubeconfig, TIMINGS, namespace=namespace, name="thread",
+                                          on_lost=lambda: lost.append(1.0))
         try:
-            deadline = time.monotonic() + 30
-            while not elector.is_leader:
-                assert time.monotonic() < deadline, "never became leader"
-                await asyncio.sleep(0.05)
             before = renew_time(kubectl, namespace)
             transitions = elector.transitions
             time.sleep(TIMINGS["renew_deadline"] + 2.0)  # the main loop is blocked, as under a fleet's burst
@@ -115,17 +123,9 @@ def test_renewals_slower_than_the_retry_period_keep_the_lease(kubectl: Kubectl, 
     lost: list[float] = []
 
     async def scenario(config_file: str, link: TcpProxy) -> dict[str, object]:
-        configuration = Configuration()
-        await load_kube_config(config_file=config_file, client_configuration=configuration)
-        elector = LeaseElector(namespace=namespace, name="slow", identity="a", on_lost=lambda: lost.append(1.0),
-                               **timings)
-        election = ElectionThread(elector)
-        election.start(configuration)
+        elector, election = await elected(config_file, timings, namespace=namespace, name="slow",
+                                          on_lost=lambda: lost.append(1.0))
         try:
-            deadline = time.monotonic() + 30
-            while not elector.is_leader:
-                assert time.monotonic() < deadline, "never became leader"
-                await asyncio.sleep(0.05)
             spec = kubectl.in_namespace(namespace).get_json("lease", "slow")["spec"]
             link.delay = 1.5
             renewals = set()
